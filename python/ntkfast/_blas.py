@@ -1,0 +1,64 @@
+"""The BLAS the CPU engine's tile GEMMs call: SciPy's (``scipy.linalg.cython_blas``).
+
+The engine receives the Fortran ``dgemm``/``sgemm`` entry points as capsules, so the extension
+links no BLAS of its own and uses the one SciPy ships (OpenBLAS in PyPI wheels). The engine calls
+it from its own OpenMP threads, one tile each, so during a call the library is limited to one
+thread of its own (threadpoolctl) to avoid oversubscription.
+"""
+from __future__ import annotations
+
+import contextlib
+import threading
+
+from . import _core
+
+_lock = threading.Lock()
+_controller = None
+
+
+def ensure_loaded():
+    """Hand SciPy's gemm entry points to the engine (once)."""
+    global _controller
+    if _controller is not None:
+        return
+    with _lock:
+        if _controller is not None:
+            return
+        try:
+            from scipy.linalg import cython_blas
+        except ImportError as error:  # pragma: no cover - scipy is a dependency
+            raise ImportError("ntkfast needs SciPy for its BLAS (pip install scipy)") from error
+        capsules = cython_blas.__pyx_capi__
+        _core.set_blas(capsules["dgemm"], capsules["sgemm"])
+        from threadpoolctl import ThreadpoolController
+
+        _controller = ThreadpoolController()
+
+
+@contextlib.contextmanager
+def single_threaded():
+    """BLAS libraries run single-threaded inside (our OpenMP threads call it in parallel)."""
+    ensure_loaded()
+    with _controller.limit(limits=1, user_api="blas"):
+        yield
+
+
+def info():
+    """Name, version and threading of SciPy's BLAS, for show_config()."""
+    ensure_loaded()
+    import scipy
+
+    out = {"provider": "scipy.linalg.cython_blas"}
+    try:
+        deps = scipy.show_config(mode="dicts")["Build Dependencies"]["blas"]
+        out["name"] = deps.get("name")
+        out["version"] = deps.get("version")
+    except Exception:  # noqa: BLE001 - informational only
+        pass
+    for lib in _controller.info():
+        if lib.get("user_api") == "blas" and "scipy" in (lib.get("filepath") or "") \
+                and "numpy" not in (lib.get("filepath") or ""):
+            out.update(internal_api=lib.get("internal_api"), threading=lib.get("threading_layer"),
+                       architecture=lib.get("architecture"), filepath=lib.get("filepath"))
+            break
+    return out

@@ -1,0 +1,590 @@
+"""Network specifications with neural-tangents' names, and their lowering to a layer program.
+
+A network is an immutable, hashable value (``serial(Dense(...), Relu(), ...)``); the compute
+engines never see it: :func:`lower` turns it into the flat op list of ``src/cpp/ntkfast/program.hpp``.
+Parameters mean what they mean in ``neural_tangents.stax`` (``W_std``, ``b_std``, ``parameterization``;
+inputs enter as ``x·x'/n_features``), so kernels can be cross-checked against it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+from functools import lru_cache
+from typing import Optional, Tuple
+
+__all__ = [
+    "Layer", "Serial", "serial", "Dense", "MLP", "ACTIVATIONS",
+    "Relu", "LeakyRelu", "ABRelu", "Abs", "Erf", "Sigmoid_like", "Gelu", "Sin", "Cos", "Rbf",
+    "Exp", "ExpNormalized", "Gaussian", "Gabor", "Sign", "Monomial", "RectifiedMonomial",
+    "Polynomial", "Hermite", "Identity",
+]
+
+#: Highest degree for Monomial, RectifiedMonomial, Polynomial and Hermite (program.hpp kMaxDegree).
+MAX_DEGREE = 24
+
+# Op kinds: keep in sync with OpKind in src/cpp/ntkfast/program.hpp.
+_DENSE, _IDENTITY, _ABRELU, _ERF, _GELU, _SIN, _RBF, _EXP, _EXP_NORMALIZED, _GAUSSIAN, _GABOR, \
+    _SIGN, _RECTIFIED_MONOMIAL, _POLYNOMIAL, _HERMITE = range(15)
+
+
+# ----------------------------------------------------------------------------------------------
+# Parameter checks: every spec validates when it is built, naming the parameter.
+
+def _real(owner: str, name: str, value, *, minimum=None, allow_none=False):
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{owner}: {name} must be a real number, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{owner}: {name} must be finite, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{owner}: {name} must be >= {minimum}, got {value!r}")
+    return value
+
+
+def _degree(owner: str, value, *, maximum=MAX_DEGREE):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{owner}: degree must be an integer, got {value!r}")
+    if not 0 <= int(value) <= maximum:
+        raise ValueError(f"{owner}: degree must be in [0, {maximum}], got {value!r}")
+    return int(value)
+
+
+def _flag(owner: str, name: str, value):
+    if not isinstance(value, (bool, int)) or value not in (0, 1):
+        raise TypeError(f"{owner}: {name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+class Layer:
+    """Base class of all layer specs (frozen dataclasses)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        # Required parameters positionally, the others only where they differ from the default.
+        parts = []
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.default is dataclasses.MISSING:
+                parts.append(repr(value))
+            elif value != f.default:
+                parts.append(f"{f.name}={value!r}")
+        return f"{type(self).__name__}({', '.join(parts)})"
+
+    # Lowering: a list of (kind, degree, params) and optional polynomial tables.
+    def _ops(self, ctx: "_Lowering") -> None:  # pragma: no cover - every subclass overrides
+        raise NotImplementedError
+
+
+class _Activation(Layer):
+    """An elementwise nonlinearity: its input must be Gaussian (right after a Dense)."""
+
+    __slots__ = ()
+
+
+def _frozen(cls):
+    return dataclasses.dataclass(frozen=True, repr=False, eq=True)(cls)
+
+
+# ----------------------------------------------------------------------------------------------
+# Dense and serial.
+
+@_frozen
+class Dense(Layer):
+    """Fully-connected layer, as ``neural_tangents.stax.Dense``.
+
+    Parameters
+    ----------
+    out_dim : int or None
+        Width. Ignored by the kernels under the 'ntk' parameterization; under 'standard' the width
+        of a hidden Dense is the next Dense's fan-in and scales its NTK contribution.
+    W_std : float
+        Weight standard deviation σw >= 0 (weights ~ N(0, σw²/fan_in)).
+    b_std : float or None
+        Bias standard deviation σb >= 0; None means no bias parameter (differs from 0.0 only for
+        the NTK under 'standard', where a bias adds 1 per layer).
+    parameterization : {'ntk', 'standard'}
+        'ntk': h = σw W x/√n + σb b (MATH.md §1). 'standard': h = W x + b with W ~ N(0, σw²/n);
+        same NNGP, NTK as neural-tangents' ``parameterization='standard'`` (MATH.md §4).
+    """
+
+    out_dim: Optional[int] = None
+    W_std: float = 1.0
+    b_std: Optional[float] = None
+    parameterization: str = "ntk"
+
+    def __post_init__(self):
+        if self.out_dim is not None and (isinstance(self.out_dim, bool)
+                                         or not isinstance(self.out_dim, numbers.Integral)
+                                         or self.out_dim < 1):
+            raise ValueError(f"Dense: out_dim must be a positive integer or None, got {self.out_dim!r}")
+        object.__setattr__(self, "out_dim", None if self.out_dim is None else int(self.out_dim))
+        object.__setattr__(self, "W_std", _real("Dense", "W_std", self.W_std, minimum=0.0))
+        object.__setattr__(self, "b_std", _real("Dense", "b_std", self.b_std, minimum=0.0,
+                                                allow_none=True))
+        if self.parameterization not in ("ntk", "standard"):
+            raise ValueError("Dense: parameterization must be 'ntk' or 'standard', "
+                             f"got {self.parameterization!r}")
+
+    def _ops(self, ctx):
+        w2 = self.W_std ** 2
+        b2 = 0.0 if self.b_std is None else self.b_std ** 2
+        if self.parameterization == "ntk":
+            ctx.emit(_DENSE, (w2, b2, 0.0, 0.0, 1.0))
+        else:
+            fan_in = ctx.fan_in
+            if fan_in is None:
+                raise ValueError(
+                    f"{self!r} uses the 'standard' parameterization, whose NTK depends on the "
+                    "fan-in, but the Dense before it has out_dim=None: give every hidden Dense "
+                    "its width (out_dim=...)")
+            ctx.emit(_DENSE, (w2, b2, float(fan_in), 0.0 if self.b_std is None else 1.0, 0.0))
+        ctx.fan_in = self.out_dim
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class Serial(Layer):
+    """A sequence of layers applied in order (``neural_tangents.stax.serial``)."""
+
+    layers: Tuple[Layer, ...] = ()
+
+    def __repr__(self) -> str:
+        return "serial(" + ", ".join(repr(layer) for layer in self.layers) + ")"
+
+    def _ops(self, ctx):
+        for position, layer in enumerate(self.layers):
+            ctx.source = f"{layer!r} (layer {position})"
+            layer._ops(ctx)
+
+    @property
+    def depth(self) -> int:
+        """Number of activation layers."""
+        return sum(isinstance(layer, _Activation) for layer in self.layers)
+
+
+def serial(*layers: Layer) -> Serial:
+    """Compose layers: ``serial(Dense(512, 1.5, 0.05), Relu(), Dense(1, 1.5, 0.05))``.
+
+    Nested ``serial`` calls are flattened. Raises ``TypeError`` for anything that is not a layer
+    and ``ValueError`` for an activation that does not follow a Dense layer (its input must be
+    Gaussian, as in neural-tangents).
+    """
+    flat = []
+    for position, layer in enumerate(layers):
+        if isinstance(layer, Serial):
+            flat.extend(layer.layers)
+        elif isinstance(layer, Layer):
+            flat.append(layer)
+        else:
+            raise TypeError(f"serial: argument {position} is not an ntkfast layer: {layer!r}")
+    gaussian = False
+    previous_dense = None
+    for position, layer in enumerate(flat):
+        if isinstance(layer, Dense):
+            if (layer.parameterization == "standard" and previous_dense is not None
+                    and previous_dense.out_dim is None):
+                raise ValueError(
+                    f"serial: {layer!r} at position {position} uses the 'standard' "
+                    "parameterization, whose NTK depends on its fan-in, but the Dense before it "
+                    f"({previous_dense!r}) has no out_dim: give every hidden Dense its width")
+            previous_dense = layer
+            gaussian = True
+        elif isinstance(layer, _Activation):
+            if not gaussian:
+                raise ValueError(
+                    f"serial: {layer!r} at position {position} needs a Gaussian input: put a "
+                    "Dense layer before every activation")
+            gaussian = False
+    return Serial(tuple(flat))
+
+
+# ----------------------------------------------------------------------------------------------
+# Activations (each docstring gives the function and the dual it lowers to).
+
+@_frozen
+class ABRelu(_Activation):
+    """``a·min(x, 0) + b·max(x, 0)``; the arc-cosine kernel of order 1.
+
+    ``do_stabilize`` is accepted for neural-tangents compatibility and has no effect: ntkfast's
+    formulas do not lose precision in deep networks.
+    """
+
+    a: float
+    b: float
+    do_stabilize: bool = False
+
+    def __post_init__(self):
+        object.__setattr__(self, "a", _real("ABRelu", "a", self.a))
+        object.__setattr__(self, "b", _real("ABRelu", "b", self.b))
+        object.__setattr__(self, "do_stabilize", _flag("ABRelu", "do_stabilize", self.do_stabilize))
+
+    def _ab(self):
+        return self.a, self.b
+
+    def _ops(self, ctx):
+        a, b = self._ab()
+        ctx.emit(_ABRELU, ((a - b) ** 2 / (2 * math.pi), (a * a + b * b) / 2))
+
+
+@_frozen
+class Relu(_Activation):
+    """``max(x, 0)`` (ABRelu(0, 1))."""
+
+    do_stabilize: bool = False
+
+    def __post_init__(self):
+        object.__setattr__(self, "do_stabilize", _flag("Relu", "do_stabilize", self.do_stabilize))
+
+    def _ops(self, ctx):
+        ABRelu._ops(ABRelu(0.0, 1.0), ctx)
+
+
+@_frozen
+class LeakyRelu(_Activation):
+    """``alpha·min(x, 0) + max(x, 0)`` (ABRelu(alpha, 1))."""
+
+    alpha: float
+    do_stabilize: bool = False
+
+    def __post_init__(self):
+        object.__setattr__(self, "alpha", _real("LeakyRelu", "alpha", self.alpha))
+        object.__setattr__(self, "do_stabilize", _flag("LeakyRelu", "do_stabilize", self.do_stabilize))
+
+    def _ops(self, ctx):
+        ABRelu._ops(ABRelu(self.alpha, 1.0), ctx)
+
+
+@_frozen
+class Abs(_Activation):
+    """``|x|`` (ABRelu(-1, 1))."""
+
+    do_stabilize: bool = False
+
+    def __post_init__(self):
+        object.__setattr__(self, "do_stabilize", _flag("Abs", "do_stabilize", self.do_stabilize))
+
+    def _ops(self, ctx):
+        ABRelu._ops(ABRelu(-1.0, 1.0), ctx)
+
+
+@_frozen
+class Erf(_Activation):
+    """``a·erf(b·x) + c``; NNGP ``(2/π) arcsin(2Σ/√((1+2q1)(1+2q2)))`` after scaling by b²."""
+
+    a: float = 1.0
+    b: float = 1.0
+    c: float = 0.0
+
+    def __post_init__(self):
+        for name in ("a", "b", "c"):
+            object.__setattr__(self, name, _real("Erf", name, getattr(self, name)))
+
+    def _ops(self, ctx):
+        ctx.emit(_ERF, (self.a ** 2, self.b ** 2, self.c ** 2))
+
+
+@_frozen
+class Sigmoid_like(_Activation):  # noqa: N801 - neural-tangents' name
+    """``0.5·erf(x/2.4020563531719796) + 0.5``, a sigmoid look-alike (Erf(0.5, 1/2.40…, 0.5))."""
+
+    def _ops(self, ctx):
+        Erf._ops(Erf(0.5, 1 / 2.4020563531719796, 0.5), ctx)
+
+
+@_frozen
+class Gelu(_Activation):
+    """``x·Φ(x)`` (exact GELU); neural-tangents' closed form."""
+
+    def _ops(self, ctx):
+        ctx.emit(_GELU, ())
+
+
+@_frozen
+class Sin(_Activation):
+    """``a·sin(b·x + c)``."""
+
+    a: float = 1.0
+    b: float = 1.0
+    c: float = 0.0
+
+    def __post_init__(self):
+        for name in ("a", "b", "c"):
+            object.__setattr__(self, name, _real(type(self).__name__, name, getattr(self, name)))
+
+    def _phase(self):
+        return self.c
+
+    def _ops(self, ctx):
+        ctx.emit(_SIN, (self.a ** 2 / 2, self.b ** 2, math.cos(2 * self._phase())))
+
+
+@_frozen
+class Cos(Sin):
+    """``a·cos(b·x + c)`` (Sin with phase c + π/2)."""
+
+    def _phase(self):
+        return self.c + math.pi / 2
+
+
+@_frozen
+class Rbf(_Activation):
+    """``√2·sin(√(2γ)·x + π/4)``, whose NNGP is ``exp(-γ(q1 + q2 - 2Σ))``."""
+
+    gamma: float = 1.0
+
+    def __post_init__(self):
+        object.__setattr__(self, "gamma", _real("Rbf", "gamma", self.gamma, minimum=0.0))
+
+    def _ops(self, ctx):
+        ctx.emit(_RBF, (self.gamma,))
+
+
+@_frozen
+class Exp(_Activation):
+    """``a·exp(b·x)``."""
+
+    a: float = 1.0
+    b: float = 1.0
+
+    def __post_init__(self):
+        for name in ("a", "b"):
+            object.__setattr__(self, name, _real("Exp", name, getattr(self, name)))
+
+    def _ops(self, ctx):
+        ctx.emit(_EXP, (self.a ** 2, self.b ** 2))
+
+
+@_frozen
+class ExpNormalized(_Activation):
+    """Kernel-only "normalised Gaussian" map ``√(q1q2)·exp(γ(Σ/√(q1q2) + shift))``."""
+
+    gamma: float = 1.0
+    shift: float = -1.0
+    do_clip: bool = False
+
+    def __post_init__(self):
+        object.__setattr__(self, "gamma", _real("ExpNormalized", "gamma", self.gamma))
+        object.__setattr__(self, "shift", _real("ExpNormalized", "shift", self.shift))
+        object.__setattr__(self, "do_clip", _flag("ExpNormalized", "do_clip", self.do_clip))
+
+    def _ops(self, ctx):
+        ctx.emit(_EXP_NORMALIZED, (self.gamma, self.shift), degree=int(self.do_clip))
+
+
+@_frozen
+class Gaussian(_Activation):
+    """``a·exp(b·x²)``. For b > 0 the kernel diverges once 4·b·variance >= 1 (gram raises)."""
+
+    a: float = 1.0
+    b: float = -1.0
+
+    def __post_init__(self):
+        for name in ("a", "b"):
+            object.__setattr__(self, name, _real("Gaussian", name, getattr(self, name)))
+
+    def _ops(self, ctx):
+        ctx.emit(_GAUSSIAN, (self.a ** 2, self.b))
+
+
+@_frozen
+class Gabor(_Activation):
+    """``exp(-x²)·sin(x)``."""
+
+    def _ops(self, ctx):
+        ctx.emit(_GABOR, ())
+
+
+@_frozen
+class Sign(_Activation):
+    """``sign(x)``: NNGP ``(2/π) arcsin ρ``; its derivative is 0 a.e., so the NTK stops here."""
+
+    def _ops(self, ctx):
+        ctx.emit(_SIGN, ())
+
+
+@_frozen
+class RectifiedMonomial(_Activation):
+    """``max(x, 0)^degree`` (Cho & Saul's arc-cosine kernel of that order; degree 1 is Relu)."""
+
+    degree: int
+
+    def __post_init__(self):
+        object.__setattr__(self, "degree", _degree("RectifiedMonomial", self.degree))
+
+    def _ops(self, ctx):
+        ctx.emit(_RECTIFIED_MONOMIAL, (), degree=self.degree)
+
+
+@_frozen
+class Polynomial(_Activation):
+    """``coef[0] + coef[1]·x + … + coef[n]·x^n`` (numpy.polynomial order), via its Hermite expansion."""
+
+    coef: Tuple[float, ...]
+
+    def __post_init__(self):
+        try:
+            coef = tuple(self.coef)
+        except TypeError:
+            raise TypeError(f"Polynomial: coef must be a sequence of numbers, got {self.coef!r}") from None
+        if not coef:
+            raise ValueError("Polynomial: coef must not be empty")
+        if len(coef) > MAX_DEGREE + 1:
+            raise ValueError(f"Polynomial: at most {MAX_DEGREE + 1} coefficients, got {len(coef)}")
+        object.__setattr__(self, "coef",
+                           tuple(_real("Polynomial", f"coef[{i}]", c) for i, c in enumerate(coef)))
+
+    def _ops(self, ctx):
+        coef = list(self.coef)
+        derivative = [k * coef[k] for k in range(1, len(coef))] or [0.0]
+        nngp_offset = ctx.table(_hermite_table(coef))
+        ntk_offset = ctx.table(_hermite_table(derivative))
+        ctx.emit(_POLYNOMIAL, (float(ntk_offset),), degree=len(coef) - 1, offset=nngp_offset)
+
+
+@_frozen
+class Monomial(_Activation):
+    """``x^degree`` (a Polynomial)."""
+
+    degree: int
+
+    def __post_init__(self):
+        object.__setattr__(self, "degree", _degree("Monomial", self.degree))
+
+    def _ops(self, ctx):
+        Polynomial._ops(Polynomial((0.0,) * self.degree + (1.0,)), ctx)
+
+
+@_frozen
+class Hermite(_Activation):
+    """neural-tangents' normalised Hermite polynomial He_n/√n!; exact only for unit-variance
+    pre-activations (the kernel map is Σ -> Σ^n, Θ -> n Σ^(n-1) Θ, as in neural-tangents)."""
+
+    degree: int
+
+    def __post_init__(self):
+        object.__setattr__(self, "degree", _degree("Hermite", self.degree))
+
+    def _ops(self, ctx):
+        ctx.emit(_HERMITE, (), degree=self.degree)
+
+
+@_frozen
+class Identity(Layer):
+    """The identity layer (no change to the kernels)."""
+
+    def _ops(self, ctx):
+        pass
+
+
+def _hermite_table(coef):
+    """Pool record of p = Σ a_k x^k for layer_math.hpp's hermite_dual:
+    [n, then for l = 0..n: m_l, l!, A_l's m_l coefficients in q], where
+    E[p(u)p(v)] = Σ_l l! c^l A_l(q1) A_l(q2) and A_l(q) = Σ_i a_{2i+l} (2i+l)!/(2^i i! l!) q^i."""
+    n = len(coef) - 1
+    table = [float(n)]
+    for l in range(n + 1):
+        terms = [coef[2 * i + l] * math.factorial(2 * i + l)
+                 / (2 ** i * math.factorial(i) * math.factorial(l))
+                 for i in range((n - l) // 2 + 1)]
+        table += [float(len(terms)), float(math.factorial(l))] + terms
+    return table
+
+
+# ----------------------------------------------------------------------------------------------
+# The MLP shorthand and activation names.
+
+ACTIVATIONS = {
+    "relu": Relu, "leaky_relu": LeakyRelu, "abrelu": ABRelu, "abs": Abs, "erf": Erf,
+    "sigmoid_like": Sigmoid_like, "gelu": Gelu, "sin": Sin, "cos": Cos, "rbf": Rbf, "exp": Exp,
+    "exp_normalized": ExpNormalized, "gaussian": Gaussian, "gabor": Gabor, "sign": Sign,
+    "monomial": Monomial, "rectified_monomial": RectifiedMonomial, "polynomial": Polynomial,
+    "hermite": Hermite, "identity": Identity,
+}
+
+
+def activation_from_name(name: str, **params) -> Layer:
+    """The activation layer called ``name`` (case, '-' and '_' ignored), built with ``params``."""
+    if not isinstance(name, str):
+        raise TypeError(f"activation must be a name or an activation layer, got {name!r}")
+    key = name.lower().replace("-", "_")
+    aliases = {"leakyrelu": "leaky_relu", "expnormalized": "exp_normalized",
+               "rectifiedmonomial": "rectified_monomial", "sigmoidlike": "sigmoid_like"}
+    key = aliases.get(key.replace("_", ""), key)
+    if key not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; known: {', '.join(sorted(ACTIVATIONS))}")
+    try:
+        return ACTIVATIONS[key](**params)
+    except TypeError as error:
+        raise TypeError(f"activation {name!r}: {error}") from None
+
+
+def MLP(depth: int, activation="relu", W_std: float = 1.0, b_std: Optional[float] = 0.0,
+        parameterization: str = "ntk", width: Optional[int] = None, **activation_params) -> Serial:
+    """The fully-connected network of MATH.md §1: ``depth`` hidden Dense+activation blocks and a
+    Dense readout, all with the same ``W_std``/``b_std``::
+
+        serial(*[Dense(width, W_std, b_std, parameterization), act] * depth,
+               Dense(1, W_std, b_std, parameterization))
+
+    ``activation`` is a name (see ``ntkfast.ACTIVATIONS``) built with ``activation_params``, or an
+    activation layer. ``depth = 0`` is a linear model.
+    """
+    if isinstance(depth, bool) or not isinstance(depth, numbers.Integral):
+        raise TypeError(f"MLP: depth must be an integer, got {depth!r}")
+    if depth < 0:
+        raise ValueError(f"MLP: depth must be >= 0, got {depth}")
+    if isinstance(activation, Layer):
+        if activation_params:
+            raise TypeError("MLP: activation parameters given for an activation layer object")
+        act = activation
+    else:
+        act = activation_from_name(activation, **activation_params)
+    if parameterization == "standard" and depth > 0 and width is None:
+        raise ValueError("MLP: the 'standard' parameterization needs the hidden width (width=...)")
+    hidden = Dense(width, W_std, b_std, parameterization)
+    return serial(*[hidden, act] * int(depth), Dense(1, W_std, b_std, parameterization))
+
+
+# ----------------------------------------------------------------------------------------------
+# Lowering.
+
+class _Lowering:
+    def __init__(self, n_features, source):
+        self.ops = []
+        self.pool = []
+        self.sources = []  # the layer each op came from, for error messages
+        self.source = source
+        self.fan_in = n_features
+
+    def emit(self, kind, params, degree=0, offset=0):
+        self.ops.append((kind, degree, offset, tuple(float(p) for p in params)))
+        self.sources.append(self.source)
+
+    def table(self, values):
+        offset = len(self.pool)
+        self.pool.extend(values)
+        return offset
+
+
+def as_network(net) -> Layer:
+    if isinstance(net, Layer):
+        return net
+    raise TypeError(f"net must be an ntkfast network (e.g. ntkfast.MLP(3) or ntkfast.serial(...)), "
+                    f"got {type(net).__name__}")
+
+
+def uses_standard(net: Layer) -> bool:
+    layers = net.layers if isinstance(net, Serial) else (net,)
+    return any(isinstance(l, Dense) and l.parameterization == "standard" for l in layers)
+
+
+@lru_cache(maxsize=256)
+def lower(net: Layer, n_features: int):
+    """(ops, pool, sources) of ``net`` for inputs with ``n_features`` features (only 'standard'
+    Dense layers depend on it); ``sources[k]`` describes the layer that op k came from."""
+    ctx = _Lowering(n_features, repr(net))
+    net._ops(ctx)
+    return tuple(ctx.ops), tuple(ctx.pool), tuple(ctx.sources)

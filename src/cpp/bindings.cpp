@@ -1,0 +1,181 @@
+// bindings.cpp -- the one pybind11 binding of the CPU engine (module ntkfast._core).
+//
+// It only unpacks buffers, releases the GIL around the compute and turns C++ failures into Python
+// exceptions; validation and dtype policy live in python/ntkfast. Arrays must already have the
+// exact dtype and be C-contiguous (noconvert), so no hidden copy can happen here.
+#include <pybind11/functional.h>
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "ntkfast/engine.hpp"
+
+namespace py = pybind11;
+using ntkfast::LayerOp;
+using ntkfast::Program;
+
+namespace {
+
+ntkfast::Blas g_blas;
+
+template <class T>
+using CArray = py::array_t<T, py::array::c_style>;
+
+Program make_program(const std::vector<std::tuple<int, int, int, std::vector<double>>>& ops,
+                     std::vector<double> pool) {
+  std::vector<LayerOp> out;
+  out.reserve(ops.size());
+  for (const auto& [kind, degree, offset, params] : ops) {
+    if (params.size() > 6) throw std::invalid_argument("program op: at most 6 parameters");
+    LayerOp op{};
+    op.kind = kind;
+    op.degree = degree;
+    op.offset = offset;
+    for (size_t k = 0; k < params.size(); ++k) op.p[k] = params[k];
+    out.push_back(op);
+  }
+  return Program(std::move(out), std::move(pool));
+}
+
+void set_blas(py::capsule dgemm, py::capsule sgemm) {
+  g_blas.dgemm = reinterpret_cast<ntkfast::DgemmFn>(dgemm.get_pointer());
+  g_blas.sgemm = reinterpret_cast<ntkfast::SgemmFn>(sgemm.get_pointer());
+}
+
+template <class T>
+T* output_ptr(std::optional<CArray<T>>& out, py::ssize_t rows, py::ssize_t cols, const char* name) {
+  if (!out) return nullptr;
+  if (out->ndim() != 2 || out->shape(0) != rows || out->shape(1) != cols)
+    throw std::invalid_argument(std::string(name) + ": wrong shape");
+  return out->mutable_data();  // raises if the array is read-only
+}
+
+template <class T>
+void gram(const Program& prog, const CArray<T>& x1, std::optional<CArray<T>> x2,
+          std::optional<CArray<T>> nngp, std::optional<CArray<T>> ntk, int num_threads,
+          int64_t tile, std::optional<py::function> progress) {
+  if (x1.ndim() != 2 || (x2 && x2->ndim() != 2)) throw std::invalid_argument("x must be 2-D");
+  const py::ssize_t n1 = x1.shape(0), d = x1.shape(1);
+  const py::ssize_t n2 = x2 ? x2->shape(0) : n1;
+  if (x2 && x2->shape(1) != d) throw std::invalid_argument("x1 and x2 differ in features");
+  T* nngp_ptr = output_ptr(nngp, n1, n2, "nngp");
+  T* ntk_ptr = output_ptr(ntk, n1, n2, "ntk");
+
+  // Between tiles one thread takes the GIL: Ctrl-C (PyErr_CheckSignals) and the progress
+  // callback run there; an exception from either stops the computation and is re-raised below.
+  std::shared_ptr<py::error_already_set> pending;
+  ntkfast::GramOptions options;
+  options.num_threads = num_threads;
+  options.tile = tile;
+  options.poll = [&](int64_t done, int64_t total) {
+    py::gil_scoped_acquire gil;
+    if (PyErr_CheckSignals() != 0) {
+      pending = std::make_shared<py::error_already_set>();
+      return false;
+    }
+    if (progress) {
+      try {
+        (*progress)(done, total);
+      } catch (py::error_already_set& e) {
+        pending = std::make_shared<py::error_already_set>(std::move(e));
+        return false;
+      }
+    }
+    return true;
+  };
+  const T* x1_ptr = x1.data();
+  const T* x2_ptr = x2 ? x2->data() : nullptr;
+  try {
+    py::gil_scoped_release release;
+    ntkfast::compute_gram<T>(prog, x1_ptr, n1, x2_ptr, n2, d, nngp_ptr, n2, ntk_ptr, n2, g_blas,
+                             options);
+  } catch (const ntkfast::Cancelled&) {
+    if (pending) throw *pending;
+    throw;
+  }
+}
+
+template <class T>
+void diagonal(const Program& prog, const CArray<T>& x, std::optional<CArray<T>> nngp,
+              std::optional<CArray<T>> ntk, int num_threads) {
+  if (x.ndim() != 2) throw std::invalid_argument("x must be 2-D");
+  const py::ssize_t n = x.shape(0), d = x.shape(1);
+  auto vec_ptr = [n](std::optional<CArray<T>>& out, const char* name) -> T* {
+    if (!out) return nullptr;
+    if (out->ndim() != 1 || out->shape(0) != n)
+      throw std::invalid_argument(std::string(name) + ": wrong shape");
+    return out->mutable_data();
+  };
+  T* nngp_ptr = vec_ptr(nngp, "nngp");
+  T* ntk_ptr = vec_ptr(ntk, "ntk");
+  const T* x_ptr = x.data();
+  py::gil_scoped_release release;
+  ntkfast::compute_diagonal<T>(prog, x_ptr, n, d, nngp_ptr, ntk_ptr, num_threads);
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "ntkfast's compiled CPU engine (private; use the ntkfast package).";
+
+  py::class_<Program>(m, "Program")
+      .def(py::init(&make_program), py::arg("ops"), py::arg("pool"))
+      .def_property_readonly("n_ops", &Program::n_ops);
+
+  m.def("set_blas", &set_blas, py::arg("dgemm"), py::arg("sgemm"));
+
+  m.def("gram", &gram<double>, py::arg("program"), py::arg("x1").noconvert(),
+        py::arg("x2").noconvert(), py::arg("nngp").noconvert(), py::arg("ntk").noconvert(),
+        py::arg("num_threads"), py::arg("tile"), py::arg("progress"));
+  m.def("gram", &gram<float>, py::arg("program"), py::arg("x1").noconvert(),
+        py::arg("x2").noconvert(), py::arg("nngp").noconvert(), py::arg("ntk").noconvert(),
+        py::arg("num_threads"), py::arg("tile"), py::arg("progress"));
+  m.def("diagonal", &diagonal<double>, py::arg("program"), py::arg("x").noconvert(),
+        py::arg("nngp").noconvert(), py::arg("ntk").noconvert(), py::arg("num_threads"));
+  m.def("diagonal", &diagonal<float>, py::arg("program"), py::arg("x").noconvert(),
+        py::arg("nngp").noconvert(), py::arg("ntk").noconvert(), py::arg("num_threads"));
+
+  m.def("select_cpu_kernels", &ntkfast::select_cpu_kernels, py::arg("name"));
+  m.def("default_tile", &ntkfast::default_tile, py::arg("n_features"));
+  m.def("snap_tolerance", [](const std::string& dtype, int64_t d) {
+    if (dtype == "float64") return ntkfast::snap_tolerance<double>(d);
+    if (dtype == "float32") return ntkfast::snap_tolerance<float>(d);
+    throw std::invalid_argument("dtype must be 'float32' or 'float64'");
+  });
+  m.def("build_info", []() {
+    py::dict info;
+    info["openmp"] = ntkfast::have_openmp();
+    info["max_threads"] = ntkfast::max_threads();
+    info["cpu_features"] = ntkfast::cpu_features();
+    info["cpu_kernels"] = std::string(ntkfast::cpu_kernels().name);
+    info["cpu_kernel_lanes"] = ntkfast::cpu_kernels().lanes;
+    info["supported_cpu_kernels"] = ntkfast::supported_cpu_kernels();
+    info["max_degree"] = ntkfast::kMaxDegree;
+#if defined(__clang__)
+    info["compiler"] = std::string("clang ") + __clang_version__;
+#elif defined(__GNUC__)
+    info["compiler"] = std::string("gcc ") + __VERSION__;
+#else
+    info["compiler"] = std::string("unknown");
+#endif
+    return info;
+  });
+
+  py::register_exception<ntkfast::Cancelled>(m, "Cancelled", PyExc_KeyboardInterrupt);
+  // Raised as ntkfast._errors.EngineNonFinite(point_set, row, op, value, is_ntk); the Python layer
+  // turns it into a NonFiniteKernelError that names the layer.
+  py::register_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const ntkfast::NonFiniteKernel& e) {
+      py::object cls = py::module_::import("ntkfast._errors").attr("EngineNonFinite");
+      py::set_error(cls, cls(e.point_set, e.row, e.op, e.value, e.is_ntk));
+    }
+  });
+}

@@ -1,0 +1,422 @@
+// engine.cpp -- tiling, threads, BLAS calls and dispatch of the CPU Gram engine.
+//
+// Work: the per-row tables (cpu_kernels.hpp) are built once per point set; then each tile
+// (I, J) gets its input Gram from one single-threaded GEMM into a per-thread buffer and the
+// ISA kernel turns it into NNGP/NTK values written straight into the output. For a symmetric
+// Gram only tiles with J >= I are computed; each is mirrored, so the result is exactly symmetric,
+// and the diagonal is copied from the per-row recursion (= compute_diagonal, bit for bit).
+// Threads: OpenMP over tiles (dynamic schedule). The first exception thrown in a tile stops the
+// others and is rethrown after the parallel region; thread 0 polls the caller between tiles.
+#include "engine.hpp"
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <climits>
+#include <cmath>
+#include <cstdlib>
+#include <limits>
+#include <mutex>
+#include <sstream>
+#include <type_traits>
+
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
+namespace ntkfast {
+
+// ------------------------------------------------------------------------------------------------
+// Program validation: the binding builds programs from Python values, so nothing is trusted.
+
+namespace {
+
+int64_t polynomial_table_size(const std::vector<double>& pool, int64_t offset) {
+  if (offset < 0 || offset >= int64_t(pool.size())) return -1;
+  const double degree = pool[size_t(offset)];
+  if (!(degree >= 0 && degree <= kMaxDegree) || degree != std::floor(degree)) return -1;
+  int64_t pos = offset + 1;
+  for (int l = 0; l <= int(degree); ++l) {
+    if (pos + 1 >= int64_t(pool.size())) return -1;
+    const double m = pool[size_t(pos)];
+    if (!(m >= 1 && m <= kMaxDegree + 1) || m != std::floor(m)) return -1;
+    pos += 2 + int64_t(m);
+    if (pos > int64_t(pool.size())) return -1;
+  }
+  return pos - offset;
+}
+
+}  // namespace
+
+Program::Program(std::vector<LayerOp> ops, std::vector<double> pool)
+    : ops_(std::move(ops)), pool_(std::move(pool)) {
+  if (ops_.size() > 1000000) throw std::invalid_argument("program: too many layers");
+  for (size_t k = 0; k < ops_.size(); ++k) {
+    const LayerOp& op = ops_[k];
+    std::ostringstream where;
+    where << "program op " << k << ": ";
+    if (op.kind < 0 || op.kind >= kNumOpKinds)
+      throw std::invalid_argument(where.str() + "unknown op kind " + std::to_string(op.kind));
+    for (double p : op.p)
+      if (!std::isfinite(p)) throw std::invalid_argument(where.str() + "non-finite parameter");
+    if (op.degree < 0 || op.degree > kMaxDegree)
+      throw std::invalid_argument(where.str() + "degree out of range [0, " +
+                                  std::to_string(kMaxDegree) + "]");
+    if (op.kind == kPolynomial) {
+      if (polynomial_table_size(pool_, op.offset) < 0 ||
+          polynomial_table_size(pool_, int64_t(op.p[0])) < 0)
+        throw std::invalid_argument(where.str() + "malformed polynomial table");
+    }
+  }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Dispatch.
+
+namespace {
+
+bool cpu_has(const char* feature) {
+#if defined(NTKFAST_HAVE_X86_DISPATCH)
+  __builtin_cpu_init();
+  if (std::string(feature) == "avx2") return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  if (std::string(feature) == "avx512")
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+           __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#endif
+  (void)feature;
+  return false;
+}
+
+const CpuKernels* kernels_by_name(const std::string& name) {
+  if (name == "generic") return &kCpuKernelsGeneric;
+#if defined(NTKFAST_HAVE_X86_DISPATCH)
+  if (name == "avx2" && cpu_has("avx2")) return &kCpuKernelsAvx2;
+  if (name == "avx512" && cpu_has("avx512")) return &kCpuKernelsAvx512;
+#endif
+  return nullptr;
+}
+
+const CpuKernels* best_kernels() {
+  for (const char* name : {"avx512", "avx2", "generic"})
+    if (const CpuKernels* k = kernels_by_name(name)) return k;
+  return &kCpuKernelsGeneric;
+}
+
+std::atomic<const CpuKernels*> g_kernels{nullptr};
+
+}  // namespace
+
+const CpuKernels& cpu_kernels() {
+  const CpuKernels* k = g_kernels.load();
+  if (!k) {
+    k = best_kernels();
+    g_kernels.store(k);
+  }
+  return *k;
+}
+
+void select_cpu_kernels(const std::string& name) {
+  const CpuKernels* k = kernels_by_name(name);
+  if (!k) {
+    std::string msg = "CPU kernels '" + name + "' are not available on this CPU; supported:";
+    for (const auto& s : supported_cpu_kernels()) msg += " " + s;
+    throw std::invalid_argument(msg);
+  }
+  g_kernels.store(k);
+}
+
+std::vector<std::string> supported_cpu_kernels() {
+  std::vector<std::string> out;
+  for (const char* name : {"avx512", "avx2", "generic"})
+    if (kernels_by_name(name)) out.push_back(name);
+  return out;
+}
+
+std::string cpu_features() {
+  std::string out;
+#if defined(NTKFAST_HAVE_X86_DISPATCH)
+  __builtin_cpu_init();
+  const char* names[] = {"sse4.2", "avx", "avx2", "fma", "avx512f", "avx512dq", "avx512vl"};
+  const bool have[] = {bool(__builtin_cpu_supports("sse4.2")), bool(__builtin_cpu_supports("avx")),
+                       bool(__builtin_cpu_supports("avx2")),   bool(__builtin_cpu_supports("fma")),
+                       bool(__builtin_cpu_supports("avx512f")), bool(__builtin_cpu_supports("avx512dq")),
+                       bool(__builtin_cpu_supports("avx512vl"))};
+  for (size_t i = 0; i < sizeof(have) / sizeof(have[0]); ++i)
+    if (have[i]) out += (out.empty() ? "" : " ") + std::string(names[i]);
+#endif
+  return out.empty() ? "baseline" : out;
+}
+
+bool have_openmp() {
+#if defined(_OPENMP)
+  return true;
+#else
+  return false;
+#endif
+}
+
+int max_threads() {
+#if defined(_OPENMP)
+  return omp_get_max_threads();
+#else
+  return 1;
+#endif
+}
+
+int64_t default_tile(int64_t n_features) {
+  // 256 x 256 x d multiply-adds stay under ~0.1 s per tile up to d ~ 60k; shrink beyond.
+  const double budget = 4e9;
+  int64_t tile = int64_t(std::sqrt(budget / double(std::max<int64_t>(n_features, 1))));
+  tile = std::min<int64_t>(256, std::max<int64_t>(32, tile));
+  return tile / 16 * 16;
+}
+
+template <class T>
+double snap_tolerance(int64_t n_features) {
+  return 4.0 * std::sqrt(double(std::max<int64_t>(n_features, 1))) *
+         double(std::numeric_limits<T>::epsilon());
+}
+
+// ------------------------------------------------------------------------------------------------
+// Per-row tables.
+
+namespace {
+
+int resolve_threads(int requested) { return requested > 0 ? requested : max_threads(); }
+
+struct RowStats {
+  int64_t n = 0, stride = 0;
+  std::vector<double> q, sq, ntk_diag;
+  RowTables tables(int64_t first_row = 0) {
+    return {q.data() + first_row, sq.data() + first_row, stride};
+  }
+};
+
+// Every tabulated variance must be finite, and the outputs must fit the storage type T.
+template <class T>
+void check_row_stats(const ProgramView& prog, const RowStats& st, int point_set) {
+  const double storage_max = double(std::numeric_limits<T>::max());
+  for (int k = 1; k <= prog.n_ops; ++k) {
+    const double limit = k == prog.n_ops ? storage_max : std::numeric_limits<double>::max();
+    const double* q = st.q.data() + size_t(k) * size_t(st.stride);
+    for (int64_t i = 0; i < st.n; ++i)
+      if (!(std::fabs(q[i]) <= limit)) throw NonFiniteKernel(point_set, i, k - 1, q[i], false);
+  }
+  if (prog.n_ops == 0)
+    for (int64_t i = 0; i < st.n; ++i)
+      if (!(st.q[size_t(i)] <= storage_max)) throw NonFiniteKernel(point_set, i, -1, st.q[size_t(i)], false);
+  if (!st.ntk_diag.empty())
+    for (int64_t i = 0; i < st.n; ++i)
+      if (!(std::fabs(st.ntk_diag[size_t(i)]) <= storage_max))
+        throw NonFiniteKernel(point_set, i, prog.n_ops - 1, st.ntk_diag[size_t(i)], true);
+}
+
+template <class T>
+RowStats row_stats(const ProgramView& prog, const T* x, int64_t n, int64_t d, bool with_ntk,
+                   int threads, int point_set) {
+  RowStats st;
+  st.n = n;
+  st.stride = (n + kRowPad - 1) / kRowPad * kRowPad + kRowPad;
+  const size_t size = size_t(prog.n_ops + 1) * size_t(st.stride);
+  st.q.assign(size, 1.0);  // padding rows: unit variance, harmless
+  st.sq.assign(size, 1.0);
+  if (with_ntk) st.ntk_diag.assign(size_t(st.stride), 0.0);
+  const double inv_d = d > 0 ? 1.0 / double(d) : 0.0;
+  const CpuKernels& kernels = cpu_kernels();
+  const int64_t blocks = (n + kRowPad - 1) / kRowPad;
+  double* q = st.q.data();
+  double* sq = st.sq.data();
+  double* ntk_diag = with_ntk ? st.ntk_diag.data() : nullptr;
+  const int64_t stride = st.stride;
+#pragma omp parallel for schedule(static) num_threads(threads) if (blocks > 1)
+  for (int64_t b = 0; b < blocks; ++b) {
+    const int64_t i0 = b * kRowPad, i1 = std::min(n, i0 + kRowPad);
+    for (int64_t i = i0; i < i1; ++i) {
+      const T* row = x + i * d;
+      double sum = 0.0;
+      for (int64_t k = 0; k < d; ++k) sum += double(row[k]) * double(row[k]);
+      q[i] = sum * inv_d;
+      sq[i] = std::sqrt(q[i]);
+    }
+    kernels.row_pass(prog, kRowPad, RowTables{q + i0, sq + i0, stride},
+                     ntk_diag ? ntk_diag + i0 : nullptr);
+  }
+  check_row_stats<T>(prog, st, point_set);
+  return st;
+}
+
+// out[J0 + j][I0 + i] = out[I0 + i][J0 + j] for a rows x cols block, in cache-sized squares.
+template <class T>
+void mirror_block(T* out, int64_t ld, int64_t i0, int64_t j0, int64_t rows, int64_t cols,
+                  bool strictly_upper) {
+  constexpr int64_t kBlock = 32;
+  for (int64_t ib = 0; ib < rows; ib += kBlock)
+    for (int64_t jb = strictly_upper ? ib : 0; jb < cols; jb += kBlock) {
+      const int64_t ie = std::min(rows, ib + kBlock), je = std::min(cols, jb + kBlock);
+      for (int64_t i = ib; i < ie; ++i)
+        for (int64_t j = strictly_upper ? std::max(jb, i + 1) : jb; j < je; ++j)
+          out[(j0 + j) * ld + (i0 + i)] = out[(i0 + i) * ld + (j0 + j)];
+    }
+}
+
+template <class T>
+void gemm_tile(const Blas& blas, const T* a_rows, int64_t rows, const T* b_rows, int64_t cols,
+               int64_t d, T* c) {
+  // Row-major C (rows x cols) = A Bᵀ is column-major Cᵀ = B Aᵀ, i.e. ?gemm('T', 'N') on the
+  // column-major views (d x cols, d x rows) of the row-major point sets.
+  if (d == 0) {
+    std::fill(c, c + rows * cols, T(0));
+    return;
+  }
+  const char ta = 'T', tb = 'N';
+  const int m = int(cols), n = int(rows), k = int(d), ld = int(d), ldc = int(cols);
+  const T one = 1, zero = 0;
+  if constexpr (std::is_same<T, double>::value)
+    blas.dgemm(&ta, &tb, &m, &n, &k, &one, b_rows, &ld, a_rows, &ld, &zero, c, &ldc);
+  else
+    blas.sgemm(&ta, &tb, &m, &n, &k, &one, b_rows, &ld, a_rows, &ld, &zero, c, &ldc);
+}
+
+struct TileIndex {
+  int64_t i, j;
+};
+
+}  // namespace
+
+template <class T>
+void compute_gram(const Program& prog, const T* x1, int64_t n1, const T* x2, int64_t n2,
+                  int64_t n_features, T* nngp, int64_t ld_nngp, T* ntk, int64_t ld_ntk,
+                  const Blas& blas, const GramOptions& options) {
+  const bool symmetric = x2 == nullptr;
+  if (symmetric) n2 = n1;
+  if (n1 < 0 || n2 < 0 || n_features < 0) throw std::invalid_argument("negative size");
+  if (n_features > INT_MAX || n1 > INT_MAX || n2 > INT_MAX)
+    throw std::invalid_argument("sizes must fit the 32-bit BLAS interface");
+  if ((nngp && ld_nngp < n2) || (ntk && ld_ntk < n2))
+    throw std::invalid_argument("leading dimension smaller than the number of columns");
+  if (std::is_same<T, double>::value ? !blas.dgemm : !blas.sgemm)
+    throw std::invalid_argument("no BLAS gemm was provided for this dtype");
+  if (n1 == 0 || n2 == 0 || (!nngp && !ntk)) return;
+
+  const ProgramView pv = prog.view();
+  const int threads = resolve_threads(options.num_threads);
+  const bool with_ntk = ntk != nullptr;
+  RowStats stats1 = row_stats(pv, x1, n1, n_features, with_ntk, threads, 1);
+  RowStats stats2_own;
+  if (!symmetric) stats2_own = row_stats(pv, x2, n2, n_features, with_ntk, threads, 2);
+  RowStats& stats2 = symmetric ? stats1 : stats2_own;
+  const T* xb = symmetric ? x1 : x2;
+
+  const int64_t tile = options.tile > 0 ? options.tile : default_tile(n_features);
+  const int64_t tiles1 = (n1 + tile - 1) / tile, tiles2 = (n2 + tile - 1) / tile;
+  std::vector<TileIndex> work;
+  work.reserve(size_t(symmetric ? tiles1 * (tiles1 + 1) / 2 : tiles1 * tiles2));
+  for (int64_t i = 0; i < tiles1; ++i)
+    for (int64_t j = symmetric ? i : 0; j < tiles2; ++j) work.push_back({i, j});
+  const int64_t total = int64_t(work.size());
+
+  const CpuKernels& kernels = cpu_kernels();
+  const double inv_d = n_features > 0 ? 1.0 / double(n_features) : 0.0;
+  const double snap_tol = snap_tolerance<T>(n_features);
+  std::atomic<bool> stop{false};
+  std::atomic<int64_t> done{0};
+  std::exception_ptr error;
+  std::mutex error_mutex;
+  bool cancelled = false;
+  auto last_poll = std::chrono::steady_clock::now();
+
+#pragma omp parallel num_threads(threads)
+  {
+    std::vector<T> buffer(size_t(tile * tile));
+#if defined(_OPENMP)
+    const bool poller = omp_get_thread_num() == 0;
+#else
+    const bool poller = true;
+#endif
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t w = 0; w < total; ++w) {
+      if (stop.load(std::memory_order_relaxed)) continue;
+      try {
+        const int64_t i0 = work[size_t(w)].i * tile, j0 = work[size_t(w)].j * tile;
+        const int64_t rows = std::min(tile, n1 - i0), cols = std::min(tile, n2 - j0);
+        const bool diagonal_tile = symmetric && i0 == j0;
+        gemm_tile(blas, x1 + i0 * n_features, rows, xb + j0 * n_features, cols, n_features,
+                  buffer.data());
+        TileArgs<T> args{pv,
+                         rows,
+                         cols,
+                         buffer.data(),
+                         cols,
+                         inv_d,
+                         snap_tol,
+                         stats1.tables(i0),
+                         stats2.tables(j0),
+                         nngp ? nngp + i0 * ld_nngp + j0 : nullptr,
+                         ld_nngp,
+                         ntk ? ntk + i0 * ld_ntk + j0 : nullptr,
+                         ld_ntk,
+                         diagonal_tile};
+        (std::is_same<T, double>::value ? (void (*)(const TileArgs<T>&))kernels.tile_f64
+                                        : (void (*)(const TileArgs<T>&))kernels.tile_f32)(args);
+        if (symmetric && (!diagonal_tile || rows > 1)) {
+          if (nngp) mirror_block(nngp, ld_nngp, i0, j0, rows, cols, diagonal_tile);
+          if (ntk) mirror_block(ntk, ld_ntk, i0, j0, rows, cols, diagonal_tile);
+        }
+        if (diagonal_tile) {
+          const double* q_final = stats1.q.data() + size_t(pv.n_ops) * size_t(stats1.stride);
+          for (int64_t i = i0; i < i0 + rows; ++i) {
+            if (nngp) nngp[i * ld_nngp + i] = T(q_final[i]);
+            if (ntk) ntk[i * ld_ntk + i] = T(stats1.ntk_diag[size_t(i)]);
+          }
+        }
+        done.fetch_add(1, std::memory_order_relaxed);
+        if (poller && options.poll) {
+          const auto now = std::chrono::steady_clock::now();
+          if (std::chrono::duration<double>(now - last_poll).count() >= options.poll_interval) {
+            last_poll = now;
+            if (!options.poll(done.load(), total)) {
+              cancelled = true;
+              stop.store(true);
+            }
+          }
+        }
+      } catch (...) {
+        std::lock_guard<std::mutex> lock(error_mutex);
+        if (!error) error = std::current_exception();
+        stop.store(true);
+      }
+    }
+  }
+  if (error) std::rethrow_exception(error);
+  if (cancelled) throw Cancelled();
+  if (options.poll && !options.poll(total, total)) throw Cancelled();
+}
+
+template <class T>
+void compute_diagonal(const Program& prog, const T* x, int64_t n, int64_t n_features, T* nngp,
+                      T* ntk, int num_threads) {
+  if (n < 0 || n_features < 0) throw std::invalid_argument("negative size");
+  if (n == 0 || (!nngp && !ntk)) return;
+  const ProgramView pv = prog.view();
+  RowStats st = row_stats(pv, x, n, n_features, ntk != nullptr, resolve_threads(num_threads), 1);
+  const double* q_final = st.q.data() + size_t(pv.n_ops) * size_t(st.stride);
+  for (int64_t i = 0; i < n; ++i) {
+    if (nngp) nngp[i] = T(q_final[i]);
+    if (ntk) ntk[i] = T(st.ntk_diag[size_t(i)]);
+  }
+}
+
+template void compute_gram<double>(const Program&, const double*, int64_t, const double*, int64_t,
+                                   int64_t, double*, int64_t, double*, int64_t, const Blas&,
+                                   const GramOptions&);
+template void compute_gram<float>(const Program&, const float*, int64_t, const float*, int64_t,
+                                  int64_t, float*, int64_t, float*, int64_t, const Blas&,
+                                  const GramOptions&);
+template void compute_diagonal<double>(const Program&, const double*, int64_t, int64_t, double*,
+                                       double*, int);
+template void compute_diagonal<float>(const Program&, const float*, int64_t, int64_t, float*, float*,
+                                      int);
+template double snap_tolerance<double>(int64_t);
+template double snap_tolerance<float>(int64_t);
+
+}  // namespace ntkfast

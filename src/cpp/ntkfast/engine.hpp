@@ -1,0 +1,108 @@
+// engine.hpp -- the CPU Gram engine: tiled NNGP/NTK matrices and per-row variances.
+//
+// A C++17 library with no Python in it. The input Gram of each tile comes from a BLAS GEMM the
+// caller supplies (Fortran ABI, e.g. SciPy's or NumPy's OpenBLAS), called single-threaded per tile
+// from OpenMP threads; the layer program then runs on the tile while it is in cache (cpu_kernels).
+#pragma once
+
+#include <cstdint>
+#include <exception>
+#include <functional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "cpu_kernels.hpp"
+#include "program.hpp"
+
+namespace ntkfast {
+
+// A validated, owned layer program.
+class Program {
+ public:
+  Program(std::vector<LayerOp> ops, std::vector<double> pool);
+  ProgramView view() const { return {ops_.data(), int32_t(ops_.size()), pool_.data()}; }
+  int32_t n_ops() const { return int32_t(ops_.size()); }
+
+ private:
+  std::vector<LayerOp> ops_;
+  std::vector<double> pool_;
+};
+
+// Fortran BLAS ?gemm (LP64): C = alpha op(A) op(B) + beta C, column-major.
+using DgemmFn = void (*)(const char*, const char*, const int*, const int*, const int*, const double*,
+                         const double*, const int*, const double*, const int*, const double*, double*,
+                         const int*);
+using SgemmFn = void (*)(const char*, const char*, const int*, const int*, const int*, const float*,
+                         const float*, const int*, const float*, const int*, const float*, float*,
+                         const int*);
+
+struct Blas {
+  DgemmFn dgemm = nullptr;
+  SgemmFn sgemm = nullptr;
+};
+
+// Called by one thread between tiles, at most every poll_interval seconds (and once at the end);
+// returning false stops the computation, which then throws Cancelled.
+using PollFn = std::function<bool(int64_t tiles_done, int64_t tiles_total)>;
+
+struct GramOptions {
+  int num_threads = 0;       // <= 0: OpenMP's default
+  int64_t tile = 0;          // <= 0: default_tile(n_features)
+  PollFn poll;               // may be empty
+  double poll_interval = 0.1;
+};
+
+class Cancelled : public std::exception {
+ public:
+  const char* what() const noexcept override { return "computation cancelled"; }
+};
+
+// A per-row variance (or NTK diagonal) that is not finite, or does not fit the storage type, after
+// some op: the kernel itself overflows (e.g. Exp or Gaussian(b > 0) with large variances). It is
+// raised from the per-row pass, before any tile is computed; off-diagonal entries are bounded by
+// the diagonal (the kernels are positive semi-definite), so this check covers the whole matrix.
+class NonFiniteKernel : public std::runtime_error {
+ public:
+  NonFiniteKernel(int point_set, int64_t row, int op, double value, bool is_ntk)
+      : std::runtime_error("non-finite kernel"), point_set(point_set), row(row), op(op),
+        value(value), is_ntk(is_ntk) {}
+  int point_set;  // 1 (x1) or 2 (x2)
+  int64_t row;
+  int op;         // index into the program; n_ops means "the output"
+  double value;
+  bool is_ntk;
+};
+
+// The output matrices are row-major n1 x n2 with the given leading dimensions; either may be null.
+// x2 == nullptr computes the symmetric Gram of x1 (upper-triangle tiles, mirrored, exactly
+// symmetric); the diagonal then equals diagonal() to the last bit.
+template <class T>
+void compute_gram(const Program& prog, const T* x1, int64_t n1, const T* x2, int64_t n2,
+                  int64_t n_features, T* nngp, int64_t ld_nngp, T* ntk, int64_t ld_ntk,
+                  const Blas& blas, const GramOptions& options);
+
+// Per-row NNGP variance and NTK diagonal in O(n · (n_features + n_ops)).
+template <class T>
+void compute_diagonal(const Program& prog, const T* x, int64_t n, int64_t n_features, T* nngp,
+                      T* ntk, int num_threads);
+
+// The tile edge used when GramOptions::tile is not set: large enough for GEMM efficiency, small
+// enough that one tile's GEMM takes well under the poll interval.
+int64_t default_tile(int64_t n_features);
+
+// The relative tolerance of the input-correlation snap for a storage type (layer_math.hpp).
+template <class T>
+double snap_tolerance(int64_t n_features);
+
+// CPU kernel dispatch: the best variant this CPU supports, or the one named by
+// NTKFAST_CPU_DISPATCH / select_cpu_kernels ("generic", "avx2", "avx512").
+const CpuKernels& cpu_kernels();
+void select_cpu_kernels(const std::string& name);  // throws std::invalid_argument
+std::vector<std::string> supported_cpu_kernels();
+std::string cpu_features();
+
+bool have_openmp();
+int max_threads();
+
+}  // namespace ntkfast

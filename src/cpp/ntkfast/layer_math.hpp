@@ -1,0 +1,402 @@
+// layer_math.hpp -- the per-entry layer maps of ntkfast, written once for the CPU and the GPU.
+//
+// Math (MATH.md §2-4, neural-tangents' conventions in shared/reference/README.md):
+//   every entry (x, x') of a Gram matrix carries two running numbers through the network:
+//     c = Σ(x, x')   the NNGP cross-covariance,   t = Θ(x, x')   the NTK,
+//   and each layer op maps (c, t) given the per-row variances q1 = Σ(x, x), q2 = Σ(x', x')
+//   entering the op (and their square roots sq1, sq2, tabulated once per row):
+//     Dense:      c <- W² c + b²,   t <- γ·c_new + α·c_old + W² t + β     (α, β, γ: parameterization)
+//     activation: c <- E[φ(u)φ(v)], t <- E[φ'(u)φ'(v)] · t,  (u, v) ~ N(0, [[q1, c], [c, q2]]).
+//   A per-row variance goes through the same function with c = q1 = q2, so the diagonal of a Gram
+//   matrix and the per-row variances agree to the last bit.
+//
+// Lanes: every function is a template on the lane type V: a scalar (float/double, host or CUDA
+// device) or a GCC vector of doubles (the CPU kernels, see simd.hpp). Only arithmetic, comparisons
+// and `mask ? a : b` are used, which mean the same for both; nt_sqrt / nt_exp are overloaded.
+//
+// Guards (never -ffast-math: they rely on IEEE semantics):
+//   s = √(q1 q2) is q1 itself when q1 == q2, so a duplicate row gives ρ = 1 exactly;
+//   r² = (s - c)(s + c) is clamped at 0 (no cancellation blow-up, no NaN from rounding);
+//   θ comes from atan2(r, c) (accurate at ρ = ±1), with θ = π/2 where q1 q2 = 0 and c = 0
+//   (the limit of a zero-variance pre-activation; neural-tangents' convention);
+//   √(q1 q2) is formed as √q1·√q2, so variances up to the type's maximum never overflow.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#include "program.hpp"
+
+#if defined(__CUDACC__)
+#define NTKFAST_HD __host__ __device__ __forceinline__
+#else
+#define NTKFAST_HD inline
+#endif
+
+// Each CPU instruction-set variant compiles this header into its own inline namespace, so the
+// linker never merges an AVX-512 copy of a function into code that runs on a plain x86-64 CPU.
+#ifndef NTKFAST_ISA_NAMESPACE
+#define NTKFAST_ISA_NAMESPACE generic
+#endif
+
+namespace ntkfast {
+inline namespace NTKFAST_ISA_NAMESPACE {
+
+// ------------------------------------------------------------------------------------------------
+// Scalar overloads (host and device). The CPU vector overloads live in simd.hpp.
+
+NTKFAST_HD double nt_sqrt(double x) { return sqrt(x); }
+NTKFAST_HD float nt_sqrt(float x) { return sqrtf(x); }
+NTKFAST_HD double nt_exp(double x) { return exp(x); }
+NTKFAST_HD float nt_exp(float x) { return expf(x); }
+
+// A lane value from a scalar (works for scalars and GCC vectors alike).
+template <class V>
+NTKFAST_HD V splat(double x) { return V{} + x; }
+
+template <class V>
+NTKFAST_HD V nt_max(V a, V b) { return a > b ? a : b; }
+template <class V>
+NTKFAST_HD V nt_min(V a, V b) { return a < b ? a : b; }
+template <class V>
+NTKFAST_HD V nt_abs(V a) { return a < 0 ? -a : a; }
+
+constexpr double kPi = 3.14159265358979323846;
+constexpr double kHalfPi = 1.57079632679489661923;
+constexpr double kQuarterPi = 0.78539816339744830962;
+constexpr double kTanPi8 = 0.41421356237309504880;
+
+// atan(u) for |u| <= 1: reduce to |u| <= tan(π/8), then u + u z P(z), z = u², P a degree-10
+// fit (tools/fit_atan.py) with ≤ 1 ulp error on that interval. Branch-free, so it vectorises.
+template <class V>
+NTKFAST_HD V atan_unit(V u) {
+  const V au = nt_abs(u);
+  const auto hi = au > kTanPi8;
+  // atan(x) = π/4 + atan((x - 1)/(x + 1)) for x > tan(π/8)
+  const V w = hi ? (au - 1.0) / (au + 1.0) : au;
+  const V z = w * w;
+  const V z2 = z * z, z4 = z2 * z2, z8 = z4 * z4;
+  const V p = ((-0.33333333333333287 + 0.19999999999974793 * z) +
+               (-0.14285714282025735 + 0.1111111086401072 * z) * z2) +
+              ((-0.09090899837560827 + 0.07692093906334857 * z) +
+               (-0.06663456603270149 + 0.05850271147647043 * z) * z2) * z4 +
+              ((-0.050493393117391684 + 0.03830432736131884 * z) +
+               -0.018155359573923915 * z2) * z8;
+  V a = w + w * z * p;
+  a = hi ? a + kQuarterPi : a;
+  return u < 0 ? -a : a;
+}
+
+// The angle θ ∈ [0, π] between the two (r ≥ 0, c) ↦ atan2(r, c); 0 when both are 0.
+// One division: the octant reduction and the tan(π/8) reduction share it.
+template <class V>
+NTKFAST_HD V angle(V r, V c) {
+  const V ac = nt_abs(c);
+  const auto swap = r > ac;
+  const V big = swap ? r : ac;
+  const V small = swap ? ac : r;
+  const auto hi = small > kTanPi8 * big;
+  const V num = hi ? small - big : small;
+  const V den = nt_max(hi ? small + big : big, splat<V>(1e-300));
+  const V w = num / den;
+  const V z = w * w;
+  const V z2 = z * z, z4 = z2 * z2, z8 = z4 * z4;
+  const V p = ((-0.33333333333333287 + 0.19999999999974793 * z) +
+               (-0.14285714282025735 + 0.1111111086401072 * z) * z2) +
+              ((-0.09090899837560827 + 0.07692093906334857 * z) +
+               (-0.06663456603270149 + 0.05850271147647043 * z) * z2) * z4 +
+              ((-0.050493393117391684 + 0.03830432736131884 * z) +
+               -0.018155359573923915 * z2) * z8;
+  V a = w + w * z * p;
+  a = hi ? a + kQuarterPi : a;
+  a = swap ? kHalfPi - a : a;
+  return c < 0 ? kPi - a : a;
+}
+
+// atan2(y, x) for x > 0.
+template <class V>
+NTKFAST_HD V atan2_right(V y, V x) {
+  const V ay = nt_abs(y);
+  const auto swap = ay > x;
+  const V a = atan_unit(swap ? x / ay : ay / x);
+  const V b = swap ? kHalfPi - a : a;
+  return y < 0 ? -b : b;
+}
+
+// √(q1 q2) without overflow, and exactly q1 when q1 == q2.
+template <class V>
+NTKFAST_HD V pair_scale(V q1, V q2, V sq1, V sq2) {
+  return q1 == q2 ? q1 : sq1 * sq2;
+}
+
+// r² = q1 q2 - c² = s² (1 - ρ²) ≥ 0, factored so that ρ → ±1 loses no more than the rounding of c.
+template <class V>
+NTKFAST_HD V sine_sq(V s, V c) {
+  return nt_max((s - c) * (s + c), splat<V>(0.0));
+}
+
+// ------------------------------------------------------------------------------------------------
+// The ops. Each maps (c, t) for one entry; WithNtk = false skips the NTK arithmetic.
+// q1, q2 are the per-row variances entering the op, sq1, sq2 their square roots.
+
+template <class V>
+struct PairStats {
+  V q1, q2, sq1, sq2;
+};
+
+template <bool WithNtk, class V>
+NTKFAST_HD void op_dense(const LayerOp& op, V& c, V& t) {
+  const double w2 = op.p[0], b2 = op.p[1];
+  const V c_new = w2 * c + b2;
+  if (WithNtk) t = op.p[4] * c_new + (op.p[2] * c + (w2 * t + op.p[3]));
+  c = c_new;
+}
+
+// a·min(x, 0) + b·max(x, 0) (ReLU, LeakyReLU, Abs): the arc-cosine kernel of order 1,
+//   E[φφ] = (a-b)²/(2π) (r - θ c) + (a²+b²)/2 c,   E[φ'φ'] = (a²+b²)/2 - (a-b)² θ/(2π).
+template <bool WithNtk, class V>
+NTKFAST_HD void op_abrelu(const LayerOp& op, const PairStats<V>& ps, V& c, V& t) {
+  const double k1 = op.p[0], k2 = op.p[1];
+  const V s = pair_scale(ps.q1, ps.q2, ps.sq1, ps.sq2);
+  const V r = nt_sqrt(sine_sq(s, c));
+  const V theta = angle(r, c);
+  const V dot = k2 - k1 * theta;
+  c = k1 * r + dot * c;
+  if (WithNtk) t = dot * t;
+}
+
+// θ with the zero-variance limit: where q1 q2 = 0 the pair is uncorrelated (θ = π/2), whatever
+// rounding left in c (Cauchy-Schwarz says c = 0 there; neural-tangents' convention too).
+template <class V>
+NTKFAST_HD V angle_or_half_pi(V r, V c, V s) {
+  const V theta = angle(r, c);
+  return s == 0 ? splat<V>(kHalfPi) : theta;
+}
+
+// sign(x): E = (2/π) asin ρ = (2/π)(π/2 - θ), exactly 0 at θ = π/2 and 1 at θ = 0 (no FMA can
+// leave a residue there); the derivative is 0 a.e., so the NTK stops here.
+template <bool WithNtk, class V>
+NTKFAST_HD void op_sign(const PairStats<V>& ps, V& c, V& t) {
+  const V s = pair_scale(ps.q1, ps.q2, ps.sq1, ps.sq2);
+  const V theta = angle_or_half_pi(nt_sqrt(sine_sq(s, c)), c, s);
+  c = (kHalfPi - theta) * (2.0 / kPi);
+  if (WithNtk) t = splat<V>(0.0);
+}
+
+// max(0, x)^n (Cho & Saul's arc-cosine kernel of order n) without dividing by s:
+//   g_n = s^n J_n(θ)/(2π):  g_0 = (π-θ)/(2π), g_1 = (r + (π-θ) c)/(2π),
+//   g_n = (2n-1) c g_{n-1} + (n-1)² r² g_{n-2};   E[φφ] = g_n,  E[φ'φ'] = n² g_{n-1}.
+template <bool WithNtk, class V>
+NTKFAST_HD void op_rectified_monomial(const LayerOp& op, const PairStats<V>& ps, V& c, V& t) {
+  const int n = op.degree;
+  const V s = pair_scale(ps.q1, ps.q2, ps.sq1, ps.sq2);
+  const V r2 = sine_sq(s, c);
+  const V r = nt_sqrt(r2);
+  const V theta = angle_or_half_pi(r, c, s);
+  const V g0 = (kPi - theta) * (0.5 / kPi);
+  V g_prev = g0;                          // g_{k-1}
+  V g_cur = (r + (kPi - theta) * c) * (0.5 / kPi);  // g_k, k = 1
+  if (n == 0) {
+    c = g0;
+    if (WithNtk) t = splat<V>(0.0);
+    return;
+  }
+  for (int k = 2; k <= n; ++k) {
+    const V g_next = (2.0 * k - 1.0) * c * g_cur + double((k - 1) * (k - 1)) * r2 * g_prev;
+    g_prev = g_cur;
+    g_cur = g_next;
+  }
+  c = g_cur;
+  if (WithNtk) t = double(n) * double(n) * g_prev * t;
+}
+
+// a·erf(b·x) + c: after scaling by b², with P = (1 + 2q1)(1 + 2q2) written as
+//   D = P - 4c² = 1 + 2(q1 + q2) + 4 r²  (≥ 1, no cancellation),
+//   E = (2/π) asin(2c/√P) = (2/π) atan(2c/√D),   E[φ'φ'] = (4/π)/√D;  then ×a², +c² on E only.
+template <bool WithNtk, class V>
+NTKFAST_HD void op_erf(const LayerOp& op, const PairStats<V>& ps, V& c, V& t) {
+  const double a2 = op.p[0], b2 = op.p[1], c2 = op.p[2];
+  const V q1 = b2 * ps.q1, q2 = b2 * ps.q2, cb = b2 * c;
+  const V s = b2 * pair_scale(ps.q1, ps.q2, ps.sq1, ps.sq2);
+  const V root = nt_sqrt(1.0 + 2.0 * (q1 + q2) + 4.0 * sine_sq(s, cb));
+  c = (a2 * (2.0 / kPi)) * atan_unit(2.0 * cb / root) + c2;
+  if (WithNtk) t = ((a2 * b2 * (4.0 / kPi)) / root) * t;
+}
+
+// x·Φ(x) (exact GELU); neural-tangents' closed form (Tsuchida et al.), with
+//   δ² = (1 + q1)(1 + q2) - c² = 1 + q1 + q2 + r²  written without cancellation.
+template <bool WithNtk, class V>
+NTKFAST_HD void op_gelu(const PairStats<V>& ps, V& c, V& t) {
+  const V s = pair_scale(ps.q1, ps.q2, ps.sq1, ps.sq2);
+  const V prod = s * s;
+  const V prod_plus_1 = (1.0 + ps.q1) * (1.0 + ps.q2);
+  const V delta_sq = 1.0 + ps.q1 + ps.q2 + sine_sq(s, c);
+  const V delta = nt_sqrt(delta_sq);
+  const V ang = atan2_right(c, delta);
+  const V c_in = c;
+  c = ((c_in * c_in + prod * delta_sq) / (prod_plus_1 * delta) + c_in * ang) * (0.5 / kPi) +
+      0.25 * c_in;
+  if (WithNtk) {
+    const V first = (1.0 / delta_sq + (1.0 - prod) / prod_plus_1 + 1.0) * c_in / delta * (0.5 / kPi);
+    t = (first + 0.25 + ang * (0.5 / kPi)) * t;
+  }
+}
+
+// a·sin(b·x + c):  E = a²/2 (e^{b²(c - σ/2)} - cos 2c · e^{-b²(c + σ/2)}),  σ = q1 + q2;
+//   E[φ'φ'] = a² b²/2 (e^{b²(c - σ/2)} + cos 2c · e^{-b²(c + σ/2)}).  Cos is Sin with c + π/2.
+template <bool WithNtk, class V>
+NTKFAST_HD void op_sin(const LayerOp& op, const PairStats<V>& ps, V& c, V& t) {
+  const double half_a2 = op.p[0], b2 = op.p[1], cos2c = op.p[2];
+  const V half_sum = 0.5 * (ps.q1 + ps.q2);
+  const V e1 = nt_exp(b2 * (c - half_sum));
+  const V e2 = cos2c * nt_exp(-b2 * (c + half_sum));
+  c = half_a2 * (e1 - e2);
+  if (WithNtk) t = (half_a2 * b2) * (e1 + e2) * t;
+}
+
+// √2 sin(√(2γ) x + π/4):  E = exp(-γ (q1 + q2 - 2c)),  E[φ'φ'] = 2γ E.
+template <bool WithNtk, class V>
+NTKFAST_HD void op_rbf(const LayerOp& op, const PairStats<V>& ps, V& c, V& t) {
+  const double gamma = op.p[0];
+  const V e = nt_exp(gamma * (2.0 * c - ps.q1 - ps.q2));
+  c = e;
+  if (WithNtk) t = (2.0 * gamma) * e * t;
+}
+
+// a·exp(b·x):  E = a² exp(b² ((q1 + q2)/2 + c)),  E[φ'φ'] = a² b² exp(...).
+template <bool WithNtk, class V>
+NTKFAST_HD void op_exp(const LayerOp& op, const PairStats<V>& ps, V& c, V& t) {
+  const double a2 = op.p[0], b2 = op.p[1];
+  const V e = nt_exp(b2 * (0.5 * (ps.q1 + ps.q2) + c));
+  c = a2 * e;
+  if (WithNtk) t = (a2 * b2) * e * t;
+}
+
+// Kernel-only "normalised Gaussian" map: E = s exp(γ (ρ + shift)), t <- γ exp(γ (ρ + shift)) t.
+// A zero-variance row has s = 0: E -> 0 and ρ := 0 (neural-tangents uses s ≥ 1e-15 instead).
+template <bool WithNtk, class V>
+NTKFAST_HD void op_exp_normalized(const LayerOp& op, const PairStats<V>& ps, V& c, V& t) {
+  const double gamma = op.p[0], shift = op.p[1];
+  const V s = pair_scale(ps.q1, ps.q2, ps.sq1, ps.sq2);
+  V rho = c / nt_max(s, splat<V>(1e-300));
+  if (op.degree) rho = nt_min(nt_max(rho, splat<V>(-1.0)), splat<V>(1.0));
+  const V e = nt_exp(gamma * (rho + shift));
+  c = s * e;
+  if (WithNtk) t = gamma * e * t;
+}
+
+// a·exp(b·x²):  det² = (1 - 2b q1)(1 - 2b q2) - 4b²c² = 1 - 2b(q1 + q2) + 4b² r²,
+//   E = a²/det,  E[φ'φ'] = a² 4b² c / det³.  For b > 0 the expectation diverges where det² ≤ 0 (+inf).
+template <bool WithNtk, class V>
+NTKFAST_HD void op_gaussian(const LayerOp& op, const PairStats<V>& ps, V& c, V& t) {
+  const double a2 = op.p[0], b = op.p[1];
+  const V s = pair_scale(ps.q1, ps.q2, ps.sq1, ps.sq2);
+  const V det = nt_sqrt(nt_max(1.0 - 2.0 * b * (ps.q1 + ps.q2) + 4.0 * b * b * sine_sq(s, c), splat<V>(0.0)));
+  const V inv = 1.0 / det;
+  const V c_in = c;
+  c = a2 * inv;
+  if (WithNtk) t = (a2 * 4.0 * b * b) * c_in * inv * inv * inv * t;
+}
+
+// exp(-x²) sin(x): with D = |I + 2Λ| = 1 + 2(q1 + q2) + 4 r² and g± = exp((1 + q1 + q2 ± 2c)/(2D) - 1/2),
+//   E = (g₊ - g₋) / (2√D);   E[φ'φ'] = ∂E/∂c (Price's theorem)
+//     = 2c (g₊ - g₋)/D^{3/2} + (g₊ h₊ - g₋ h₋)/(2√D),   h± = (±D + 4c(1 + q1 + q2 ± 2c))/D².
+template <bool WithNtk, class V>
+NTKFAST_HD void op_gabor(const PairStats<V>& ps, V& c, V& t) {
+  const V s = pair_scale(ps.q1, ps.q2, ps.sq1, ps.sq2);
+  const V D = 1.0 + 2.0 * (ps.q1 + ps.q2) + 4.0 * sine_sq(s, c);
+  const V one_sum = 1.0 + ps.q1 + ps.q2;
+  const V inv_D = 1.0 / D;
+  const V root = nt_sqrt(D);
+  const V gp = nt_exp((one_sum + 2.0 * c) * (0.5 * inv_D) - 0.5);
+  const V gm = nt_exp((one_sum - 2.0 * c) * (0.5 * inv_D) - 0.5);
+  const V c_in = c;
+  c = (gp - gm) * (0.5 / root);
+  if (WithNtk) {
+    const V hp = (D + 4.0 * c_in * (one_sum + 2.0 * c_in)) * inv_D * inv_D;
+    const V hm = (-D + 4.0 * c_in * (one_sum - 2.0 * c_in)) * inv_D * inv_D;
+    t = (2.0 * c_in * (gp - gm) * inv_D / root + (gp * hp - gm * hm) * (0.5 / root)) * t;
+  }
+}
+
+// Polynomial Σ a_k x^k by its Hermite expansion (neural-tangents' Polynomial / Monomial):
+//   E[p(u) p(v)] = Σ_l l! c^l A_l(q1) A_l(q2),  A_l(q) = Σ_i a_{2i+l} (2i+l)!/(2^i i! l!) q^i.
+// pool[offset ...]: for the NNGP then for p' (the NTK), per l = 0..n a count m_l, l!, then m_l
+// coefficients of A_l in q. No square root and no division: exact at zero variance.
+template <class V>
+NTKFAST_HD V hermite_dual(const double* table, V q1, V q2, V c) {
+  const int n = int(table[0]);
+  const double* rec = table + 1;
+  V acc = splat<V>(0.0);
+  V c_pow = splat<V>(1.0);
+  for (int l = 0; l <= n; ++l) {
+    const int m = int(rec[0]);
+    const double weight = rec[1];
+    const double* a = rec + 2;
+    V a1 = splat<V>(a[m - 1]), a2 = splat<V>(a[m - 1]);
+    for (int i = m - 2; i >= 0; --i) {
+      a1 = a1 * q1 + a[i];
+      a2 = a2 * q2 + a[i];
+    }
+    acc = acc + weight * c_pow * a1 * a2;
+    c_pow = c_pow * c;
+    rec += 2 + m;
+  }
+  return acc;
+}
+
+template <bool WithNtk, class V>
+NTKFAST_HD void op_polynomial(const LayerOp& op, const double* pool, const PairStats<V>& ps,
+                              V& c, V& t) {
+  const double* nngp_table = pool + op.offset;
+  const double* ntk_table = pool + int(op.p[0]);
+  const V c_in = c;
+  c = hermite_dual(nngp_table, ps.q1, ps.q2, c_in);
+  if (WithNtk) t = hermite_dual(ntk_table, ps.q1, ps.q2, c_in) * t;
+}
+
+// neural-tangents' Hermite(n): c <- c^n, t <- n c^{n-1} t (valid for unit-variance inputs only).
+template <bool WithNtk, class V>
+NTKFAST_HD void op_hermite(const LayerOp& op, V& c, V& t) {
+  const int n = op.degree;
+  V pow_prev = splat<V>(1.0);  // c^{n-1}
+  for (int k = 1; k < n; ++k) pow_prev = pow_prev * c;
+  if (WithNtk) t = n == 0 ? splat<V>(0.0) : double(n) * pow_prev * t;
+  c = n == 0 ? splat<V>(1.0) : pow_prev * c;
+}
+
+// One op on one entry (lanes). The CPU engine hoists this switch out of its loops; the CUDA kernel
+// and the per-row recursion call it as is.
+template <bool WithNtk, class V>
+NTKFAST_HD void apply_op(const LayerOp& op, const double* pool, const PairStats<V>& ps, V& c, V& t) {
+  switch (op.kind) {
+    case kDense: op_dense<WithNtk>(op, c, t); break;
+    case kIdentity: break;
+    case kABRelu: op_abrelu<WithNtk>(op, ps, c, t); break;
+    case kErf: op_erf<WithNtk>(op, ps, c, t); break;
+    case kGelu: op_gelu<WithNtk>(ps, c, t); break;
+    case kSin: op_sin<WithNtk>(op, ps, c, t); break;
+    case kRbf: op_rbf<WithNtk>(op, ps, c, t); break;
+    case kExp: op_exp<WithNtk>(op, ps, c, t); break;
+    case kExpNormalized: op_exp_normalized<WithNtk>(op, ps, c, t); break;
+    case kGaussian: op_gaussian<WithNtk>(op, ps, c, t); break;
+    case kGabor: op_gabor<WithNtk>(ps, c, t); break;
+    case kSign: op_sign<WithNtk>(ps, c, t); break;
+    case kRectifiedMonomial: op_rectified_monomial<WithNtk>(op, ps, c, t); break;
+    case kPolynomial: op_polynomial<WithNtk>(op, pool, ps, c, t); break;
+    case kHermite: op_hermite<WithNtk>(op, c, t); break;
+    default: break;
+  }
+}
+
+// Snap of the input Gram: the GEMM and the per-row norms round differently, so a duplicate (or a
+// scaled or negated) row can show |ρ| = 1 - O(√d ε). Correlations within `tol` of ±1 are set to ±1
+// exactly; otherwise θ ≈ √(2 (1 - |ρ|)) would turn a rounding of ε into an error of √ε.
+template <class V>
+NTKFAST_HD V snap_input_correlation(V c, V s, double tol) {
+  const V ac = nt_abs(c);
+  return ac >= (1.0 - tol) * s ? (c < 0 ? -s : s) : c;
+}
+
+}  // namespace NTKFAST_ISA_NAMESPACE
+}  // namespace ntkfast
