@@ -212,14 +212,14 @@ NTKFAST_HD void op_rectified_monomial(const LayerOp& op, const PairStats<V>& ps,
 
 // a·erf(b·x) + c: after scaling by b², with P = (1 + 2q1)(1 + 2q2) written as
 //   D = P - 4c² = 1 + 2(q1 + q2) + 4 r²  (≥ 1, no cancellation),
-//   E = (2/π) asin(2c/√P) = (2/π) atan(2c/√D),   E[φ'φ'] = (4/π)/√D;  then ×a², +c² on E only.
+//   E = (2/π) asin(2c/√P) = (2/π) atan2(2c, √D),   E[φ'φ'] = (4/π)/√D;  then ×a², +c² on E only.
 template <bool WithNtk, class V>
 NTKFAST_HD void op_erf(const LayerOp& op, const PairStats<V>& ps, V& c, V& t) {
   const double a2 = op.p[0], b2 = op.p[1], c2 = op.p[2];
   const V q1 = b2 * ps.q1, q2 = b2 * ps.q2, cb = b2 * c;
   const V s = b2 * pair_scale(ps.q1, ps.q2, ps.sq1, ps.sq2);
   const V root = nt_sqrt(1.0 + 2.0 * (q1 + q2) + 4.0 * sine_sq(s, cb));
-  c = (a2 * (2.0 / kPi)) * atan_unit(2.0 * cb / root) + c2;
+  c = (a2 * (2.0 / kPi)) * atan2_right(2.0 * cb, root) + c2;
   if (WithNtk) t = ((a2 * b2 * (4.0 / kPi)) / root) * t;
 }
 

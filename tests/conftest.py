@@ -1,0 +1,49 @@
+"""Shared fixtures: the neural-tangents reference data (skipped cleanly when absent)."""
+import json
+import os
+import pathlib
+import sys
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+
+
+def reference_dir():
+    """shared/reference next to the repository (or $NTKFAST_REFERENCE_DIR), or None."""
+    env = os.environ.get("NTKFAST_REFERENCE_DIR")
+    candidates = [pathlib.Path(env)] if env else []
+    candidates.append(pathlib.Path(__file__).resolve().parents[2] / "shared" / "reference")
+    for path in candidates:
+        if (path / "kernels.npz").is_file():
+            return path
+    return None
+
+
+@pytest.fixture(scope="session")
+def reference():
+    path = reference_dir()
+    if path is None:
+        pytest.skip("neural-tangents reference data not found (../shared/reference or "
+                    "$NTKFAST_REFERENCE_DIR); the oracle tests still run")
+    return path
+
+
+@pytest.fixture(scope="session")
+def kernel_reference(reference):
+    meta = json.loads((reference / "kernels.json").read_text())
+    arrays = np.load(reference / "kernels.npz")
+    return meta, {k: arrays[k] for k in arrays.files}
+
+
+@pytest.fixture(scope="session")
+def dynamics_reference(reference):
+    meta = json.loads((reference / "dynamics.json").read_text())
+    arrays = np.load(reference / "dynamics.npz")
+    return meta, {k: arrays[k] for k in arrays.files}
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(20261125)
