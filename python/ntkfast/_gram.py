@@ -204,16 +204,17 @@ def _prepare_outputs(out, names, single, shape, dtype, inputs, what):
 
 
 def _non_finite_error(error, net, n_features, arguments):
-    ops, _, sources = lower(net, n_features)
+    _, _, sources = lower(net, n_features)
     argument = arguments[error.point_set - 1]
     kind = "NTK" if error.is_ntk else "NNGP variance"
-    where = "the input" if error.op < 0 else f"{sources[error.op]} (layer op {error.op})"
     layer = None if error.op < 0 else sources[error.op]
+    where = "the input layer" if layer is None else layer
     return NonFiniteKernelError(
         f"the {kind} of {argument}[{error.row}] is {error.value!r} after {where}: the kernel "
-        "overflows (or is undefined) in this precision. Typical causes: Exp/Gaussian activations "
-        "with large variances, or deep networks with W_std > 1 and float32 (try dtype=float64).",
-        argument=argument, row=error.row, layer=layer, value=error.value)
+        "overflows (or is undefined) in this precision (variances inside the network must stay "
+        "below 1e150, outputs within the dtype's range). Typical causes: Exp/Gaussian activations "
+        "with large variances, or very deep networks with W_std > 1; with float32 outputs, try "
+        "dtype=float64.", argument=argument, row=error.row, layer=layer, value=error.value)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -196,8 +196,10 @@ struct RowStats {
 template <class T>
 void check_row_stats(const ProgramView& prog, const RowStats& st, int point_set) {
   const double storage_max = double(std::numeric_limits<T>::max());
+  // Entering an op, a variance must leave room for products of two of them (layer_math.hpp).
+  const double product_safe = std::ldexp(1.0, 500);
   for (int k = 1; k <= prog.n_ops; ++k) {
-    const double limit = k == prog.n_ops ? storage_max : std::numeric_limits<double>::max();
+    const double limit = k == prog.n_ops ? storage_max : product_safe;
     const double* q = st.q.data() + size_t(k) * size_t(st.stride);
     for (int64_t i = 0; i < st.n; ++i)
       if (!(std::fabs(q[i]) <= limit)) throw NonFiniteKernel(point_set, i, k - 1, q[i], false);

@@ -10,16 +10,21 @@
 //   A per-row variance goes through the same function with c = q1 = q2, so the diagonal of a Gram
 //   matrix and the per-row variances agree to the last bit.
 //
+// Symmetry: every formula is symmetric in (q1, q2) to the last bit (q1 + q2 before anything is
+// added to it, products of the two formed together), because a symmetric Gram computes entry
+// (j, i) as (i, j) with the roles swapped and a duplicate row must equal the original.
+//
 // Lanes: every function is a template on the lane type V: a scalar (float/double, host or CUDA
 // device) or a GCC vector of doubles (the CPU kernels, see simd.hpp). Only arithmetic, comparisons
 // and `mask ? a : b` are used, which mean the same for both; nt_sqrt / nt_exp are overloaded.
 //
 // Guards (never -ffast-math: they rely on IEEE semantics):
-//   s = √(q1 q2) is q1 itself when q1 == q2, so a duplicate row gives ρ = 1 exactly;
-//   r² = (s - c)(s + c) is clamped at 0 (no cancellation blow-up, no NaN from rounding);
+//   r² = q1 q2 - c² is formed with FMAs (no cancellation as ρ -> ±1, exactly 0 for a duplicate
+//   row) and clamped at 0; s = √(q1 q2), where needed, is q1 itself when q1 == q2;
 //   θ comes from atan2(r, c) (accurate at ρ = ±1), with θ = π/2 where q1 q2 = 0 and c = 0
 //   (the limit of a zero-variance pre-activation; neural-tangents' convention);
-//   √(q1 q2) is formed as √q1·√q2, so variances up to the type's maximum never overflow.
+//   √(q1 q2) is formed as √q1·√q2; products of two variances must stay below the double range,
+//   which the engine checks on the per-row variances before computing a Gram matrix.
 #pragma once
 
 #include <cmath>
@@ -49,6 +54,19 @@ NTKFAST_HD double nt_sqrt(double x) { return sqrt(x); }
 NTKFAST_HD float nt_sqrt(float x) { return sqrtf(x); }
 NTKFAST_HD double nt_exp(double x) { return exp(x); }
 NTKFAST_HD float nt_exp(float x) { return expf(x); }
+// nt_fma: a·b + c rounded once, always (exactness matters where it is used).
+// nt_mad: a·b + c, fused where the hardware has FMA, else multiply-then-add: for speed only.
+// The kernels are compiled with -ffp-contract=off, so these are the only fused operations and
+// the same expression rounds the same way in every context (a duplicate row equals the diagonal).
+NTKFAST_HD double nt_fma(double a, double b, double c) { return fma(a, b, c); }
+NTKFAST_HD float nt_fma(float a, float b, float c) { return fmaf(a, b, c); }
+#if defined(__CUDA_ARCH__) || defined(__FMA__)
+NTKFAST_HD double nt_mad(double a, double b, double c) { return fma(a, b, c); }
+NTKFAST_HD float nt_mad(float a, float b, float c) { return fmaf(a, b, c); }
+#else
+NTKFAST_HD double nt_mad(double a, double b, double c) { return a * b + c; }
+NTKFAST_HD float nt_mad(float a, float b, float c) { return a * b + c; }
+#endif
 
 // A lane value from a scalar (works for scalars and GCC vectors alike).
 template <class V>
@@ -66,23 +84,31 @@ constexpr double kHalfPi = 1.57079632679489661923;
 constexpr double kQuarterPi = 0.78539816339744830962;
 constexpr double kTanPi8 = 0.41421356237309504880;
 
-// atan(u) for |u| <= 1: reduce to |u| <= tan(π/8), then u + u z P(z), z = u², P a degree-10
-// fit (tools/fit_atan.py) with ≤ 1 ulp error on that interval. Branch-free, so it vectorises.
+// atan(w) for |w| <= tan(π/8): w + w z P(z), z = w², P a degree-10 fit (tools/fit_atan.py) with
+// <= 1 ulp error on that interval, evaluated by Estrin's scheme (short dependency chains).
+template <class V>
+NTKFAST_HD V atan_reduced(V w) {
+  const V z = w * w;
+  const V z2 = z * z, z4 = z2 * z2, z8 = z4 * z4;
+  const V p01 = nt_mad(splat<V>(0.19999999999974793), z, splat<V>(-0.33333333333333287));
+  const V p23 = nt_mad(splat<V>(0.1111111086401072), z, splat<V>(-0.14285714282025735));
+  const V p45 = nt_mad(splat<V>(0.07692093906334857), z, splat<V>(-0.09090899837560827));
+  const V p67 = nt_mad(splat<V>(0.05850271147647043), z, splat<V>(-0.06663456603270149));
+  const V p89 = nt_mad(splat<V>(0.03830432736131884), z, splat<V>(-0.050493393117391684));
+  const V p03 = nt_mad(p23, z2, p01);
+  const V p47 = nt_mad(p67, z2, p45);
+  const V p8a = nt_mad(splat<V>(-0.018155359573923915), z2, p89);
+  const V p = nt_mad(p8a, z8, nt_mad(p47, z4, p03));
+  return nt_mad(w * z, p, w);
+}
+
+// atan(u) for |u| <= 1, reduced by atan(x) = π/4 + atan((x - 1)/(x + 1)) above tan(π/8).
+// Branch-free, so it vectorises.
 template <class V>
 NTKFAST_HD V atan_unit(V u) {
   const V au = nt_abs(u);
   const auto hi = au > kTanPi8;
-  // atan(x) = π/4 + atan((x - 1)/(x + 1)) for x > tan(π/8)
-  const V w = hi ? (au - 1.0) / (au + 1.0) : au;
-  const V z = w * w;
-  const V z2 = z * z, z4 = z2 * z2, z8 = z4 * z4;
-  const V p = ((-0.33333333333333287 + 0.19999999999974793 * z) +
-               (-0.14285714282025735 + 0.1111111086401072 * z) * z2) +
-              ((-0.09090899837560827 + 0.07692093906334857 * z) +
-               (-0.06663456603270149 + 0.05850271147647043 * z) * z2) * z4 +
-              ((-0.050493393117391684 + 0.03830432736131884 * z) +
-               -0.018155359573923915 * z2) * z8;
-  V a = w + w * z * p;
+  V a = atan_reduced(hi ? (au - 1.0) / (au + 1.0) : au);
   a = hi ? a + kQuarterPi : a;
   return u < 0 ? -a : a;
 }
@@ -98,16 +124,7 @@ NTKFAST_HD V angle(V r, V c) {
   const auto hi = small > kTanPi8 * big;
   const V num = hi ? small - big : small;
   const V den = nt_max(hi ? small + big : big, splat<V>(1e-300));
-  const V w = num / den;
-  const V z = w * w;
-  const V z2 = z * z, z4 = z2 * z2, z8 = z4 * z4;
-  const V p = ((-0.33333333333333287 + 0.19999999999974793 * z) +
-               (-0.14285714282025735 + 0.1111111086401072 * z) * z2) +
-              ((-0.09090899837560827 + 0.07692093906334857 * z) +
-               (-0.06663456603270149 + 0.05850271147647043 * z) * z2) * z4 +
-              ((-0.050493393117391684 + 0.03830432736131884 * z) +
-               -0.018155359573923915 * z2) * z8;
-  V a = w + w * z * p;
+  V a = atan_reduced(num / den);
   a = hi ? a + kQuarterPi : a;
   a = swap ? kHalfPi - a : a;
   return c < 0 ? kPi - a : a;
@@ -129,10 +146,12 @@ NTKFAST_HD V pair_scale(V q1, V q2, V sq1, V sq2) {
   return q1 == q2 ? q1 : sq1 * sq2;
 }
 
-// r² = q1 q2 - c² = s² (1 - ρ²) ≥ 0, factored so that ρ → ±1 loses no more than the rounding of c.
+// r² = q1 q2 - c² = s² (1 - ρ²) ≥ 0 with error ~ε r² (not ~ε q1 q2): both products are formed
+// exactly inside FMAs, so nothing cancels as ρ -> ±1, and a duplicate row gives exactly 0.
 template <class V>
-NTKFAST_HD V sine_sq(V s, V c) {
-  return nt_max((s - c) * (s + c), splat<V>(0.0));
+NTKFAST_HD V sine_sq(V q1, V q2, V c) {
+  const V p = c * c;
+  return nt_max(nt_fma(q1, q2, -p) - nt_fma(c, c, -p), splat<V>(0.0));
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -146,9 +165,10 @@ struct PairStats {
 
 template <bool WithNtk, class V>
 NTKFAST_HD void op_dense(const LayerOp& op, V& c, V& t) {
-  const double w2 = op.p[0], b2 = op.p[1];
-  const V c_new = w2 * c + b2;
-  if (WithNtk) t = op.p[4] * c_new + (op.p[2] * c + (w2 * t + op.p[3]));
+  const V w2 = splat<V>(op.p[0]);
+  const V c_new = nt_mad(w2, c, splat<V>(op.p[1]));
+  if (WithNtk)
+    t = nt_mad(splat<V>(op.p[4]), c_new, nt_mad(splat<V>(op.p[2]), c, nt_mad(w2, t, splat<V>(op.p[3]))));
   c = c_new;
 }
 
@@ -156,29 +176,27 @@ NTKFAST_HD void op_dense(const LayerOp& op, V& c, V& t) {
 //   E[φφ] = (a-b)²/(2π) (r - θ c) + (a²+b²)/2 c,   E[φ'φ'] = (a²+b²)/2 - (a-b)² θ/(2π).
 template <bool WithNtk, class V>
 NTKFAST_HD void op_abrelu(const LayerOp& op, const PairStats<V>& ps, V& c, V& t) {
-  const double k1 = op.p[0], k2 = op.p[1];
-  const V s = pair_scale(ps.q1, ps.q2, ps.sq1, ps.sq2);
-  const V r = nt_sqrt(sine_sq(s, c));
+  const V k1 = splat<V>(op.p[0]);
+  const V r = nt_sqrt(sine_sq(ps.q1, ps.q2, c));
   const V theta = angle(r, c);
-  const V dot = k2 - k1 * theta;
-  c = k1 * r + dot * c;
+  const V dot = nt_mad(-k1, theta, splat<V>(op.p[1]));
+  c = nt_mad(k1, r, dot * c);
   if (WithNtk) t = dot * t;
 }
 
 // θ with the zero-variance limit: where q1 q2 = 0 the pair is uncorrelated (θ = π/2), whatever
 // rounding left in c (Cauchy-Schwarz says c = 0 there; neural-tangents' convention too).
 template <class V>
-NTKFAST_HD V angle_or_half_pi(V r, V c, V s) {
+NTKFAST_HD V angle_or_half_pi(V r, V c, V q1q2) {
   const V theta = angle(r, c);
-  return s == 0 ? splat<V>(kHalfPi) : theta;
+  return q1q2 == 0 ? splat<V>(kHalfPi) : theta;
 }
 
 // sign(x): E = (2/π) asin ρ = (2/π)(π/2 - θ), exactly 0 at θ = π/2 and 1 at θ = 0 (no FMA can
 // leave a residue there); the derivative is 0 a.e., so the NTK stops here.
 template <bool WithNtk, class V>
 NTKFAST_HD void op_sign(const PairStats<V>& ps, V& c, V& t) {
-  const V s = pair_scale(ps.q1, ps.q2, ps.sq1, ps.sq2);
-  const V theta = angle_or_half_pi(nt_sqrt(sine_sq(s, c)), c, s);
+  const V theta = angle_or_half_pi(nt_sqrt(sine_sq(ps.q1, ps.q2, c)), c, ps.q1 * ps.q2);
   c = (kHalfPi - theta) * (2.0 / kPi);
   if (WithNtk) t = splat<V>(0.0);
 }
@@ -189,10 +207,9 @@ NTKFAST_HD void op_sign(const PairStats<V>& ps, V& c, V& t) {
 template <bool WithNtk, class V>
 NTKFAST_HD void op_rectified_monomial(const LayerOp& op, const PairStats<V>& ps, V& c, V& t) {
   const int n = op.degree;
-  const V s = pair_scale(ps.q1, ps.q2, ps.sq1, ps.sq2);
-  const V r2 = sine_sq(s, c);
+  const V r2 = sine_sq(ps.q1, ps.q2, c);
   const V r = nt_sqrt(r2);
-  const V theta = angle_or_half_pi(r, c, s);
+  const V theta = angle_or_half_pi(r, c, ps.q1 * ps.q2);
   const V g0 = (kPi - theta) * (0.5 / kPi);
   V g_prev = g0;                          // g_{k-1}
   V g_cur = (r + (kPi - theta) * c) * (0.5 / kPi);  // g_k, k = 1
@@ -217,8 +234,7 @@ template <bool WithNtk, class V>
 NTKFAST_HD void op_erf(const LayerOp& op, const PairStats<V>& ps, V& c, V& t) {
   const double a2 = op.p[0], b2 = op.p[1], c2 = op.p[2];
   const V q1 = b2 * ps.q1, q2 = b2 * ps.q2, cb = b2 * c;
-  const V s = b2 * pair_scale(ps.q1, ps.q2, ps.sq1, ps.sq2);
-  const V root = nt_sqrt(1.0 + 2.0 * (q1 + q2) + 4.0 * sine_sq(s, cb));
+  const V root = nt_sqrt(1.0 + 2.0 * (q1 + q2) + (4.0 * b2 * b2) * sine_sq(ps.q1, ps.q2, c));
   c = (a2 * (2.0 / kPi)) * atan2_right(2.0 * cb, root) + c2;
   if (WithNtk) t = ((a2 * b2 * (4.0 / kPi)) / root) * t;
 }
@@ -227,10 +243,9 @@ NTKFAST_HD void op_erf(const LayerOp& op, const PairStats<V>& ps, V& c, V& t) {
 //   δ² = (1 + q1)(1 + q2) - c² = 1 + q1 + q2 + r²  written without cancellation.
 template <bool WithNtk, class V>
 NTKFAST_HD void op_gelu(const PairStats<V>& ps, V& c, V& t) {
-  const V s = pair_scale(ps.q1, ps.q2, ps.sq1, ps.sq2);
-  const V prod = s * s;
+  const V prod = ps.q1 * ps.q2;
   const V prod_plus_1 = (1.0 + ps.q1) * (1.0 + ps.q2);
-  const V delta_sq = 1.0 + ps.q1 + ps.q2 + sine_sq(s, c);
+  const V delta_sq = 1.0 + (ps.q1 + ps.q2) + sine_sq(ps.q1, ps.q2, c);
   const V delta = nt_sqrt(delta_sq);
   const V ang = atan2_right(c, delta);
   const V c_in = c;
@@ -258,7 +273,7 @@ NTKFAST_HD void op_sin(const LayerOp& op, const PairStats<V>& ps, V& c, V& t) {
 template <bool WithNtk, class V>
 NTKFAST_HD void op_rbf(const LayerOp& op, const PairStats<V>& ps, V& c, V& t) {
   const double gamma = op.p[0];
-  const V e = nt_exp(gamma * (2.0 * c - ps.q1 - ps.q2));
+  const V e = nt_exp(gamma * (2.0 * c - (ps.q1 + ps.q2)));
   c = e;
   if (WithNtk) t = (2.0 * gamma) * e * t;
 }
@@ -290,8 +305,8 @@ NTKFAST_HD void op_exp_normalized(const LayerOp& op, const PairStats<V>& ps, V& 
 template <bool WithNtk, class V>
 NTKFAST_HD void op_gaussian(const LayerOp& op, const PairStats<V>& ps, V& c, V& t) {
   const double a2 = op.p[0], b = op.p[1];
-  const V s = pair_scale(ps.q1, ps.q2, ps.sq1, ps.sq2);
-  const V det = nt_sqrt(nt_max(1.0 - 2.0 * b * (ps.q1 + ps.q2) + 4.0 * b * b * sine_sq(s, c), splat<V>(0.0)));
+  const V det = nt_sqrt(nt_max(1.0 - 2.0 * b * (ps.q1 + ps.q2) + 4.0 * b * b * sine_sq(ps.q1, ps.q2, c),
+                               splat<V>(0.0)));
   const V inv = 1.0 / det;
   const V c_in = c;
   c = a2 * inv;
@@ -303,9 +318,8 @@ NTKFAST_HD void op_gaussian(const LayerOp& op, const PairStats<V>& ps, V& c, V& 
 //     = 2c (g₊ - g₋)/D^{3/2} + (g₊ h₊ - g₋ h₋)/(2√D),   h± = (±D + 4c(1 + q1 + q2 ± 2c))/D².
 template <bool WithNtk, class V>
 NTKFAST_HD void op_gabor(const PairStats<V>& ps, V& c, V& t) {
-  const V s = pair_scale(ps.q1, ps.q2, ps.sq1, ps.sq2);
-  const V D = 1.0 + 2.0 * (ps.q1 + ps.q2) + 4.0 * sine_sq(s, c);
-  const V one_sum = 1.0 + ps.q1 + ps.q2;
+  const V D = 1.0 + 2.0 * (ps.q1 + ps.q2) + 4.0 * sine_sq(ps.q1, ps.q2, c);
+  const V one_sum = 1.0 + (ps.q1 + ps.q2);
   const V inv_D = 1.0 / D;
   const V root = nt_sqrt(D);
   const V gp = nt_exp((one_sum + 2.0 * c) * (0.5 * inv_D) - 0.5);
@@ -338,7 +352,7 @@ NTKFAST_HD V hermite_dual(const double* table, V q1, V q2, V c) {
       a1 = a1 * q1 + a[i];
       a2 = a2 * q2 + a[i];
     }
-    acc = acc + weight * c_pow * a1 * a2;
+    acc = acc + weight * c_pow * (a1 * a2);
     c_pow = c_pow * c;
     rec += 2 + m;
   }

@@ -1,0 +1,181 @@
+"""Structural properties of the Gram engine: symmetry, PSD, diagonal, invariance to tiling,
+threads, memory layout and CPU kernel variant, dtype policy, out=."""
+import numpy as np
+import pytest
+
+import ntkfast as nf
+from ntkfast import _core
+
+NETS = {
+    "relu": nf.MLP(3, "relu", W_std=1.5, b_std=0.05),
+    "erf": nf.MLP(2, "erf", W_std=1.3, b_std=0.2),
+    "gelu": nf.MLP(2, "gelu", W_std=1.2, b_std=0.1),
+    "sin": nf.MLP(2, "sin", W_std=1.0, b_std=0.3),
+    "mixed": nf.serial(nf.Dense(64, 1.4, 0.1), nf.LeakyRelu(0.2), nf.Dense(64, 1.1, 0.3), nf.Erf(),
+                       nf.Dense(64, 1.2, None), nf.Polynomial([0.2, 1.0, 0.3]), nf.Dense(1, 1.0, 0.1)),
+}
+
+
+@pytest.fixture(params=_core.build_info()["supported_cpu_kernels"])
+def kernels_variant(request):
+    """Runs a test once per CPU kernel variant this machine supports."""
+    before = _core.build_info()["cpu_kernels"]
+    _core.select_cpu_kernels(request.param)
+    yield request.param
+    _core.select_cpu_kernels(before)
+
+
+def _points(rng, n, d=11, dtype=np.float64):
+    x = rng.standard_normal((n, d)).astype(dtype)
+    return x
+
+
+@pytest.mark.parametrize("name", list(NETS))
+def test_symmetric_exactly_and_diagonal_equals_diagonal(rng, name, kernels_variant):
+    x = _points(rng, 131)
+    x[7] = x[3]  # a duplicate row
+    net = NETS[name]
+    k = nf.gram(x, net=net, tile_size=32)
+    d = nf.diagonal(x, net=net)
+    for kernel, diag in ((k.nngp, d.nngp), (k.ntk, d.ntk)):
+        assert np.array_equal(kernel, kernel.T)
+        assert np.array_equal(np.diag(kernel), diag)
+        # a duplicated row has the same kernel values as the original, to the last bit
+        assert np.array_equal(kernel[7], kernel[3])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_diagonal_equals_gram_diagonal_float32_and_cross(rng, dtype):
+    x = _points(rng, 50, dtype=dtype)
+    net = NETS["mixed"]
+    k = nf.gram(x, x[::-1].copy(), net=net)
+    d = nf.diagonal(x, net=net)
+    assert d.nngp.dtype == dtype
+    # cross Gram of x with its reverse: the anti-diagonal pairs each point with itself
+    assert np.array_equal(np.diag(k.nngp[:, ::-1]), d.nngp)
+    assert np.array_equal(np.diag(k.ntk[:, ::-1]), d.ntk)
+
+
+@pytest.mark.parametrize("name", ["relu", "erf", "mixed"])
+def test_positive_semidefinite(rng, name):
+    x = _points(rng, 200)
+    k = nf.gram(x, net=NETS[name])
+    for kernel in k:
+        lam = np.linalg.eigvalsh(kernel)
+        # float64 rounding of a 200 x 200 Gram: eigenvalues >= -1e-12 max|K| (stated tolerance)
+        assert lam.min() >= -1e-12 * np.abs(kernel).max()
+
+
+@pytest.mark.parametrize("n", [1, 2, 37, 100])
+def test_tile_size_invariance(rng, n):
+    x = _points(rng, n)
+    net = NETS["mixed"]
+    base = nf.gram(x, net=net, tile_size=n)
+    for tile in (1, 7, 16, 64, 256):
+        k = nf.gram(x, net=net, tile_size=tile)
+        for a, b in zip(k, base):
+            # the GEMM of a different tile shape may round differently in the last bit
+            np.testing.assert_allclose(a, b, rtol=1e-14, atol=1e-15 * np.abs(b).max())
+
+
+def test_thread_count_invariance(rng):
+    x = _points(rng, 300)
+    net = NETS["relu"]
+    base = nf.gram(x, net=net, num_threads=1, tile_size=64)
+    for threads in (2, 3, 5):
+        k = nf.gram(x, net=net, num_threads=threads, tile_size=64)
+        assert np.array_equal(k.nngp, base.nngp) and np.array_equal(k.ntk, base.ntk)
+
+
+def test_memory_layout_and_input_types(rng):
+    x = _points(rng, 40, d=12)
+    net = NETS["erf"]
+    base = nf.gram(x, net=net)
+    variants = [np.asfortranarray(x), x.tolist(), np.concatenate([x, x], axis=1)[:, :12],
+                np.repeat(x, 2, axis=0)[::2]]
+    for v in variants:
+        k = nf.gram(v, net=net)
+        assert np.array_equal(k.nngp, base.nngp) and np.array_equal(k.ntk, base.ntk)
+    xi = rng.integers(-3, 4, size=(20, 5))
+    k = nf.gram(xi, net=net)
+    assert k.nngp.dtype == np.float64
+    assert np.array_equal(k.nngp, nf.gram(xi.astype(np.float64), net=net).nngp)
+    xb = rng.integers(0, 2, size=(10, 6)).astype(bool)
+    assert np.array_equal(nf.gram(xb, net=net, get="ntk"), nf.gram(xb.astype(float), net=net, get="ntk"))
+
+
+def test_x2_none_equals_x1_twice_and_transpose(rng):
+    x = _points(rng, 70)
+    y = _points(rng, 45)
+    net = NETS["mixed"]
+    sym = nf.gram(x, net=net)
+    cross = nf.gram(x, x, net=net)
+    for a, b in zip(sym, cross):
+        np.testing.assert_allclose(a, b, rtol=1e-14, atol=0)
+    xy, yx = nf.gram(x, y, net=net), nf.gram(y, x, net=net)
+    for a, b in zip(xy, yx):
+        np.testing.assert_allclose(a, b.T, rtol=1e-14, atol=0)
+
+
+def test_cpu_kernel_variants_agree(rng):
+    x = _points(rng, 90)
+    x[5] = 0.0
+    supported = _core.build_info()["supported_cpu_kernels"]
+    before = _core.build_info()["cpu_kernels"]
+    results = {}
+    try:
+        for name in supported:
+            _core.select_cpu_kernels(name)
+            results[name] = [nf.gram(x, net=net) for net in NETS.values()]
+    finally:
+        _core.select_cpu_kernels(before)
+    base = results["generic"]
+    for name, res in results.items():
+        for ka, kb in zip(res, base):
+            for a, b in zip(ka, kb):
+                # FMA contraction differs between variants: agreement to a few ulps
+                np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-15 * np.abs(b).max())
+
+
+def test_get_variants_and_dtype_policy(rng):
+    x = _points(rng, 20)
+    net = NETS["relu"]
+    both = nf.gram(x, net=net)
+    assert isinstance(both, nf.Kernels)
+    assert np.array_equal(nf.gram(x, net=net, get="nngp"), both.nngp)
+    only = nf.gram(x, net=net, get=("ntk",))
+    assert only.nngp is None and np.array_equal(only.ntk, both.ntk)
+    assert nf.gram(x.astype(np.float32), net=net, get="ntk").dtype == np.float32
+    assert nf.gram(x.astype(np.float16), net=net, get="ntk").dtype == np.float64
+    assert nf.gram(x.astype(np.float32), x, net=net, get="ntk").dtype == np.float64
+    assert nf.gram(x, net=net, get="ntk", dtype=np.float32).dtype == np.float32
+    assert nf.gram(x.astype(np.float32), net=net, get="ntk", dtype="float64").dtype == np.float64
+
+
+def test_out_arrays_including_memmap(rng, tmp_path):
+    x = _points(rng, 33)
+    y = _points(rng, 21)
+    net = NETS["gelu"]
+    want = nf.gram(x, y, net=net)
+    mm = np.lib.format.open_memmap(tmp_path / "ntk.npy", mode="w+", dtype=np.float64, shape=(33, 21))
+    plain = np.empty((33, 21))
+    got = nf.gram(x, y, net=net, out=nf.Kernels(nngp=plain, ntk=mm))
+    assert got.nngp is plain and got.ntk is mm
+    mm.flush()
+    assert np.array_equal(np.load(tmp_path / "ntk.npy"), want.ntk)
+    single = np.empty((33, 21))
+    assert nf.gram(x, y, net=net, get="nngp", out=single) is single
+    assert np.array_equal(single, want.nngp)
+    as_dict = nf.gram(x, y, net=net, out={"ntk": np.empty((33, 21))})
+    assert np.array_equal(as_dict.ntk, want.ntk) and np.array_equal(as_dict.nngp, want.nngp)
+
+
+def test_empty_inputs():
+    net = NETS["relu"]
+    k = nf.gram(np.zeros((0, 5)), net=net)
+    assert k.nngp.shape == (0, 0) and k.ntk.shape == (0, 0)
+    k = nf.gram(np.zeros((0, 5)), np.ones((3, 5)), net=net, get="ntk")
+    assert k.shape == (0, 3)
+    assert nf.diagonal(np.zeros((0, 4)), net=net, get="nngp").shape == (0,)
+    k = nf.gram(np.ones((2, 0)), net=net)  # no features: x·x'/d is taken as 0
+    assert np.isfinite(k.ntk).all()
