@@ -2,6 +2,7 @@
 
     ntkfast gram X.npy [--x2 Y.npy] --depth 3 --activation relu --W-std 1.5 --b-std 0.05 \\
         [--get ntk] [--dtype float32] -o K.npy
+    ntkfast gram random:4000x784 ...        (generated points, no input file)
     ntkfast info
 
 Outputs are written memory-mapped (``np.lib.format.open_memmap``), so a Gram matrix larger than
@@ -28,9 +29,17 @@ def _parse_param(text):
     return name.strip(), parsed
 
 
-def _load_points(path, what):
+def _load_points(path, what, seed=0):
     import numpy as np
 
+    if str(path).startswith("random:"):
+        # generated data, no file needed: random:N x D standard normal points
+        spec = str(path)[len("random:"):].lower().replace(",", "x")
+        try:
+            n, d = (int(v) for v in spec.split("x"))
+        except ValueError:
+            raise ValueError(f"{what}: expected random:NxD (e.g. random:2000x784), got {path!r}") from None
+        return np.random.default_rng(seed).standard_normal((n, d))
     path = pathlib.Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{what}: no such file: {path}")
@@ -53,8 +62,8 @@ def _cmd_gram(args):
 
     import ntkfast
 
-    x1 = _load_points(args.x, "X")
-    x2 = None if args.x2 is None else _load_points(args.x2, "--x2")
+    x1 = _load_points(args.x, "X", args.seed)
+    x2 = None if args.x2 is None else _load_points(args.x2, "--x2", args.seed + 1)
     net = ntkfast.MLP(args.depth, args.activation, W_std=args.W_std, b_std=args.b_std,
                       parameterization=args.parameterization, width=args.width,
                       **dict(args.param or []))
@@ -96,7 +105,9 @@ def build_parser():
     g = sub.add_parser("gram", help="compute a Gram matrix from .npy points",
                        description="Compute the NNGP and/or NTK Gram matrix of an MLP "
                                    "(ntkfast.MLP) for the points in X.npy (n_points x n_features).")
-    g.add_argument("x", metavar="X.npy", help="points, shape (n1, n_features)")
+    g.add_argument("x", metavar="X.npy", help="points, shape (n1, n_features); or random:NxD for "
+                                            "generated standard-normal points")
+    g.add_argument("--seed", type=int, default=0, help="seed for random:NxD inputs")
     g.add_argument("--x2", metavar="Y.npy", help="second point set (default: X itself, symmetric)")
     g.add_argument("--depth", type=int, default=3, help="hidden layers (default 3)")
     g.add_argument("--activation", default="relu", help="activation name (default relu)")
