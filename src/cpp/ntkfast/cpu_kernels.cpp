@@ -62,7 +62,24 @@ void run_program_chunk(ProgramView prog, const RowTables& rows1, int64_t i, cons
     switch (op.kind) {
       case kDense: NTKFAST_CHUNK_LOOP(op_dense<WithNtk>(op, cv, tv))
       case kIdentity: break;
-      case kABRelu: NTKFAST_CHUNK_LOOP(op_abrelu<WithNtk>(op, ps, cv, tv))
+      case kABRelu: {
+        alignas(64) double r[kChunk], w[kChunk], base[kChunk], sign[kChunk];
+        for (int v = 0; v < kVecs; ++v) {
+          const PairStats<vdouble> ps{q1, load(q2 + v * kLanes), sq1, load(sq2 + v * kLanes)};
+          store(r + v * kLanes, abrelu_sine(ps, load(c + v * kLanes)));
+        }
+        for (int v = 0; v < kVecs; ++v) {
+          const AngleParts<vdouble> parts = angle_parts(load(r + v * kLanes), load(c + v * kLanes));
+          store(w + v * kLanes, parts.w);
+          store(base + v * kLanes, parts.base);
+          store(sign + v * kLanes, parts.sign);
+        }
+        NTKFAST_CHUNK_LOOP(abrelu_update<WithNtk>(
+            op, load(r + v * kLanes),
+            angle_from_parts(AngleParts<vdouble>{load(w + v * kLanes), load(base + v * kLanes),
+                                                 load(sign + v * kLanes)}),
+            cv, tv))
+      }
       case kErf: NTKFAST_CHUNK_LOOP(op_erf<WithNtk>(op, ps, cv, tv))
       case kGelu: NTKFAST_CHUNK_LOOP(op_gelu<WithNtk>(ps, cv, tv))
       case kSin: NTKFAST_CHUNK_LOOP(op_sin<WithNtk>(op, ps, cv, tv))

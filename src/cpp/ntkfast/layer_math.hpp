@@ -113,10 +113,17 @@ NTKFAST_HD V atan_unit(V u) {
   return u < 0 ? -a : a;
 }
 
-// The angle θ ∈ [0, π] between the two (r ≥ 0, c) ↦ atan2(r, c); 0 when both are 0.
-// One division: the octant reduction and the tan(π/8) reduction share it.
+// The angle θ ∈ [0, π] of (c, r ≥ 0), i.e. atan2(r, c), 0 when both are 0, as
+// θ = base + sign·atan(w) with |w| <= tan(π/8): one division serves the octant reduction and the
+// tan(π/8) reduction. Split in two so the CPU engine can run the reduction and the polynomial as
+// separate passes (shorter dependency chains); angle() composes them.
 template <class V>
-NTKFAST_HD V angle(V r, V c) {
+struct AngleParts {
+  V w, base, sign;
+};
+
+template <class V>
+NTKFAST_HD AngleParts<V> angle_parts(V r, V c) {
   const V ac = nt_abs(c);
   const auto swap = r > ac;
   const V big = swap ? r : ac;
@@ -124,10 +131,22 @@ NTKFAST_HD V angle(V r, V c) {
   const auto hi = small > kTanPi8 * big;
   const V num = hi ? small - big : small;
   const V den = nt_max(hi ? small + big : big, splat<V>(1e-300));
-  V a = atan_reduced(num / den);
-  a = hi ? a + kQuarterPi : a;
-  a = swap ? kHalfPi - a : a;
-  return c < 0 ? kPi - a : a;
+  // atan(small/big) = base0 + atan(w); swapping the octant gives π/2 - that; c < 0 gives π - that.
+  const V base0 = hi ? splat<V>(kQuarterPi) : splat<V>(0.0);
+  const V base1 = swap ? kHalfPi - base0 : base0;
+  const V sign1 = swap ? splat<V>(-1.0) : splat<V>(1.0);
+  const auto negative = c < 0;
+  return {num / den, negative ? kPi - base1 : base1, negative ? -sign1 : sign1};
+}
+
+template <class V>
+NTKFAST_HD V angle_from_parts(const AngleParts<V>& parts) {
+  return nt_mad(parts.sign, atan_reduced(parts.w), parts.base);
+}
+
+template <class V>
+NTKFAST_HD V angle(V r, V c) {
+  return angle_from_parts(angle_parts(r, c));
 }
 
 // atan2(y, x) for x > 0.
@@ -167,21 +186,37 @@ template <bool WithNtk, class V>
 NTKFAST_HD void op_dense(const LayerOp& op, V& c, V& t) {
   const V w2 = splat<V>(op.p[0]);
   const V c_new = nt_mad(w2, c, splat<V>(op.p[1]));
-  if (WithNtk)
-    t = nt_mad(splat<V>(op.p[4]), c_new, nt_mad(splat<V>(op.p[2]), c, nt_mad(w2, t, splat<V>(op.p[3]))));
+  if (WithNtk) {
+    if (op.p[2] == 0.0 && op.p[3] == 0.0 && op.p[4] == 1.0)  // 'ntk': t <- W² t + c_new
+      t = nt_mad(w2, t, c_new);
+    else
+      t = nt_mad(splat<V>(op.p[4]), c_new, nt_mad(splat<V>(op.p[2]), c, nt_mad(w2, t, splat<V>(op.p[3]))));
+  }
   c = c_new;
 }
 
 // a·min(x, 0) + b·max(x, 0) (ReLU, LeakyReLU, Abs): the arc-cosine kernel of order 1,
 //   E[φφ] = (a-b)²/(2π) (r - θ c) + (a²+b²)/2 c,   E[φ'φ'] = (a²+b²)/2 - (a-b)² θ/(2π).
+// In pieces (r = √(q1 q2 - c²), θ's reduction, θ, the update) so the CPU engine can run them as
+// separate passes over a chunk: each pass is a shorter dependency chain, and the out-of-order core
+// keeps more lanes in flight (the hottest loop of the library).
+template <class V>
+NTKFAST_HD V abrelu_sine(const PairStats<V>& ps, V c) {
+  return nt_sqrt(sine_sq(ps.q1, ps.q2, c));
+}
+
 template <bool WithNtk, class V>
-NTKFAST_HD void op_abrelu(const LayerOp& op, const PairStats<V>& ps, V& c, V& t) {
+NTKFAST_HD void abrelu_update(const LayerOp& op, V r, V theta, V& c, V& t) {
   const V k1 = splat<V>(op.p[0]);
-  const V r = nt_sqrt(sine_sq(ps.q1, ps.q2, c));
-  const V theta = angle(r, c);
   const V dot = nt_mad(-k1, theta, splat<V>(op.p[1]));
   c = nt_mad(k1, r, dot * c);
   if (WithNtk) t = dot * t;
+}
+
+template <bool WithNtk, class V>
+NTKFAST_HD void op_abrelu(const LayerOp& op, const PairStats<V>& ps, V& c, V& t) {
+  const V r = abrelu_sine(ps, c);
+  abrelu_update<WithNtk>(op, r, angle(r, c), c, t);
 }
 
 // θ with the zero-variance limit: where q1 q2 = 0 the pair is uncorrelated (θ = π/2), whatever
