@@ -179,3 +179,18 @@ def test_empty_inputs():
     assert nf.diagonal(np.zeros((0, 4)), net=net, get="nngp").shape == (0,)
     k = nf.gram(np.ones((2, 0)), net=net)  # no features: x·x'/d is taken as 0
     assert np.isfinite(k.ntk).all()
+
+
+@pytest.mark.parametrize("n,dtype", [(2101, np.float64), (4099, np.float32)])
+def test_large_outputs_streamed_to_memory(rng, n, dtype):
+    """Outputs above 64 MB take the streaming-store path (odd N: rows start unaligned)."""
+    x = _points(rng, n, d=8, dtype=dtype)
+    net = NETS["relu"]
+    k = nf.gram(x, net=net, tile_size=256)
+    small = nf.gram(x[:40], x, net=net)
+    diag = nf.diagonal(x, net=net)
+    for big, part, d in zip(k, small, diag):
+        assert np.array_equal(big, big.T)
+        assert np.array_equal(np.diag(big), d)
+        np.testing.assert_allclose(big[:40], part, rtol=1e-14 if dtype == np.float64 else 1e-6,
+                                   atol=0)

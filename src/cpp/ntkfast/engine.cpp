@@ -14,7 +14,9 @@
 #include <chrono>
 #include <climits>
 #include <cmath>
+#include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <limits>
 #include <mutex>
 #include <sstream>
@@ -22,6 +24,9 @@
 
 #if defined(_OPENMP)
 #include <omp.h>
+#endif
+#if defined(__SSE2__)
+#include <emmintrin.h>
 #endif
 
 namespace ntkfast {
@@ -247,18 +252,88 @@ RowStats row_stats(const ProgramView& prog, const T* x, int64_t n, int64_t d, bo
   return st;
 }
 
-// out[J0 + j][I0 + i] = out[I0 + i][J0 + j] for a rows x cols block, in cache-sized squares.
-template <class T>
-void mirror_block(T* out, int64_t ld, int64_t i0, int64_t j0, int64_t rows, int64_t cols,
-                  bool strictly_upper) {
-  constexpr int64_t kBlock = 32;
-  for (int64_t ib = 0; ib < rows; ib += kBlock)
-    for (int64_t jb = strictly_upper ? ib : 0; jb < cols; jb += kBlock) {
-      const int64_t ie = std::min(rows, ib + kBlock), je = std::min(cols, jb + kBlock);
-      for (int64_t i = ib; i < ie; ++i)
-        for (int64_t j = strictly_upper ? std::max(jb, i + 1) : jb; j < je; ++j)
-          out[(j0 + j) * ld + (i0 + i)] = out[(i0 + i) * ld + (j0 + j)];
+// Copies of finished tiles into the output. Outputs larger than the caches are written with
+// non-temporal (streaming) stores: they bypass the cache and skip the read-for-ownership of every
+// output line, which roughly doubles the write bandwidth; small outputs use plain stores so they
+// stay in cache for the caller.
+void copy_row(double* dst, const double* src, int64_t n, bool nontemporal) {
+#if defined(__SSE2__)
+  if (nontemporal) {
+    int64_t j = 0;
+    if ((reinterpret_cast<uintptr_t>(dst) & 15) && n > 0) {
+      long long bits;
+      std::memcpy(&bits, src, 8);
+      _mm_stream_si64(reinterpret_cast<long long*>(dst), bits);
+      j = 1;
     }
+    for (; j + 2 <= n; j += 2) _mm_stream_pd(dst + j, _mm_loadu_pd(src + j));
+    if (j < n) {
+      long long bits;
+      std::memcpy(&bits, src + j, 8);
+      _mm_stream_si64(reinterpret_cast<long long*>(dst + j), bits);
+    }
+    return;
+  }
+#endif
+  (void)nontemporal;
+  std::memcpy(dst, src, size_t(n) * sizeof(double));
+}
+
+void copy_row(float* dst, const float* src, int64_t n, bool nontemporal) {
+#if defined(__SSE2__)
+  if (nontemporal) {
+    int64_t j = 0;
+    for (; j < n && (reinterpret_cast<uintptr_t>(dst + j) & 15); ++j) {
+      int bits;
+      std::memcpy(&bits, src + j, 4);
+      _mm_stream_si32(reinterpret_cast<int*>(dst + j), bits);
+    }
+    for (; j + 4 <= n; j += 4) _mm_stream_ps(dst + j, _mm_loadu_ps(src + j));
+    for (; j < n; ++j) {
+      int bits;
+      std::memcpy(&bits, src + j, 4);
+      _mm_stream_si32(reinterpret_cast<int*>(dst + j), bits);
+    }
+    return;
+  }
+#endif
+  (void)nontemporal;
+  std::memcpy(dst, src, size_t(n) * sizeof(float));
+}
+
+void store_fence() {
+#if defined(__SSE2__)
+  _mm_sfence();
+#endif
+}
+
+// out[r0 + i][c0 + j] = tile[i][j] for a rows x cols tile (leading dimension ld_tile).
+template <class T>
+void store_tile(const T* tile, int64_t ld_tile, int64_t rows, int64_t cols, T* out, int64_t ld,
+                int64_t r0, int64_t c0, bool nontemporal) {
+  for (int64_t i = 0; i < rows; ++i) copy_row(out + (r0 + i) * ld + c0, tile + i * ld_tile, cols, nontemporal);
+}
+
+// out[c0 + j][r0 + i] = tile[i][j]: the mirror of a tile, transposed through a small L1 buffer so
+// that the output is still written row by row.
+template <class T>
+void store_tile_transposed(const T* tile, int64_t ld_tile, int64_t rows, int64_t cols, T* out,
+                           int64_t ld, int64_t r0, int64_t c0, bool nontemporal, T* scratch) {
+  constexpr int64_t kBlock = 8;
+  for (int64_t jb = 0; jb < cols; jb += kBlock) {
+    const int64_t nb = std::min(kBlock, cols - jb);
+    for (int64_t i = 0; i < rows; ++i)
+      for (int64_t j = 0; j < nb; ++j) scratch[j * rows + i] = tile[i * ld_tile + jb + j];
+    for (int64_t j = 0; j < nb; ++j)
+      copy_row(out + (c0 + jb + j) * ld + r0, scratch + j * rows, rows, nontemporal);
+  }
+}
+
+// tile[j][i] = tile[i][j] below the diagonal of a square tile whose strict upper part is set.
+template <class T>
+void mirror_upper_to_lower(T* tile, int64_t ld, int64_t n) {
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = i + 1; j < n; ++j) tile[j * ld + i] = tile[i * ld + j];
 }
 
 template <class T>
@@ -282,6 +357,9 @@ void gemm_tile(const Blas& blas, const T* a_rows, int64_t rows, const T* b_rows,
 struct TileIndex {
   int64_t i, j;
 };
+
+// Outputs at least this large are written with streaming stores (see copy_row).
+constexpr int64_t kStreamingThreshold = int64_t(64) << 20;
 
 }  // namespace
 
@@ -327,9 +405,16 @@ void compute_gram(const Program& prog, const T* x1, int64_t n1, const T* x2, int
   bool cancelled = false;
   auto last_poll = std::chrono::steady_clock::now();
 
+  const bool nontemporal = double(n1) * double(n2) * sizeof(T) * ((nngp ? 1 : 0) + (ntk ? 1 : 0)) >=
+                           double(kStreamingThreshold);
+  const double* q_final = stats1.q.data() + size_t(pv.n_ops) * size_t(stats1.stride);
+
 #pragma omp parallel num_threads(threads)
   {
-    std::vector<T> buffer(size_t(tile * tile));
+    // Per thread: the tile's input Gram, its finished NNGP/NTK, and a transpose scratch.
+    std::vector<T> gram(size_t(tile * tile));
+    std::vector<T> nngp_tile(nngp ? size_t(tile * tile) : 0), ntk_tile(ntk ? size_t(tile * tile) : 0);
+    std::vector<T> scratch(size_t(8 * tile));
 #if defined(_OPENMP)
     const bool poller = omp_get_thread_num() == 0;
 #else
@@ -343,34 +428,39 @@ void compute_gram(const Program& prog, const T* x1, int64_t n1, const T* x2, int
         const int64_t rows = std::min(tile, n1 - i0), cols = std::min(tile, n2 - j0);
         const bool diagonal_tile = symmetric && i0 == j0;
         gemm_tile(blas, x1 + i0 * n_features, rows, xb + j0 * n_features, cols, n_features,
-                  buffer.data());
+                  gram.data());
         TileArgs<T> args{pv,
                          rows,
                          cols,
-                         buffer.data(),
+                         gram.data(),
                          cols,
                          inv_d,
                          snap_tol,
                          stats1.tables(i0),
                          stats2.tables(j0),
-                         nngp ? nngp + i0 * ld_nngp + j0 : nullptr,
-                         ld_nngp,
-                         ntk ? ntk + i0 * ld_ntk + j0 : nullptr,
-                         ld_ntk,
+                         nngp ? nngp_tile.data() : nullptr,
+                         tile,
+                         ntk ? ntk_tile.data() : nullptr,
+                         tile,
                          diagonal_tile};
         (std::is_same<T, double>::value ? (void (*)(const TileArgs<T>&))kernels.tile_f64
                                         : (void (*)(const TileArgs<T>&))kernels.tile_f32)(args);
-        if (symmetric && (!diagonal_tile || rows > 1)) {
-          if (nngp) mirror_block(nngp, ld_nngp, i0, j0, rows, cols, diagonal_tile);
-          if (ntk) mirror_block(ntk, ld_ntk, i0, j0, rows, cols, diagonal_tile);
-        }
-        if (diagonal_tile) {
-          const double* q_final = stats1.q.data() + size_t(pv.n_ops) * size_t(stats1.stride);
-          for (int64_t i = i0; i < i0 + rows; ++i) {
-            if (nngp) nngp[i * ld_nngp + i] = T(q_final[i]);
-            if (ntk) ntk[i * ld_ntk + i] = T(stats1.ntk_diag[size_t(i)]);
+        for (int k = 0; k < 2; ++k) {
+          T* out = k == 0 ? nngp : ntk;
+          if (!out) continue;
+          T* finished = (k == 0 ? nngp_tile : ntk_tile).data();
+          const int64_t ld = k == 0 ? ld_nngp : ld_ntk;
+          if (diagonal_tile) {
+            mirror_upper_to_lower(finished, tile, rows);
+            for (int64_t i = 0; i < rows; ++i)
+              finished[i * tile + i] = T(k == 0 ? q_final[i0 + i] : stats1.ntk_diag[size_t(i0 + i)]);
           }
+          store_tile(finished, tile, rows, cols, out, ld, i0, j0, nontemporal);
+          if (symmetric && !diagonal_tile)
+            store_tile_transposed(finished, tile, rows, cols, out, ld, i0, j0, nontemporal,
+                                  scratch.data());
         }
+        if (nontemporal) store_fence();
         done.fetch_add(1, std::memory_order_relaxed);
         if (poller && options.poll) {
           const auto now = std::chrono::steady_clock::now();
