@@ -41,6 +41,8 @@ def cuda_unavailable_reason():
         import cupy  # noqa: F401
     except ImportError:
         return "CuPy is not installed (pip install 'ntkfast[cuda]')"
+    except Exception as error:  # a broken CuPy installation must not break show_config()
+        return f"CuPy failed to import: {type(error).__name__}: {error}"
     from . import _cuda_backend
 
     return _cuda_backend.device_problem()

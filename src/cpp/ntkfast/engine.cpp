@@ -443,8 +443,10 @@ void compute_gram(const Program& prog, const T* x1, int64_t n1, const T* x2, int
                          ntk ? ntk_tile.data() : nullptr,
                          tile,
                          diagonal_tile};
-        (std::is_same<T, double>::value ? (void (*)(const TileArgs<T>&))kernels.tile_f64
-                                        : (void (*)(const TileArgs<T>&))kernels.tile_f32)(args);
+        if constexpr (std::is_same<T, double>::value)
+          kernels.tile_f64(args);
+        else
+          kernels.tile_f32(args);
         for (int k = 0; k < 2; ++k) {
           T* out = k == 0 ? nngp : ntk;
           if (!out) continue;

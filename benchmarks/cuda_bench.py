@@ -1,0 +1,203 @@
+"""CUDA backend benchmark: ntkfast.gram on a GPU against cuBLAS SGEMM of the same X·Xᵀ, a
+hand-written CuPy implementation of the same kernel, and the CPU engine; plus the throughput of
+outputs streamed to host memory / np.memmap.
+
+    python benchmarks/cuda_bench.py                      # N = 50k and 100k, d = 3072, float32, NTK
+    python benchmarks/cuda_bench.py --n 20000 --stream-n 20000 --cpu-n 2048   # a quick run
+
+Every GPU timing is taken with CUDA events on the current stream around the call and
+synchronised, after a warm-up call. The float32 GEMMs run in full FP32 (ntkfast switches TF32
+off for its own GEMMs; the SGEMM baseline is timed the same way); the TF32 settings found are
+recorded. Prints a markdown table and writes it to benchmarks/results/cuda_bench_<device>.md.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import pathlib
+import platform
+import re
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+
+def _gpu_time(cp, fn, repeat=1):
+    """Seconds per call of fn() on the current stream (CUDA events), best of `repeat`."""
+    best = float("inf")
+    for _ in range(repeat):
+        start, end = cp.cuda.Event(), cp.cuda.Event()
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        best = min(best, cp.cuda.get_elapsed_time(start, end) / 1e3)
+    return best
+
+
+def _relu_ntk_cupy(cp, x, depth, w_std, b_std, out, block=4096):
+    """The same kernel (MLP(depth, 'relu'), NTK parameterization), written directly in CuPy:
+    per row block the input Gram by cuBLAS, then the textbook arc-cosine recursion elementwise
+    (float64 math on the block, as ntkfast does), one layer after the other. It has no snap of
+    |ρ| ≈ 1, so its diagonal is off by ~√(float32 ε) ≈ 1e-4 (the "max rel. diff" column)."""
+    n, d = x.shape
+    w2, b2 = w_std * w_std, b_std * b_std
+    q = (x.astype(cp.float64) ** 2).sum(axis=1) / d
+    pre = []  # per-row variance of each layer's pre-activation
+    for _ in range(depth):
+        q = w2 * q + b2
+        pre.append(q)
+        q = q / 2  # E[relu(u)²] = q/2
+    for i0 in range(0, n, block):
+        i1 = min(n, i0 + block)
+        c = (x[i0:i1] @ x.T).astype(cp.float64) / d
+        t = cp.zeros_like(c)
+        for layer in range(depth):
+            c = w2 * c + b2
+            t = w2 * t + c
+            s = cp.sqrt(pre[layer][i0:i1, None] * pre[layer][None, :])
+            theta = cp.arccos(cp.clip(c / s, -1.0, 1.0))
+            c = s * (cp.sin(theta) + (np.pi - theta) * cp.cos(theta)) / (2 * np.pi)
+            t = t * (np.pi - theta) / (2 * np.pi)
+        c = w2 * c + b2
+        t = w2 * t + c
+        out[i0:i1] = t.astype(out.dtype)
+    return out
+
+
+def _device_label(name):
+    return re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, nargs="+", default=[50_000, 100_000])
+    parser.add_argument("--d", type=int, default=3072)
+    parser.add_argument("--depth", type=int, default=3)
+    parser.add_argument("--cpu-n", type=int, default=4096, help="CPU engine subsample (extrapolated as N²)")
+    parser.add_argument("--cupy-n", type=int, default=20_000, help="N of the hand-written CuPy version")
+    parser.add_argument("--stream-n", type=int, default=50_000, help="N of the streamed-to-host runs")
+    parser.add_argument("--memmap-dir", default=None, help="also stream to an np.memmap in this folder")
+    parser.add_argument("--out", default=None, help="markdown file (default benchmarks/results/...)")
+    args = parser.parse_args(argv)
+
+    import cupy as cp
+
+    import ntkfast as nf
+    from ntkfast import _cuda_backend
+
+    problem = _cuda_backend.device_problem()
+    if problem is not None:
+        sys.exit(f"the CUDA backend cannot run here: {problem}")
+    device = cp.cuda.Device()
+    props = cp.cuda.runtime.getDeviceProperties(device.id)
+    name = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
+    net = nf.MLP(args.depth, "relu", W_std=1.5, b_std=0.05)
+    tf32 = _cuda_backend.tf32_state()
+    lines = [
+        f"# ntkfast CUDA benchmark: {name}",
+        "",
+        f"- date: {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}",
+        f"- device: {name} (GPU {device.id}, compute capability {device.compute_capability}, "
+        f"{props['totalGlobalMem'] / 2**30:.0f} GiB)",
+        f"- CUDA driver {cp.cuda.runtime.driverGetVersion()}, CuPy {cp.__version__} (runtime "
+        f"{cp.cuda.runtime.runtimeGetVersion()}), ntkfast {nf.__version__} "
+        f"({nf.get_config()['cuda']['build']})",
+        f"- host: {platform.node()}, {os.cpu_count()} CPUs, {platform.platform()}",
+        f"- TF32: {tf32}",
+        f"- kernel: NTK only of {net!r}, float32 in and out, d = {args.d}",
+        "",
+        "| N | cuBLAS SGEMM X·Xᵀ (s) | ntkfast (s) | ratio | hand-written CuPy (s, at N) | "
+        "CPU engine (s, extrapolated) |",
+        "|---|---|---|---|---|---|",
+    ]
+    print("\n".join(lines), flush=True)
+    rng = np.random.default_rng(0)
+    rows = []
+    for n in args.n:
+        x_host = rng.standard_normal((n, args.d), dtype=np.float32)
+        x = cp.asarray(x_host)
+        out = cp.empty((n, n), dtype=cp.float32)
+        with _cuda_backend._fp32_gemms(np.dtype(np.float32)):
+            sgemm = _gpu_time(cp, lambda: cp.matmul(x, x.T, out=out), repeat=2)
+        reference = out[:256].get()
+        del out
+        cp.get_default_memory_pool().free_all_blocks()
+        ntk = nf.gram(x[:1024], net=net, get="ntk")  # warm-up
+        del ntk
+        holder = {}
+
+        def run():
+            holder["k"] = nf.gram(x, net=net, get="ntk")
+
+        ours = _gpu_time(cp, run)
+        check = nf.gram(x_host[:256], x_host, net=net, get="ntk", backend="cpu") if n <= 20_000 else None
+        error = ""
+        if check is not None:
+            error = f" (max rel. err. vs CPU {np.abs(holder['k'][:256].get() - check).max() / np.abs(check).max():.1e})"
+        del holder["k"], reference
+        cp.get_default_memory_pool().free_all_blocks()
+
+        hand = ""
+        if args.cupy_n and args.cupy_n <= n:
+            m = args.cupy_n
+            out = cp.empty((m, m), dtype=cp.float32)
+            xs = x[:m]
+            t_hand = _gpu_time(cp, lambda: _relu_ntk_cupy(cp, xs, args.depth, 1.5, 0.05, out))
+            t_ours = _gpu_time(cp, lambda: nf.gram(xs, net=net, get="ntk"))
+            diff = float(cp.abs(out - nf.gram(xs, net=net, get="ntk")).max() / cp.abs(out).max())
+            hand = f"{t_hand:.3f} at N = {m} (ntkfast {t_ours:.3f}; max rel. diff {diff:.1e})"
+            del out
+            cp.get_default_memory_pool().free_all_blocks()
+
+        cpu = ""
+        if args.cpu_n:
+            m = min(args.cpu_n, n)
+            start = time.perf_counter()
+            nf.gram(x_host[:m], net=net, get="ntk", backend="cpu")
+            t_cpu = time.perf_counter() - start
+            cpu = f"{t_cpu * (n / m) ** 2:.1f} ({t_cpu:.2f} at N = {m})"
+        row = f"| {n} | {sgemm:.3f} | {ours:.3f}{error} | {ours / sgemm:.2f} | {hand} | {cpu} |"
+        rows.append(row)
+        print(row, flush=True)
+        del x
+        cp.get_default_memory_pool().free_all_blocks()
+
+    stream_lines = ["", "Streamed to host (NTK, float32; GB/s = output bytes / wall time):", "",
+                    "| N | destination | tile | time (s) | GB/s |", "|---|---|---|---|---|"]
+    print("\n".join(stream_lines), flush=True)
+    n = args.stream_n
+    x = cp.asarray(rng.standard_normal((n, args.d), dtype=np.float32))
+    def host_array():
+        out = np.empty((n, n), dtype=np.float32)
+        out.fill(0)  # first touch of the pages outside the timing
+        return out
+
+    targets = [("host np.empty", host_array)]
+    if args.memmap_dir:
+        path = pathlib.Path(tempfile.mkdtemp(dir=args.memmap_dir)) / "ntk.f32"
+        targets.append((f"np.memmap ({args.memmap_dir})",
+                        lambda: np.memmap(path, dtype=np.float32, mode="w+", shape=(n, n))))
+    for label, make in targets:
+        out = make()
+        start = time.perf_counter()
+        nf.gram(x, net=net, get="ntk", out=out)
+        elapsed = time.perf_counter() - start
+        row = f"| {n} | {label} | default | {elapsed:.2f} | {out.nbytes / elapsed / 1e9:.2f} |"
+        stream_lines.append(row)
+        print(row, flush=True)
+        del out
+
+    text = "\n".join(lines + rows + stream_lines) + "\n"
+    target = pathlib.Path(args.out) if args.out else (
+        pathlib.Path(__file__).parent / "results" / f"cuda_bench_{_device_label(name)}.md")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(text)
+    print(f"\nwritten to {target}")
+
+
+if __name__ == "__main__":
+    main()

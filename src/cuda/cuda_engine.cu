@@ -1,0 +1,447 @@
+// cuda_engine.cu -- the CUDA Gram engine: per-row tables and the tile epilogue.
+//
+// Math: layer_math.hpp, the per-entry layer maps shared with the CPU engine, with lane type
+// V = double. Every entry carries (c, t) = (NNGP, NTK) through the whole program in registers;
+// float32 and float64 storage alike are computed in double and rounded once, at the end.
+//
+// Work (driven from python/ntkfast/_cuda_backend.py, all on the caller's stream):
+//   row_stats     per point set, once: q[k][i], sq[k][i] (the variance of row i entering op k and
+//                 its square root) and Θ(x_i, x_i), by running every op on (q, q, c = q) with the
+//                 variance clamped at >= 0 after each op; the layer-0 variance ||x_i||²/d is summed
+//                 in double. Non-finite rows are reported (in the CPU engine's order) before any
+//                 tile is computed.
+//   gram_tile     per tile, after the caller's cuBLAS GEMM of x_I · x_Jᵀ: c = (x_i · x_j)/d snapped
+//                 to ±√(q1 q2) when |ρ| is within snap_tol of 1, t = 0, then every op.
+//
+// Layout: row-major everywhere. A block of 32 x 8 threads owns a 32 x 32 sub-tile; thread (x, y)
+// computes rows y, y + 8, y + 16, y + 24 of column x and writes them along j (coalesced). For the
+// mirror image (symmetric Gram) the values are staged in shared memory and written transposed,
+// again coalesced. A diagonal tile computes only j > i; j == i is copied from the per-row
+// recursion, so a symmetric Gram is exactly symmetric and its diagonal equals diagonal().
+//
+// Numerics: compiled with -fmad=false (CMakeLists.txt): the only fused operations are the
+// explicit fma()s of layer_math.hpp (nt_fma / nt_mad), so an expression rounds the same way in
+// the row recursion and in a tile, as on the CPU (-ffp-contract=off). IEEE division and square
+// root; never --use_fast_math (the guards rely on NaN/Inf semantics).
+#include <cuda_runtime.h>
+
+#include <cfloat>
+#include <climits>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <string>
+
+#include "cuda_check.cuh"
+#include "cuda_engine.hpp"
+#include "ntkfast/layer_math.hpp"
+#include "ntkfast/program.hpp"
+
+#ifndef NTKFAST_CUDA_ARCHS
+#define NTKFAST_CUDA_ARCHS "unknown"
+#endif
+
+namespace ntkfast {
+namespace cuda {
+namespace {
+
+static_assert(sizeof(LayerOp) == 64, "LayerOp is copied byte for byte to the device");
+
+constexpr int kNormThreads = 256;           // row_norms: one warp per row
+constexpr int kRowPassThreads = 128;        // row_pass: one thread per row
+constexpr int kTileDim = 32;                // tile_kernel: a block owns kTileDim x kTileDim entries
+constexpr int kBlockRows = 8;               //   with kTileDim x kBlockRows threads,
+constexpr int kRowsPerThread = kTileDim / kBlockRows;  // each computing this many rows
+constexpr unsigned long long kNoFailure = ~0ull;
+constexpr int64_t kMaxGridY = 65535;
+
+// ------------------------------------------------------------------------------------------------
+// Per-row tables.
+
+// q[i] = ||x_i||² / d summed in double, sq[i] = √q[i]. A warp per row: the lanes stride over
+// the features (coalesced), then a fixed shuffle tree: the same input always gives the same bits.
+template <class T>
+__global__ void __launch_bounds__(kNormThreads)
+    row_norms_kernel(const T* __restrict__ x, int64_t n, int64_t d, int64_t ld, double inv_d,
+                     double* __restrict__ q, double* __restrict__ sq) {
+  const int lane = int(threadIdx.x) & 31;
+  const int64_t row = int64_t(blockIdx.x) * (kNormThreads / 32) + (threadIdx.x >> 5);
+  if (row >= n) return;  // warp-uniform: every lane of a warp has the same row
+  const T* r = x + row * ld;
+  double sum = 0.0;
+  for (int64_t k = lane; k < d; k += 32) {
+    const double v = double(r[k]);
+    sum = sum + v * v;
+  }
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) sum = sum + __shfl_down_sync(0xffffffffu, sum, offset);
+  if (lane == 0) {
+    const double v = sum * inv_d;
+    q[row] = v;
+    sq[row] = sqrt(v);
+  }
+}
+
+// Rows 1..n_ops of the tables from row 0, and Θ(x_i, x_i): the CPU engine's row_pass
+// (cpu_kernels.cpp) one row per thread. Also the CPU engine's check_row_stats (engine.cpp): the
+// first failure in (op, row) order, NTK diagonal last, is kept as key = category * n + row by an
+// atomicMin (category k = 1..n_ops: q entering op k, i.e. after op k - 1; 0: the input variance
+// when there are no ops; n_ops + 1: the NTK diagonal).
+template <bool WithNtk>
+__global__ void __launch_bounds__(kRowPassThreads)
+    row_pass_kernel(const LayerOp* __restrict__ ops, int32_t n_ops, const double* __restrict__ pool,
+                    double* __restrict__ q, double* __restrict__ sq, int64_t stride,
+                    double* __restrict__ ntk_diag, int64_t n, double storage_max,
+                    double product_safe, unsigned long long* __restrict__ status) {
+  const int64_t i = int64_t(blockIdx.x) * kRowPassThreads + threadIdx.x;
+  if (i >= n) return;
+  const unsigned long long un = (unsigned long long)n, row = (unsigned long long)i;
+  unsigned long long first = kNoFailure;
+  if (n_ops == 0 && !(q[i] <= storage_max)) first = row;
+  double t = 0.0;
+  for (int k = 0; k < n_ops; ++k) {
+    const double qk = q[k * stride + i];
+    const double sqk = sq[k * stride + i];
+    const PairStats<double> ps{qk, qk, sqk, sqk};
+    double c = qk;
+    apply_op<WithNtk>(ops[k], pool, ps, c, t);
+    // A variance is >= 0; rounding may leave -0 or a tiny negative, which would flip signs later.
+    const double variance = nt_max(c, 0.0);
+    q[(k + 1) * stride + i] = variance;
+    sq[(k + 1) * stride + i] = nt_sqrt(variance);
+    // Entering an op, a variance must leave room for products of two of them (layer_math.hpp).
+    const double limit = k + 1 == n_ops ? storage_max : product_safe;
+    if (first == kNoFailure && !(fabs(variance) <= limit))
+      first = (unsigned long long)(k + 1) * un + row;
+  }
+  if (WithNtk) {
+    ntk_diag[i] = t;
+    if (first == kNoFailure && !(fabs(t) <= storage_max))
+      first = (unsigned long long)(n_ops + 1) * un + row;
+  }
+  if (first != kNoFailure) atomicMin(status, first);
+}
+
+// ------------------------------------------------------------------------------------------------
+// The tile epilogue.
+
+template <class T>
+struct TileParams {
+  const T* gram;
+  int64_t ld_gram;
+  int64_t rows, cols;
+  double inv_d, snap_tol;
+  const LayerOp* ops;
+  int32_t n_ops;
+  const double* pool;
+  const double* q1;
+  const double* sq1;
+  int64_t stride1;
+  const double* q2;
+  const double* sq2;
+  int64_t stride2;
+  T* nngp;
+  T* nngp_mirror;
+  T* ntk;
+  T* ntk_mirror;
+  int64_t ld_nngp, ld_nngp_mirror, ld_ntk, ld_ntk_mirror;
+  const double* diag_nngp;
+  const double* diag_ntk;
+  bool diagonal;
+};
+
+// (c, t) of entry (i, j) of a tile: the CPU engine's tile_impl (cpu_kernels.cpp) for one entry.
+template <bool WithNtk, class T>
+__device__ __forceinline__ void tile_entry(const TileParams<T>& a, int64_t i, int64_t j, double& c,
+                                           double& t) {
+  c = double(a.gram[i * a.ld_gram + j]) * a.inv_d;
+  c = snap_input_correlation(c, pair_scale(a.q1[i], a.q2[j], a.sq1[i], a.sq2[j]), a.snap_tol);
+  t = 0.0;
+  for (int k = 0; k < a.n_ops; ++k) {
+    const int64_t o1 = k * a.stride1 + i, o2 = k * a.stride2 + j;
+    const PairStats<double> ps{a.q1[o1], a.q2[o2], a.sq1[o1], a.sq2[o2]};
+    apply_op<WithNtk>(a.ops[k], a.pool, ps, c, t);
+  }
+}
+
+template <class T, bool WithNtk>
+__global__ void __launch_bounds__(kTileDim * kBlockRows) tile_kernel(const TileParams<T> a) {
+  const int64_t bi = blockIdx.y, bj = blockIdx.x;
+  // Below the diagonal of a diagonal tile: written by the mirror of block (bj, bi). Block-uniform,
+  // so no thread of this block reaches the barrier below.
+  if (a.diagonal && bj < bi) return;
+  const bool mirror = a.nngp_mirror != nullptr || a.ntk_mirror != nullptr;  // grid-uniform
+  __shared__ T s_nngp[kTileDim][kTileDim + 1];  // +1: no bank conflicts on the transposed read
+  __shared__ T s_ntk[WithNtk ? kTileDim : 1][kTileDim + 1];
+  const int tx = int(threadIdx.x), ty = int(threadIdx.y);
+  const int64_t j = bj * kTileDim + tx;
+  // Not unrolled: the body inlines the whole layer program (every op kind), and four copies of it
+  // would only crowd the instruction cache.
+#pragma unroll 1
+  for (int r = 0; r < kRowsPerThread; ++r) {
+    const int li = ty + r * kBlockRows;
+    const int64_t i = bi * kTileDim + li;
+    if (i >= a.rows || j >= a.cols) continue;
+    if (a.diagonal && j <= i) {
+      if (j == i) {  // the per-row recursion: bit for bit what diagonal() returns
+        if (a.nngp) a.nngp[i * a.ld_nngp + j] = T(a.diag_nngp[i]);
+        if (WithNtk) a.ntk[i * a.ld_ntk + j] = T(a.diag_ntk[i]);
+      }
+      continue;
+    }
+    double c, t;
+    tile_entry<WithNtk>(a, i, j, c, t);
+    const T c_out = T(c);
+    if (a.nngp) a.nngp[i * a.ld_nngp + j] = c_out;
+    if (WithNtk) a.ntk[i * a.ld_ntk + j] = T(t);
+    if (mirror) {
+      s_nngp[li][tx] = c_out;
+      if (WithNtk) s_ntk[WithNtk ? li : 0][tx] = T(t);
+    }
+  }
+  if (!mirror) return;
+  __syncthreads();
+  // Transposed write: entry (i, j) of the tile goes to row j, column i of the mirror; now the
+  // threads of a warp run along i.
+  const int64_t i = bi * kTileDim + tx;
+#pragma unroll
+  for (int r = 0; r < kRowsPerThread; ++r) {
+    const int lj = ty + r * kBlockRows;
+    const int64_t jj = bj * kTileDim + lj;
+    if (i >= a.rows || jj >= a.cols || (a.diagonal && jj <= i)) continue;
+    if (a.nngp_mirror) a.nngp_mirror[jj * a.ld_nngp_mirror + i] = s_nngp[tx][lj];
+    if (WithNtk && a.ntk_mirror) a.ntk_mirror[jj * a.ld_ntk_mirror + i] = s_ntk[WithNtk ? tx : 0][lj];
+  }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Host side.
+
+// Makes `device` current for this runtime: the caller's current CuPy device (the Python side
+// enters it first), so in practice nothing changes. It is deliberately not restored afterwards:
+// both runtimes in the process (this static one and CuPy's) act on the driver's per-thread current
+// context, and switching it back to this runtime's idea of a "previous" device could move CuPy's.
+void use_device(int device) {
+  int current = -1;
+  NTKFAST_CUDA_CHECK(cudaGetDevice(&current));
+  if (current != device) NTKFAST_CUDA_CHECK(cudaSetDevice(device));
+}
+
+void require(bool condition, const char* message) {
+  if (!condition) throw std::invalid_argument(message);
+}
+
+template <class P>
+P* as_ptr(uintptr_t address) {
+  return reinterpret_cast<P*>(address);
+}
+
+template <class T>
+void launch_row_norms(uintptr_t x, int64_t n, int64_t d, int64_t ld, double inv_d, double* q,
+                      double* sq, cudaStream_t stream) {
+  const int64_t rows_per_block = kNormThreads / 32;
+  const int64_t blocks = (n + rows_per_block - 1) / rows_per_block;
+  require(blocks <= INT_MAX, "row_stats: too many rows");
+  row_norms_kernel<T><<<unsigned(blocks), kNormThreads, 0, stream>>>(as_ptr<const T>(x), n, d, ld,
+                                                                      inv_d, q, sq);
+  NTKFAST_CUDA_CHECK_LAUNCH("row_norms_kernel");
+}
+
+template <class T, bool WithNtk>
+void launch_tile(const TileArgs& a, cudaStream_t stream) {
+  TileParams<T> p;
+  p.gram = as_ptr<const T>(a.gram);
+  p.ld_gram = a.ld_gram;
+  p.rows = a.rows;
+  p.cols = a.cols;
+  p.inv_d = a.inv_d;
+  p.snap_tol = a.snap_tol;
+  p.ops = as_ptr<const LayerOp>(a.prog.ops);
+  p.n_ops = a.prog.n_ops;
+  p.pool = as_ptr<const double>(a.prog.pool);
+  p.q1 = as_ptr<const double>(a.q1);
+  p.sq1 = as_ptr<const double>(a.sq1);
+  p.stride1 = a.stride1;
+  p.q2 = as_ptr<const double>(a.q2);
+  p.sq2 = as_ptr<const double>(a.sq2);
+  p.stride2 = a.stride2;
+  p.nngp = as_ptr<T>(a.nngp);
+  p.nngp_mirror = as_ptr<T>(a.nngp_mirror);
+  p.ntk = as_ptr<T>(a.ntk);
+  p.ntk_mirror = as_ptr<T>(a.ntk_mirror);
+  p.ld_nngp = a.ld_nngp;
+  p.ld_nngp_mirror = a.ld_nngp_mirror;
+  p.ld_ntk = a.ld_ntk;
+  p.ld_ntk_mirror = a.ld_ntk_mirror;
+  p.diag_nngp = as_ptr<const double>(a.diag_nngp);
+  p.diag_ntk = as_ptr<const double>(a.diag_ntk);
+  p.diagonal = a.diagonal;
+  const dim3 grid(unsigned((a.cols + kTileDim - 1) / kTileDim), unsigned((a.rows + kTileDim - 1) / kTileDim));
+  const dim3 block(kTileDim, kBlockRows);
+  tile_kernel<T, WithNtk><<<grid, block, 0, stream>>>(p);
+  NTKFAST_CUDA_CHECK_LAUNCH("tile_kernel");
+}
+
+std::string version_string(int v) {
+  return std::to_string(v / 1000) + "." + std::to_string((v % 1000) / 10);
+}
+
+}  // namespace
+
+Dtype parse_dtype(const std::string& name) {
+  if (name == "float32") return Dtype::kFloat32;
+  if (name == "float64") return Dtype::kFloat64;
+  throw std::invalid_argument("dtype must be 'float32' or 'float64', got '" + name + "'");
+}
+
+int64_t max_tile_rows() { return kMaxGridY * kTileDim; }
+
+void row_stats(Dtype dtype, uintptr_t x, int64_t n, int64_t d, int64_t ld_x, const DeviceProgram& prog,
+               const DeviceRowTables& tables, uintptr_t status, int point_set, int device,
+               uintptr_t stream) {
+  require(n >= 0 && d >= 0, "row_stats: negative size");
+  require(ld_x >= d, "row_stats: leading dimension smaller than the number of features");
+  require(prog.n_ops >= 0 && (prog.n_ops == 0 || prog.ops != 0), "row_stats: no program");
+  if (n == 0) return;
+  require(x != 0 || d == 0, "row_stats: null input");
+  require(tables.q != 0 && tables.sq != 0 && status != 0, "row_stats: null table");
+  require(tables.stride >= n, "row_stats: table stride smaller than the number of rows");
+  use_device(device);
+  const cudaStream_t s = reinterpret_cast<cudaStream_t>(stream);
+  double* q = as_ptr<double>(tables.q);
+  double* sq = as_ptr<double>(tables.sq);
+  double* ntk_diag = as_ptr<double>(tables.ntk_diag);
+  auto* first = as_ptr<unsigned long long>(status);
+  NTKFAST_CUDA_CHECK(cudaMemsetAsync(first, 0xFF, sizeof(unsigned long long), s));
+
+  const double inv_d = d > 0 ? 1.0 / double(d) : 0.0;  // as the CPU engine
+  if (dtype == Dtype::kFloat32)
+    launch_row_norms<float>(x, n, d, ld_x, inv_d, q, sq, s);
+  else
+    launch_row_norms<double>(x, n, d, ld_x, inv_d, q, sq, s);
+
+  const double storage_max = dtype == Dtype::kFloat32 ? double(FLT_MAX) : DBL_MAX;
+  const double product_safe = std::ldexp(1.0, 500);
+  const int64_t blocks = (n + kRowPassThreads - 1) / kRowPassThreads;
+  require(blocks <= INT_MAX, "row_stats: too many rows");
+  const LayerOp* ops = as_ptr<const LayerOp>(prog.ops);
+  const double* pool = as_ptr<const double>(prog.pool);
+  if (ntk_diag) {
+    row_pass_kernel<true><<<unsigned(blocks), kRowPassThreads, 0, s>>>(
+        ops, prog.n_ops, pool, q, sq, tables.stride, ntk_diag, n, storage_max, product_safe, first);
+    NTKFAST_CUDA_CHECK_LAUNCH("row_pass_kernel<true>");
+  } else {
+    row_pass_kernel<false><<<unsigned(blocks), kRowPassThreads, 0, s>>>(
+        ops, prog.n_ops, pool, q, sq, tables.stride, nullptr, n, storage_max, product_safe, first);
+    NTKFAST_CUDA_CHECK_LAUNCH("row_pass_kernel<false>");
+  }
+
+  // The one synchronisation of a Gram computation: non-finite rows raise before any tile.
+  unsigned long long key = 0;
+  NTKFAST_CUDA_CHECK(cudaMemcpyAsync(&key, first, sizeof key, cudaMemcpyDeviceToHost, s));
+  NTKFAST_CUDA_CHECK(cudaStreamSynchronize(s));
+  if (key == kNoFailure) return;
+  const int64_t category = int64_t(key / (unsigned long long)n);
+  const int64_t row = int64_t(key % (unsigned long long)n);
+  const bool is_ntk = category == int64_t(prog.n_ops) + 1;
+  const double* where = is_ntk ? ntk_diag + row : q + category * tables.stride + row;
+  double value = 0.0;
+  NTKFAST_CUDA_CHECK(cudaMemcpyAsync(&value, where, sizeof value, cudaMemcpyDeviceToHost, s));
+  NTKFAST_CUDA_CHECK(cudaStreamSynchronize(s));
+  const int op = is_ntk ? prog.n_ops - 1 : int(category) - 1;
+  throw NonFiniteRow(point_set, row, op, value, is_ntk);
+}
+
+void gram_tile(Dtype dtype, const TileArgs& a, int device, uintptr_t stream) {
+  require(a.rows >= 0 && a.cols >= 0, "gram_tile: negative size");
+  if (a.rows == 0 || a.cols == 0 || (a.nngp == 0 && a.ntk == 0)) return;
+  require(a.rows <= max_tile_rows(), "gram_tile: tile has too many rows");
+  require(a.gram != 0 && a.q1 != 0 && a.sq1 != 0 && a.q2 != 0 && a.sq2 != 0, "gram_tile: null input");
+  require(a.ld_gram >= a.cols, "gram_tile: ld_gram < cols");
+  require(a.stride1 > 0 && a.stride2 > 0, "gram_tile: table strides must be positive");
+  require(a.prog.n_ops >= 0 && (a.prog.n_ops == 0 || a.prog.ops != 0), "gram_tile: no program");
+  require(a.nngp == 0 || a.ld_nngp >= a.cols, "gram_tile: ld_nngp < cols");
+  require(a.ntk == 0 || a.ld_ntk >= a.cols, "gram_tile: ld_ntk < cols");
+  require(a.nngp_mirror == 0 || (a.nngp != 0 && a.ld_nngp_mirror >= a.rows),
+          "gram_tile: bad nngp mirror");
+  require(a.ntk_mirror == 0 || (a.ntk != 0 && a.ld_ntk_mirror >= a.rows), "gram_tile: bad ntk mirror");
+  require(!a.diagonal || (a.rows == a.cols && (a.nngp == 0 || a.diag_nngp != 0) &&
+                          (a.ntk == 0 || a.diag_ntk != 0)),
+          "gram_tile: a diagonal tile needs rows == cols and the diagonal tables");
+  use_device(device);
+  const cudaStream_t s = reinterpret_cast<cudaStream_t>(stream);
+  const bool with_ntk = a.ntk != 0;
+  if (dtype == Dtype::kFloat32)
+    with_ntk ? launch_tile<float, true>(a, s) : launch_tile<float, false>(a, s);
+  else
+    with_ntk ? launch_tile<double, true>(a, s) : launch_tile<double, false>(a, s);
+}
+
+int runtime_version() {
+  int v = 0;
+  if (cudaRuntimeGetVersion(&v) != cudaSuccess) v = 0;
+  (void)cudaGetLastError();
+  return v;
+}
+
+int driver_version() {
+  int v = 0;
+  if (cudaDriverGetVersion(&v) != cudaSuccess) v = 0;
+  (void)cudaGetLastError();
+  return v;
+}
+
+std::string probe(int device) {
+  int count = 0;
+  const cudaError_t err = cudaGetDeviceCount(&count);
+  (void)cudaGetLastError();
+  if (err == cudaErrorInsufficientDriver) {
+    const int driver = driver_version();
+    const std::string built = version_string(runtime_version());
+    if (driver == 0) return "no NVIDIA driver found (the CUDA engine, built with CUDA " + built + ", needs one)";
+    return "the NVIDIA driver supports CUDA " + version_string(driver) + ", older than the CUDA " +
+           built + " the engine was built with: update the driver";
+  }
+  if (err != cudaSuccess) return "no usable CUDA device: " + detail::describe(err);
+  if (count == 0) return "no CUDA device";
+  if (device < 0 || device >= count)
+    return "CUDA device " + std::to_string(device) + " does not exist (" + std::to_string(count) +
+           " device(s))";
+  try {
+    use_device(device);
+    cudaFuncAttributes attributes;
+    const cudaError_t image = cudaFuncGetAttributes(&attributes, tile_kernel<double, true>);
+    (void)cudaGetLastError();
+    if (image != cudaSuccess) {
+      cudaDeviceProp prop;
+      std::string cc = "unknown";
+      if (cudaGetDeviceProperties(&prop, device) == cudaSuccess)
+        cc = std::to_string(prop.major) + "." + std::to_string(prop.minor);
+      (void)cudaGetLastError();
+      return "the CUDA engine has no kernel for this GPU (compute capability " + cc +
+             "; built for architectures " NTKFAST_CUDA_ARCHS "; rebuild with "
+             "-Ccmake.define.NTKFAST_CUDA_ARCHITECTURES=...): " + detail::describe(image);
+    }
+  } catch (const CudaError& error) {
+    return error.what();
+  }
+  return "";
+}
+
+std::string device_name(int device) {
+  cudaDeviceProp prop;
+  const cudaError_t err = cudaGetDeviceProperties(&prop, device);
+  (void)cudaGetLastError();
+  if (err != cudaSuccess) return "unavailable: " + detail::describe(err);
+  return std::string(prop.name) + " (compute capability " + std::to_string(prop.major) + "." +
+         std::to_string(prop.minor) + ", " + std::to_string(prop.totalGlobalMem >> 20) + " MiB)";
+}
+
+std::string pack_ops(const std::vector<LayerOp>& ops) {
+  std::string bytes(ops.size() * sizeof(LayerOp), '\0');
+  if (!ops.empty()) std::memcpy(&bytes[0], ops.data(), bytes.size());
+  return bytes;
+}
+
+}  // namespace cuda
+}  // namespace ntkfast

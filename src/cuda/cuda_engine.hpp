@@ -1,0 +1,117 @@
+// cuda_engine.hpp -- the host interface of the CUDA Gram engine (cuda_engine.cu).
+//
+// Plain C++ with no CUDA header, so the pybind11 binding (bindings_cuda.cpp) is compiled by the
+// host compiler alone. Device memory is never allocated here: the caller (python/ntkfast/
+// _cuda_backend.py, through CuPy) owns every buffer and passes raw device addresses, a device
+// ordinal and a cudaStream_t (all as integers). All work is enqueued on that stream; only
+// row_stats waits for it (it must report non-finite variances before any tile is computed).
+#pragma once
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "ntkfast/program.hpp"
+
+namespace ntkfast {
+namespace cuda {
+
+// A failed CUDA call; the message names the call, the CUDA error and file:line.
+class CudaError : public std::runtime_error {
+ public:
+  CudaError(const std::string& message, int code) : std::runtime_error(message), code(code) {}
+  int code;
+};
+
+// cudaErrorMemoryAllocation (the binding raises MemoryError).
+class CudaOutOfMemory : public CudaError {
+ public:
+  using CudaError::CudaError;
+};
+
+// A per-row variance (or NTK diagonal) that is not finite or does not fit the storage type: the
+// same report as the CPU engine's NonFiniteKernel (engine.hpp), raised before any tile.
+class NonFiniteRow : public std::runtime_error {
+ public:
+  NonFiniteRow(int point_set, int64_t row, int op, double value, bool is_ntk)
+      : std::runtime_error("non-finite kernel"), point_set(point_set), row(row), op(op),
+        value(value), is_ntk(is_ntk) {}
+  int point_set;  // 1 (x1) or 2 (x2)
+  int64_t row;
+  int op;         // index into the program; -1: the input layer
+  double value;
+  bool is_ntk;
+};
+
+enum class Dtype { kFloat32, kFloat64 };
+Dtype parse_dtype(const std::string& name);  // "float32" | "float64", else std::invalid_argument
+
+// A program in device memory: n_ops LayerOps (program.hpp layout) and the pool of their tables.
+struct DeviceProgram {
+  uintptr_t ops = 0;
+  int32_t n_ops = 0;
+  uintptr_t pool = 0;
+};
+
+// Per-row tables in device memory, as on the CPU (cpu_kernels.hpp): q[k * stride + i] is the
+// variance of row i entering op k (k = 0..n_ops, the last being the NNGP diagonal), sq its square
+// root, ntk_diag[i] = Θ(x_i, x_i) (0 when the NTK is not needed).
+struct DeviceRowTables {
+  uintptr_t q = 0;
+  uintptr_t sq = 0;
+  int64_t stride = 0;
+  uintptr_t ntk_diag = 0;
+};
+
+// Fills the tables for rows x[i * ld_x + 0 .. d) (dtype float32/float64): the layer-0 variance
+// ||x_i||² / d summed in double, then every op on (q, q, c = q) with the variance clamped at >= 0.
+// status: one uint64 of device scratch. Synchronizes `stream`, then throws NonFiniteRow for the
+// first non-finite entry in the CPU engine's order (op-major, then row; NTK diagonal last).
+void row_stats(Dtype dtype, uintptr_t x, int64_t n, int64_t d, int64_t ld_x, const DeviceProgram& prog,
+               const DeviceRowTables& tables, uintptr_t status, int point_set, int device,
+               uintptr_t stream);
+
+// One tile of a Gram matrix (row-major, element type = dtype): rows [0, rows) of point set 1
+// against columns [0, cols) of point set 2, given their input Gram (x_i · x'_j, not yet / d).
+// Every output pointer may be 0. Entry (i, j) goes to nngp[i * ld_nngp + j] and, when
+// nngp_mirror != 0, also to nngp_mirror[j * ld_nngp_mirror + i] (likewise for the NTK).
+// diagonal: a diagonal tile of a symmetric Gram (rows == cols): only j > i is computed (and
+// mirrored), j == i is copied from diag_nngp / diag_ntk (the per-row recursion), j < i is left to
+// the mirror. Enqueued on `stream`; does not wait.
+struct TileArgs {
+  uintptr_t gram = 0;
+  int64_t ld_gram = 0;
+  int64_t rows = 0, cols = 0;
+  double inv_d = 0.0, snap_tol = 0.0;
+  DeviceProgram prog;
+  uintptr_t q1 = 0, sq1 = 0;  // tables of point set 1, offset to the tile's first row
+  int64_t stride1 = 0;
+  uintptr_t q2 = 0, sq2 = 0;  // tables of point set 2, offset to the tile's first column
+  int64_t stride2 = 0;
+  uintptr_t nngp = 0, nngp_mirror = 0, ntk = 0, ntk_mirror = 0;
+  int64_t ld_nngp = 0, ld_nngp_mirror = 0, ld_ntk = 0, ld_ntk_mirror = 0;
+  bool diagonal = false;
+  uintptr_t diag_nngp = 0, diag_ntk = 0;  // offset to the tile's first row
+};
+void gram_tile(Dtype dtype, const TileArgs& args, int device, uintptr_t stream);
+
+// The largest tile edge gram_tile accepts (grid limits).
+int64_t max_tile_rows();
+
+// An empty string if this build's kernels can run on `device`, else why not.
+std::string probe(int device);
+
+// CUDA runtime (linked statically) and driver versions as 1000 * major + 10 * minor; the driver
+// version is 0 where no driver is installed.
+int runtime_version();
+int driver_version();
+
+// "name (compute capability X.Y, N MiB)" of a device, or a description of the error.
+std::string device_name(int device);
+
+// The bytes of a LayerOp array (program.hpp layout), to be copied to the device by the caller.
+std::string pack_ops(const std::vector<LayerOp>& ops);
+
+}  // namespace cuda
+}  // namespace ntkfast

@@ -1,0 +1,143 @@
+"""The CUDA backend where no GPU is needed: the extension module is built when a toolkit is
+present, imports without a GPU, packs programs in the engine's layout, validates its arguments,
+and `import ntkfast` loads neither CuPy nor any CUDA library. (On a GPU: tests/test_cuda.py.)"""
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import ntkfast as nf
+from ntkfast import _build_config
+
+
+def _toolkit_present():
+    return shutil.which("nvcc") is not None or os.environ.get("CUDACXX") or os.path.exists(
+        "/usr/local/cuda/bin/nvcc")
+
+
+def _cuda_module():
+    status = _build_config.CUDA_STATUS
+    if not status.startswith("built"):
+        pytest.skip(f"the CUDA extension is not part of this build ({status})")
+    from ntkfast import _cuda
+
+    return _cuda
+
+
+_IMPORT_CHECK = textwrap.dedent("""
+    import sys
+    import numpy as np
+    import ntkfast
+    ntkfast.gram(np.eye(3), net=ntkfast.MLP(1))
+    ntkfast.diagonal(np.eye(3), net=ntkfast.MLP(1))
+    mapped = open("/proc/self/maps").read()
+    loaded = sorted({m for m in ("cupy", "ntkfast._cuda", "ntkfast._cuda_backend") if m in sys.modules})
+    libs = sorted({lib for lib in ("libcudart", "libcuda.so", "libcublas", "libnvrtc") if lib in mapped})
+    print(loaded, libs)
+""")
+
+
+def test_import_loads_neither_cupy_nor_cuda():
+    proc = subprocess.run([sys.executable, "-c", _IMPORT_CHECK], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[] []", proc.stdout
+
+
+def test_cuda_extension_built_when_toolkit_present():
+    status = _build_config.CUDA_STATUS
+    if "NTKFAST_CUDA=OFF" in status:
+        pytest.skip(f"built with NTKFAST_CUDA=OFF ({status})")
+    if not _toolkit_present():
+        pytest.skip("no CUDA toolkit (nvcc) on this machine")
+    assert status.startswith("built"), status
+    from ntkfast import _cuda
+
+    info = _cuda.build_info()
+    archs = info["architectures"].split(",")
+    assert archs == _build_config.CUDA_ARCHITECTURES.split(";")
+    assert "80-real" in archs and any(a.startswith("90") for a in archs)
+    assert all(a != "native" for a in archs)
+    assert info["runtime"] == "static" and info["runtime_version"] >= 12000
+
+
+def test_show_config_reports_cuda():
+    cfg = nf.get_config()["cuda"]
+    if cfg["available"]:
+        assert cfg["reason"] is None
+        return
+    # the reason is recorded, never raised, and show_config prints it
+    assert isinstance(cfg["reason"], str) and cfg["reason"]
+    from io import StringIO
+
+    text = StringIO()
+    nf.show_config(file=text)
+    assert f"cuda: unavailable: {cfg['reason']}" in text.getvalue()
+
+
+def test_probe_without_gpu_returns_a_reason():
+    _cuda = _cuda_module()
+    from ntkfast import _cuda_backend
+
+    problem = _cuda_backend.device_problem()
+    if problem is None:
+        pytest.skip("a usable CUDA GPU is present")
+    reason = _cuda.probe(0)  # must not crash or abort without a driver / device
+    assert isinstance(reason, str)
+    assert isinstance(_cuda.driver_version(), int)
+
+
+def test_pack_program_layout():
+    """program.hpp's LayerOp: int32 kind, degree, offset, reserved, then 6 float64 parameters."""
+    _cuda = _cuda_module()
+    packed = _cuda.pack_program([(0, 0, 0, [2.25, 0.01, 0.0, 0.0, 1.0]), (12, 3, 7, [0.5])])
+    assert len(packed) == 2 * 64
+    assert struct.unpack("<iiii6d", packed[:64]) == (0, 0, 0, 0, 2.25, 0.01, 0.0, 0.0, 1.0, 0.0)
+    assert struct.unpack("<iiii6d", packed[64:]) == (12, 3, 7, 0, 0.5, 0.0, 0.0, 0.0, 0.0, 0.0)
+    assert _cuda.pack_program([]) == b""
+    with pytest.raises(ValueError, match="at most 6"):
+        _cuda.pack_program([(0, 0, 0, [0.0] * 7)])
+    with pytest.raises(ValueError, match="unknown kind"):
+        _cuda.pack_program([(99, 0, 0, [])])
+
+
+def _tile_args(**changes):
+    args = dict(dtype="float64", gram=8, ld_gram=4, rows=4, cols=4, inv_d=0.5, snap_tol=1e-14,
+                ops=8, n_ops=1, pool=0, q1=8, sq1=8, stride1=32, q2=8, sq2=8, stride2=32, nngp=8,
+                ld_nngp=4, nngp_mirror=0, ld_nngp_mirror=0, ntk=0, ld_ntk=0, ntk_mirror=0,
+                ld_ntk_mirror=0, diagonal=False, diag_nngp=0, diag_ntk=0, device=0, stream=0)
+    args.update(changes)
+    return args
+
+
+@pytest.mark.parametrize("changes,match", [
+    ({"dtype": "float16"}, "dtype must be 'float32' or 'float64'"),
+    ({"rows": -1}, "negative size"),
+    ({"ld_gram": 3}, "ld_gram < cols"),
+    ({"ld_nngp": 2}, "ld_nngp < cols"),
+    ({"gram": 0}, "null input"),
+    ({"n_ops": 2, "ops": 0}, "no program"),
+    ({"ntk_mirror": 8, "ld_ntk_mirror": 4}, "bad ntk mirror"),
+    ({"diagonal": True, "cols": 3}, "diagonal tile"),
+    ({"rows": 10 ** 8}, "too many rows"),
+])
+def test_tile_arguments_are_validated_before_any_cuda_call(changes, match):
+    """Bad arguments raise ValueError before the GPU is touched (so this runs without one)."""
+    _cuda = _cuda_module()
+    with pytest.raises(ValueError, match=match):
+        _cuda.gram_tile(**_tile_args(**changes))
+
+
+def test_empty_work_touches_no_gpu():
+    _cuda = _cuda_module()
+    _cuda.gram_tile(**_tile_args(rows=0))
+    _cuda.gram_tile(**_tile_args(nngp=0, ntk=0))
+    _cuda.row_stats(dtype="float32", x=0, n=0, d=5, ld_x=5, ops=0, n_ops=0, pool=0, q=0, sq=0,
+                    stride=0, ntk_diag=0, status=0, point_set=1, device=0, stream=0)
+    with pytest.raises(ValueError, match="leading dimension"):
+        _cuda.row_stats(dtype="float32", x=8, n=2, d=5, ld_x=4, ops=0, n_ops=0, pool=0, q=8, sq=8,
+                        stride=32, ntk_diag=0, status=8, point_set=1, device=0, stream=0)
