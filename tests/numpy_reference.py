@@ -45,15 +45,23 @@ def _poly_dual(coef, c, q1, q2):
                for j, a in enumerate(coef) for k, b in enumerate(coef) if a and b)
 
 
+ABRELU_FAMILY = (nf.Relu, nf.LeakyRelu, nf.Abs, nf.ABRelu)
+
+
+def abrelu_slopes(layer):
+    """(a, b) of a·min(x, 0) + b·max(x, 0) for the ReLU family."""
+    if isinstance(layer, nf.LeakyRelu):
+        return layer.alpha, 1.0
+    if isinstance(layer, nf.ABRelu):
+        return layer.a, layer.b
+    return {nf.Relu: (0.0, 1.0), nf.Abs: (-1.0, 1.0)}[type(layer)]
+
+
 def activation_dual(layer, c, q1, q2):
     """(E[φ(u)φ(v)], E[φ'(u)φ'(v)]) for (u, v) ~ N(0, [[q1, c], [c, q2]]), elementwise."""
     c = np.asarray(c, dtype=np.float64)
-    if isinstance(layer, (nf.Relu, nf.LeakyRelu, nf.Abs, nf.ABRelu)):
-        a, b = {nf.Relu: (0.0, 1.0), nf.Abs: (-1.0, 1.0)}.get(type(layer), (None, None))
-        if isinstance(layer, nf.LeakyRelu):
-            a, b = layer.alpha, 1.0
-        if isinstance(layer, nf.ABRelu):
-            a, b = layer.a, layer.b
+    if isinstance(layer, ABRELU_FAMILY):
+        a, b = abrelu_slopes(layer)
         th = _theta(c, q1, q2)
         s = np.sqrt(q1 * q2)
         e = (a - b) ** 2 / (2 * np.pi) * s * (np.sin(th) - th * np.cos(th)) + (a * a + b * b) / 2 * c

@@ -8,18 +8,15 @@ import numpy as np
 from scipy import special
 
 import ntkfast as nf
+from numpy_reference import ABRELU_FAMILY, abrelu_slopes
 
 SQRT2PI = math.sqrt(2 * math.pi)
 
 
 def functions(layer):
     """(φ, φ', kinks): the activation, its derivative (a.e.), and whether it has kinks/jumps at 0."""
-    if isinstance(layer, (nf.Relu, nf.LeakyRelu, nf.Abs, nf.ABRelu)):
-        a, b = {nf.Relu: (0.0, 1.0), nf.Abs: (-1.0, 1.0)}.get(type(layer), (None, None))
-        if isinstance(layer, nf.LeakyRelu):
-            a, b = layer.alpha, 1.0
-        if isinstance(layer, nf.ABRelu):
-            a, b = layer.a, layer.b
+    if isinstance(layer, ABRELU_FAMILY):
+        a, b = abrelu_slopes(layer)
         return (lambda x: a * np.minimum(x, 0) + b * np.maximum(x, 0),
                 lambda x: np.where(x < 0, a, b), True)
     if isinstance(layer, (nf.Erf, nf.Sigmoid_like)):

@@ -139,7 +139,7 @@ PYBIND11_MODULE(_cuda, m) {
           "; pass out= host arrays (e.g. np.memmap) to stream the result tile by tile, or a smaller "
           "tile_size";
       py::set_error(PyExc_MemoryError, message.c_str());
-    } catch (const nc::NonFiniteRow& e) {
+    } catch (const ntkfast::NonFiniteKernel& e) {
       py::object cls = py::module_::import("ntkfast._errors").attr("EngineNonFinite");
       py::set_error(cls, cls(e.point_set, e.row, e.op, e.value, e.is_ntk));
     }

@@ -349,7 +349,7 @@ void row_stats(Dtype dtype, uintptr_t x, int64_t n, int64_t d, int64_t ld_x, con
   NTKFAST_CUDA_CHECK(cudaMemcpyAsync(&value, where, sizeof value, cudaMemcpyDeviceToHost, s));
   NTKFAST_CUDA_CHECK(cudaStreamSynchronize(s));
   const int op = is_ntk ? prog.n_ops - 1 : int(category) - 1;
-  throw NonFiniteRow(point_set, row, op, value, is_ntk);
+  throw NonFiniteKernel(point_set, row, op, value, is_ntk);
 }
 
 void gram_tile(Dtype dtype, const TileArgs& a, int device, uintptr_t stream) {

@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "ntkfast/errors.hpp"
 #include "ntkfast/program.hpp"
 
 namespace ntkfast {
@@ -30,19 +31,6 @@ class CudaOutOfMemory : public CudaError {
   using CudaError::CudaError;
 };
 
-// A per-row variance (or NTK diagonal) that is not finite or does not fit the storage type: the
-// same report as the CPU engine's NonFiniteKernel (engine.hpp), raised before any tile.
-class NonFiniteRow : public std::runtime_error {
- public:
-  NonFiniteRow(int point_set, int64_t row, int op, double value, bool is_ntk)
-      : std::runtime_error("non-finite kernel"), point_set(point_set), row(row), op(op),
-        value(value), is_ntk(is_ntk) {}
-  int point_set;  // 1 (x1) or 2 (x2)
-  int64_t row;
-  int op;         // index into the program; -1: the input layer
-  double value;
-  bool is_ntk;
-};
 
 enum class Dtype { kFloat32, kFloat64 };
 Dtype parse_dtype(const std::string& name);  // "float32" | "float64", else std::invalid_argument
@@ -66,7 +54,7 @@ struct DeviceRowTables {
 
 // Fills the tables for rows x[i * ld_x + 0 .. d) (dtype float32/float64): the layer-0 variance
 // ||x_i||² / d summed in double, then every op on (q, q, c = q) with the variance clamped at >= 0.
-// status: one uint64 of device scratch. Synchronizes `stream`, then throws NonFiniteRow for the
+// status: one uint64 of device scratch. Synchronizes `stream`, then throws NonFiniteKernel for the
 // first non-finite entry in the CPU engine's order (op-major, then row; NTK diagonal last).
 void row_stats(Dtype dtype, uintptr_t x, int64_t n, int64_t d, int64_t ld_x, const DeviceProgram& prog,
                const DeviceRowTables& tables, uintptr_t status, int point_set, int device,

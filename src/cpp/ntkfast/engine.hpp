@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "cpu_kernels.hpp"
+#include "errors.hpp"
 #include "program.hpp"
 
 namespace ntkfast {
@@ -58,21 +59,6 @@ class Cancelled : public std::exception {
   const char* what() const noexcept override { return "computation cancelled"; }
 };
 
-// A per-row variance (or NTK diagonal) that is not finite, or does not fit the storage type, after
-// some op: the kernel itself overflows (e.g. Exp or Gaussian(b > 0) with large variances). It is
-// raised from the per-row pass, before any tile is computed; off-diagonal entries are bounded by
-// the diagonal (the kernels are positive semi-definite), so this check covers the whole matrix.
-class NonFiniteKernel : public std::runtime_error {
- public:
-  NonFiniteKernel(int point_set, int64_t row, int op, double value, bool is_ntk)
-      : std::runtime_error("non-finite kernel"), point_set(point_set), row(row), op(op),
-        value(value), is_ntk(is_ntk) {}
-  int point_set;  // 1 (x1) or 2 (x2)
-  int64_t row;
-  int op;         // index into the program; n_ops means "the output"
-  double value;
-  bool is_ntk;
-};
 
 // The output matrices are row-major n1 x n2 with the given leading dimensions; either may be null.
 // x2 == nullptr computes the symmetric Gram of x1 (upper-triangle tiles, mirrored, exactly
