@@ -11,9 +11,12 @@ sys.path.insert(0, str(pathlib.Path(__file__).parent))
 
 
 def reference_dir():
-    """shared/reference next to the repository (or $NTKFAST_REFERENCE_DIR), or None."""
+    """The neural-tangents reference outputs: $NTKFAST_REFERENCE_DIR if set, else the copy
+    shipped in tests/data/nt_reference (of ../shared/reference, 1.5 MB, so that every clone
+    runs these tests), else shared/reference next to the repository; None if none exists."""
     env = os.environ.get("NTKFAST_REFERENCE_DIR")
     candidates = [pathlib.Path(env)] if env else []
+    candidates.append(pathlib.Path(__file__).resolve().parent / "data" / "nt_reference")
     candidates.append(pathlib.Path(__file__).resolve().parents[2] / "shared" / "reference")
     for path in candidates:
         if (path / "kernels.npz").is_file():

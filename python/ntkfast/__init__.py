@@ -17,6 +17,7 @@ from ._layers import (ACTIVATIONS, ABRelu, Abs, Cos, Dense, Erf, Exp, ExpNormali
 from ._errors import BackendUnavailableError, NonFiniteKernelError
 from ._gram import Kernels, diagonal, gram
 from ._config import get_config, show_config
+from . import predict
 
 __all__ = [
     "__version__", "gram", "diagonal", "Kernels", "show_config", "get_config",
@@ -24,5 +25,5 @@ __all__ = [
     "Relu", "LeakyRelu", "ABRelu", "Abs", "Erf", "Sigmoid_like", "Gelu", "Sin", "Cos", "Rbf",
     "Exp", "ExpNormalized", "Gaussian", "Gabor", "Sign", "Monomial", "RectifiedMonomial",
     "Polynomial", "Hermite", "Identity",
-    "NonFiniteKernelError", "BackendUnavailableError",
+    "NonFiniteKernelError", "BackendUnavailableError", "predict",
 ]

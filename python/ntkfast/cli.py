@@ -130,12 +130,9 @@ def build_parser():
     i = sub.add_parser("info", help="show the build and the backends available here")
     i.set_defaults(func=_cmd_info)
 
-    try:
-        from . import demo
-    except ImportError:  # pragma: no cover - demo arrives with its own module
-        demo = None
-    if demo is not None:
-        demo.add_parser(sub)
+    from . import demo  # imports scikit-learn and matplotlib only when it runs
+
+    demo.add_parser(sub)
     return parser
 
 

@@ -1,0 +1,752 @@
+"""Training dynamics and Bayesian posteriors of infinitely wide networks, from their kernels.
+
+Call-compatible with ``neural_tangents.predict`` (argument names, conventions, output
+structure), on NumPy arrays (SciPy's LAPACK) or CuPy arrays (cuSOLVER), outputs of the same kind:
+
+* :func:`gradient_descent_mse` -- outputs of a network trained by gradient flow on the MSE, at
+  any times t (Jacot et al. 2018; Lee et al. 2019, eq. 16 ff.; MATH.md §5);
+* :func:`gradient_descent_mse_ensemble` -- mean and covariance of an infinite ensemble of such
+  networks (the initialisation marginalised), computing the kernels with :func:`ntkfast.gram`;
+* :func:`gp_inference` -- the NNGP posterior, the trained-ensemble NTK 'posterior' and the NTKGP
+  posterior at t = ∞ (MATH.md §6);
+* :func:`max_learning_rate` -- the largest stable full-batch learning rate.
+
+Conventions (neural-tangents', see ``docs/dynamics.md``)
+--------------------------------------------------------
+* Loss L = 1/(2N) Σ (f − y)² with N = y_train.size (½ × the mean over all output entries), so
+  gradient flow gives df/dt = −(η/N) Θ (f − y); t counts steps of size η (τ = η t). The seeds'
+  and MATH.md §5's loss ½ Σ (f − y)² is the same flow with η/N → η: pass ``loss_scale='sum'``
+  or, equivalently, convert times as t_nt = N · t_sum.
+* ``diag_reg`` adds λI to the train kernel, λ = diag_reg · mean(diag K) (or λ = diag_reg with
+  ``diag_reg_absolute_scale=True``).
+* One kernel is shared by all output columns (neural-tangents' ``trace_axes=(-1,)``).
+* t = None (or ∞) is the end of training, computed by a Cholesky solve.
+
+What ntkfast does differently: a singular train kernel (duplicate training points, fewer
+features than points, ``diag_reg=0``) gives finite outputs, the exact limits of the gradient
+flow, where neural-tangents returns NaN (it divides by |μ| = 0); negative round-off
+eigenvalues are clipped to 0 in every factor; the eigendecomposition (one per kernel, cached)
+uses a LAPACK driver that works for N ≥ 32768.
+"""
+from __future__ import annotations
+
+import hashlib
+import numbers
+import typing
+
+import numpy as np
+
+from . import _predict_linalg
+from ._predict_checks import (GRAM_OPTIONS, as_array, check_points, check_trace_axes, compute_dtype,
+                              cross_kernel, flat_targets, initial_outputs, loss_scale_value,
+                              package, parse_get, real_scalar, regulariser, square_test_kernel,
+                              targets, times_array, train_kernel, unflatten)
+from ._predict_core import KernelSystem, batched_products, symmetrize
+from ._predict_linalg import is_cupy
+
+__all__ = ["Gaussian", "gradient_descent_mse", "gradient_descent_mse_ensemble", "gp_inference",
+           "max_learning_rate"]
+
+
+class Gaussian(typing.NamedTuple):
+    """A ``(mean, covariance)`` pair (neural-tangents' ``predict.Gaussian``).
+
+    Attributes
+    ----------
+    mean : array, shape ([*t.shape,] n_points, n_outputs)
+    covariance : array, shape ([*t.shape,] n_points, n_points)
+        Shared by every output column.
+    """
+
+    mean: typing.Any
+    covariance: typing.Any
+
+
+# ----------------------------------------------------------------------------------------------
+# gradient_descent_mse
+
+def gradient_descent_mse(k_train_train, y_train, learning_rate=1.0, diag_reg=0.0,
+                         diag_reg_absolute_scale=False, trace_axes=(-1,), *, loss_scale="mean"):
+    r"""Outputs of a network trained by gradient flow on the MSE, in closed form.
+
+    For the linearised network (exact at infinite width) with kernel Θ = ``k_train_train``,
+    Θ̃ = Θ + λI, τ = η·t and N = y_train.size (MATH.md §5 in neural-tangents' normalisation;
+    Lee et al. 2019, eqs. 9–10):
+
+    .. math::
+        f_t(X)  &= f_0(X) + (e^{-\tilde\Theta\tau/N} - I)(f_0(X) - Y) \\
+        f_t(x^*) &= f_0(x^*)
+                   + \Theta(x^*, X)\,\tilde\Theta^{-1}(I - e^{-\tilde\Theta\tau/N})(Y - f_0(X))
+
+    computed from one eigendecomposition Θ̃ = V diag(μ) Vᵀ (cached: every later call, time and
+    test set reuses it) with ``expm1`` and, per eigenvalue, the limit τ/N of
+    (1 − e^{−μτ/N})/μ as μ → 0. t = None uses a Cholesky solve instead
+    (:math:`f_\infty(X) = Y`,
+    :math:`f_\infty(x^*) = f_0(x^*) + \Theta(x^*,X)\tilde\Theta^{-1}(Y - f_0(X))`);
+    when Θ̃ is numerically singular (reciprocal condition below n_train·ε) it falls back to the
+    eigendecomposition's pseudo-inverse, the exact t → ∞ limit of the flow: test outputs
+    stay finite and the training outputs keep their initial values along the kernel's null
+    space (where no gradient ever acts).
+
+    Parameters
+    ----------
+    k_train_train : array, shape (n_train, n_train)
+        Symmetric kernel Θ(X, X) (NTK; the NNGP for training only the readout). NumPy arrays
+        compute on the CPU, CuPy arrays on the GPU. float32 kernels compute in float32.
+    y_train : array, shape (n_train, n_outputs) or (n_train,)
+        Targets Y.
+    learning_rate : float
+        η > 0. Only τ = η·t matters.
+    diag_reg : float
+        Diagonal regulariser: λ = diag_reg · mean(diag Θ), or λ = diag_reg with
+        ``diag_reg_absolute_scale=True``.
+    diag_reg_absolute_scale : bool
+    trace_axes : (-1,)
+        Accepted for neural-tangents compatibility; only (-1,) is supported.
+    loss_scale : {'mean', 'sum'}
+        'mean' (default): L = Σ(f − y)²/(2N), neural-tangents' convention. 'sum':
+        L = ½Σ(f − y)² (MATH.md §5 and the seeds), i.e. the flow df/dt = −η Θ̃ (f − y); the same
+        as 'mean' at times multiplied by N.
+
+    Returns
+    -------
+    predict_fn : callable(t=None, fx_train_0=0.0, fx_test_0=None, k_test_train=None)
+        ``t``: None (= ∞), a number ≥ 0 or an array of them of any shape (the outputs get
+        leading axes t.shape; all times are one batched product). ``fx_train_0``: initial
+        train outputs f₀(X) (scalar or (n_train, n_outputs)); None skips the train outputs.
+        ``fx_test_0``: initial test outputs f₀(x*) (scalar or (n_test, n_outputs)); needs
+        ``k_test_train`` Θ(x*, X) of shape (n_test, n_train). Returns ``fx_train_t``,
+        ``fx_test_t`` or ``(fx_train_t, fx_test_t)`` (neural-tangents' structure), each of
+        shape (*t.shape, n_points, n_outputs).
+
+    Raises
+    ------
+    TypeError, ValueError
+        Mismatched shapes, a non-square or non-symmetric train kernel, negative or NaN times,
+        NaN/Inf values; the message names the argument.
+
+    Examples
+    --------
+    >>> import numpy as np, ntkfast
+    >>> rng = np.random.default_rng(0)
+    >>> x, x_test = rng.standard_normal((50, 5)), rng.standard_normal((10, 5))
+    >>> y = np.sin(x[:, :1])
+    >>> net = ntkfast.MLP(2, "relu", W_std=1.5, b_std=0.05)
+    >>> fn = ntkfast.predict.gradient_descent_mse(ntkfast.gram(x, net=net, get="ntk"), y)
+    >>> f_train, f_test = fn(t=np.logspace(0, 4, 20), fx_train_0=0.0, fx_test_0=0.0,
+    ...                      k_test_train=ntkfast.gram(x_test, x, net=net, get="ntk"))
+    >>> f_train.shape, f_test.shape
+    ((20, 50, 1), (20, 10, 1))
+    """
+    if hasattr(k_train_train, "ntk") and hasattr(k_train_train, "nngp"):
+        raise TypeError("k_train_train must be one kernel array (e.g. kernels.ntk, or kernels.nngp "
+                        "to train only the readout), got a Kernels pair")
+    backend = _predict_linalg.backend_for(k_train_train)
+    dtype = compute_dtype(k_train_train)
+    k = train_kernel(backend, k_train_train, "k_train_train", dtype)
+    n = k.shape[0]
+    y = targets(backend, y_train, n, dtype)
+    check_trace_axes(trace_axes, y.ndim)
+    eta = real_scalar(learning_rate, "learning_rate", strictly_positive=True)
+    scale = loss_scale_value(loss_scale, y.size)
+    system = KernelSystem(backend, k, regulariser(backend, k, diag_reg, diag_reg_absolute_scale))
+    y2 = flat_targets(y)
+    xp = backend.xp
+
+    def predict_fn(t=None, fx_train_0=0.0, fx_test_0=None, k_test_train=None):
+        if fx_train_0 is None and fx_test_0 is None:
+            raise ValueError("fx_train_0 and fx_test_0 are both None: no predictions requested "
+                             "(fx_train_0=None skips the training set, fx_test_0=None the test set)")
+        if fx_test_0 is not None and k_test_train is None:
+            raise ValueError("fx_test_0 is given but k_test_train is None: test predictions need "
+                             "the test-train kernel k_test_train, shape (n_test, n_train)")
+        f0 = None if fx_train_0 is None else flat_targets(
+            initial_outputs(backend, fx_train_0, tuple(y.shape), dtype, "fx_train_0"))
+        k_td = g0 = None
+        if fx_test_0 is not None:
+            k_td = cross_kernel(backend, k_test_train, n, dtype, "k_test_train")
+            g0 = flat_targets(initial_outputs(backend, fx_test_0,
+                                              (k_td.shape[0],) + tuple(y.shape[1:]), dtype,
+                                              "fx_test_0"))
+        # residual at t = 0; with no train outputs, f₀(X) = 0 (neural-tangents' convention)
+        r0 = (f0 if f0 is not None else xp.zeros_like(y2)) - y2
+
+        if t is None:
+            train = test = None
+            if f0 is not None:
+                # exact y when Θ̃ is regular; along a numerical null space f keeps f₀
+                train = y2 + system.null_projection(r0)
+            if k_td is not None:
+                test = g0 - k_td @ system.solve(r0)
+            return _gd_outputs(train, test, y.ndim)
+
+        times, t_shape = times_array(t)
+        decay, rise, growth = system.time_factors(eta * times, scale)
+        _, v = system.eig
+        r0_eig = system.to_eigenbasis(r0)
+        train = test = None
+        if f0 is not None:
+            train = f0[None] - batched_products(xp, [v], rise, r0_eig)
+        if k_td is not None:
+            test = g0[None] - _test_products(xp, k_td, v, growth, r0_eig)
+        def with_time_axes(a):  # (T, ...) -> (*t.shape, ...)
+            return None if a is None else a.reshape(t_shape + a.shape[1:])
+
+        return _gd_outputs(with_time_axes(train), with_time_axes(test), y.ndim)
+
+    return predict_fn
+
+
+def _test_products(xp, k_td, v, factors, rhs):
+    """k_td @ V @ (factors[t] ⊙ rhs) for all t, in the cheaper order: (k_td V) costs
+    n_test·n², V (factors ⊙ rhs) costs n²·T·k."""
+    if factors.shape[0] * rhs.shape[1] < k_td.shape[0]:
+        return batched_products(xp, [k_td, v], factors, rhs)
+    return batched_products(xp, [k_td @ v], factors, rhs)
+
+
+def _gd_outputs(train, test, y_ndim):
+    train = None if train is None else unflatten(train, y_ndim)
+    test = None if test is None else unflatten(test, y_ndim)
+    if train is not None and test is not None:
+        return train, test
+    return train if train is not None else test
+
+
+# ----------------------------------------------------------------------------------------------
+# gp_inference
+
+class _Posterior:
+    """t = ∞ posteriors from the train kernels' Cholesky factors (shared by gp_inference and
+    the ensemble's t = None)."""
+
+    def __init__(self, backend, systems, y2, y_ndim):
+        self.backend, self.systems, self.y2, self.y_ndim = backend, systems, y2, y_ndim
+        self._k_inv_y = {}
+
+    def k_inv_y(self, kernel):
+        if kernel not in self._k_inv_y:
+            self._k_inv_y[kernel] = self.systems[kernel].solve(self.y2)
+        return self._k_inv_y[kernel]
+
+    def mean(self, g, k_td):
+        kernel = "ntk" if g == "ntkgp" else g
+        if k_td is None:
+            # train set: y exactly (along a numerical null space the y component is not fitted)
+            return self.y2 - self.systems[kernel].null_projection(self.y2)
+        return k_td[kernel] @ self.k_inv_y(kernel)
+
+    def covariance(self, g, k_td, k_tt, nngp_train):
+        """K** − K*ᵀ K̃⁻¹ K* (nngp), Θ** − Θ*ᵀ Θ̃⁻¹ Θ* (ntkgp), and for the trained ensemble
+        (ntk) K** + Θ* Θ̃⁻¹ K Θ̃⁻¹ Θ*ᵀ − (Θ* Θ̃⁻¹ K*ᵀ + transpose) (MATH.md §6)."""
+        xp = self.backend.xp
+        if g in ("nngp", "ntkgp"):
+            kernel = "ntk" if g == "ntkgp" else "nngp"
+            system = self.systems[kernel]
+            if k_td is None:
+                return xp.zeros((system.n, system.n), dtype=system.k.dtype)
+            w = system.half_solve(k_td[kernel].T)
+            return symmetrize(xp, k_tt[kernel] - w.T @ w)
+        system = self.systems["ntk"]
+        if k_td is None:  # P₀ K P₀: nothing trains along Θ's null space, the prior stays there
+            if not system.singular:
+                return xp.zeros((system.n, system.n), dtype=system.k.dtype)
+            if nngp_train is None:
+                raise ValueError("the 'ntk' training-set covariance of a singular NTK needs the "
+                                 "NNGP train kernel too: pass ntkfast.Kernels with both kernels")
+            projected = system.null_projection(nngp_train)
+            return symmetrize(xp, system.null_projection(projected.T))
+        a = system.solve(k_td["ntk"].T)  # Θ̃⁻¹ Θ*ᵀ, (n_train, n_test)
+        cross = k_td["nngp"] @ a  # K* Θ̃⁻¹ Θ*ᵀ
+        cov = k_tt["nngp"] + a.T @ (nngp_train @ a) - cross - cross.T
+        return symmetrize(xp, cov)
+
+
+def _kernel_field(k, g, name):
+    """The g kernel of k: an array stands for any kernel (neural-tangents), else an attribute."""
+    if k is None:
+        return None
+    if hasattr(k, "shape") and hasattr(k, "dtype"):
+        return k
+    value = getattr(k, g, None)
+    if value is None:
+        raise ValueError(f"{name} has no {g!r} kernel: pass ntkfast.Kernels (or an object with "
+                         f".{g}) holding it")
+    return value
+
+
+def _first_kernel(k):
+    if hasattr(k, "shape") and hasattr(k, "dtype"):
+        return k
+    for g in ("ntk", "nngp"):
+        value = getattr(k, g, None)
+        if value is not None:
+            return value
+    raise TypeError("k_train_train must be an array or ntkfast.Kernels with an 'nngp' and/or "
+                    f"'ntk' array, got {type(k).__name__}")
+
+
+def gp_inference(k_train_train, y_train, diag_reg=0.0, diag_reg_absolute_scale=False,
+                 trace_axes=(-1,)):
+    r"""Posteriors at t = ∞: the NNGP (Bayesian), the trained ensemble (NTK) and the NTKGP.
+
+    With K the NNGP and Θ the NTK, K̃ = K + λI, Θ̃ = Θ + λI, * the test points (MATH.md §6):
+
+    * 'nngp': mean K*ᵀ K̃⁻¹ Y, covariance K** − K*ᵀ K̃⁻¹ K* (exact Bayesian inference in the
+      infinitely wide network, observation noise λ);
+    * 'ntk': mean Θ*ᵀ Θ̃⁻¹ Y, covariance K** + Θ*ᵀ Θ̃⁻¹ K Θ̃⁻¹ Θ* − (Θ*ᵀ Θ̃⁻¹ K* + transpose):
+      the output distribution of an infinite ensemble of infinitely wide networks trained by
+      gradient flow to convergence (Lee et al. 2019, eq. 16 at t = ∞);
+    * 'ntkgp': mean Θ*ᵀ Θ̃⁻¹ Y, covariance Θ** − Θ*ᵀ Θ̃⁻¹ Θ* (a GP with the NTK as its prior,
+      He et al. 2020).
+
+    Solves use one Cholesky factorisation per kernel (cached); a numerically singular K̃ falls
+    back to its eigendecomposition's pseudo-inverse (finite outputs).
+
+    Parameters
+    ----------
+    k_train_train : ntkfast.Kernels or array, shape (n_train, n_train)
+        Train kernels. A plain array is used for whichever kernel ``get`` asks for. 'ntk' with
+        covariances needs both kernels.
+    y_train : array, shape (n_train, n_outputs) or (n_train,)
+    diag_reg, diag_reg_absolute_scale, trace_axes
+        As for :func:`gradient_descent_mse`.
+
+    Returns
+    -------
+    predict_fn : callable(get=None, k_test_train=None, k_test_test=None)
+        ``get``: 'nngp', 'ntk', 'ntkgp' or a tuple of them (None = ('nngp', 'ntk')).
+        ``k_test_train``: Kernels (or array) of shape (n_test, n_train); None gives the
+        training set's outputs (Y, zero covariance). ``k_test_test``: Kernels (or array)
+        (n_test, n_test) -- the NNGP for 'nngp' and 'ntk', the NTK for 'ntkgp'; given, each
+        result is a :class:`Gaussian` (mean, covariance), else the mean alone. A str ``get``
+        returns one result, a tuple a namedtuple ``Gaussians`` keyed by kernel name.
+    """
+    k_first = _first_kernel(k_train_train)
+    backend = _predict_linalg.backend_for(k_first)
+    dtype = compute_dtype(k_first)
+    trains = {}
+    if k_first is k_train_train:  # one array stands for whichever kernel get asks for
+        shared = train_kernel(backend, k_train_train, "k_train_train", dtype)
+        trains = {"nngp": shared, "ntk": shared}
+    else:
+        for g in ("nngp", "ntk"):
+            field = getattr(k_train_train, g, None)
+            if field is not None:
+                trains[g] = train_kernel(backend, field, f"k_train_train ({g})", dtype)
+    n = next(iter(trains.values())).shape[0]
+    shapes = {tuple(k.shape) for k in trains.values()}
+    if len(shapes) > 1:
+        raise ValueError(f"k_train_train: the nngp and ntk kernels differ in shape: {sorted(shapes)}")
+    y = targets(backend, y_train, n, dtype)
+    check_trace_axes(trace_axes, y.ndim)
+    diag_reg = real_scalar(diag_reg, "diag_reg", minimum=0.0)
+    systems = _LazySystems(backend, trains, diag_reg, diag_reg_absolute_scale)
+    posterior = _Posterior(backend, systems, flat_targets(y), y.ndim)
+
+    def predict_fn(get=None, k_test_train=None, k_test_test=None):
+        names, single = parse_get(get, ("nngp", "ntk", "ntkgp"))
+        needed = _gp_dependencies(names, k_test_test is not None and k_test_train is not None)
+        for g in needed:
+            if g not in trains:
+                raise ValueError(f"get={get!r} needs the {g!r} train kernel, which k_train_train "
+                                 "does not hold: pass ntkfast.Kernels with both kernels")
+        k_td = k_tt = None
+        if k_test_train is not None:
+            k_td = {g: cross_kernel(backend, _kernel_field(k_test_train, g, "k_test_train"), n,
+                                    dtype, f"k_test_train ({g})") for g in needed}
+            sizes = {a.shape[0] for a in k_td.values()}
+            if len(sizes) > 1:
+                raise ValueError(f"k_test_train: the kernels differ in their number of test rows: "
+                                 f"{sorted(sizes)}")
+            m = sizes.pop()
+            if k_test_test is not None:
+                k_tt = {}
+                for g in names:
+                    prior = "ntk" if g == "ntkgp" else "nngp"
+                    if prior not in k_tt:
+                        k_tt[prior] = square_test_kernel(
+                            backend, _kernel_field(k_test_test, prior, "k_test_test"), m, dtype,
+                            f"k_test_test ({prior})")
+        values = {}
+        for g in names:
+            mean = unflatten(posterior.mean(g, k_td), y.ndim)
+            if k_test_test is None:
+                values[g] = mean
+            else:
+                values[g] = Gaussian(mean, posterior.covariance(g, k_td, k_tt, trains.get("nngp")))
+        return package(names, single, values)
+
+    return predict_fn
+
+
+def _gp_dependencies(names, test_covariance):
+    needed = []
+    for g in names:
+        kernel = "ntk" if g == "ntkgp" else g
+        if kernel not in needed:
+            needed.append(kernel)
+        if g == "ntk" and test_covariance and "nngp" not in needed:
+            needed.append("nngp")
+    return tuple(needed)
+
+
+class _LazySystems(dict):
+    """kernel name -> KernelSystem, built on first access (the regulariser of each kernel is
+    relative to its own diagonal, as in neural-tangents)."""
+
+    def __init__(self, backend, trains, diag_reg, absolute):
+        super().__init__()
+        self.backend, self.trains, self.diag_reg, self.absolute = backend, trains, diag_reg, absolute
+
+    def __missing__(self, name):
+        k = self.trains[name]
+        for other, system in self.items():
+            if self.trains[other] is k:  # one array standing for both kernels: factor it once
+                break
+        else:
+            system = KernelSystem(self.backend, k, regulariser(self.backend, k, self.diag_reg,
+                                                               self.absolute))
+        self[name] = system
+        return system
+
+
+# ----------------------------------------------------------------------------------------------
+# gradient_descent_mse_ensemble
+
+def gradient_descent_mse_ensemble(net, x_train, y_train, learning_rate=1.0, diag_reg=0.0,
+                                  diag_reg_absolute_scale=False, trace_axes=(-1,), *,
+                                  loss_scale="mean", **gram_options):
+    r"""Mean and covariance of an infinite ensemble of wide networks trained by gradient flow.
+
+    The outputs at initialisation are a GP with the NNGP kernel K; training with kernel
+    Θ_g (g = 'ntk': all layers; g = 'nngp': only the readout, Θ_g = K) for time t gives, with
+    T_t = Θ̃⁻¹(I − e^{−Θ̃τ/N}), τ = η t, N = y_train.size (Lee et al. 2019, eq. 16; MATH.md §6):
+
+    .. math::
+        \mu_t(x^*) &= \Theta(x^*, X)\, T_t\, Y \\
+        \Sigma_t(x^*) &= K^{**} + \Theta^* T_t K T_t^\top \Theta^{*\top}
+                        - (\Theta^* T_t K^{*\top} + K^* T_t^\top \Theta^{*\top})
+
+    and for g = 'nngp' Σ_t = K** − K* K̃⁻¹(I − e^{−2K̃τ/N}) K*ᵀ. On the training set
+    (``x_test=None``): μ_t = (I − e^{−Θ̃τ/N}) Y, Σ_t = e^{−Θ̃τ/N} K e^{−Θ̃τ/N} ('ntk') or
+    V diag(μ₊ e^{−2μ₊τ/N}) Vᵀ ('nngp', from K̃'s eigenpairs, as neural-tangents). t = None
+    gives :func:`gp_inference`'s posteriors.
+
+    The kernels come from :func:`ntkfast.gram` (train-train once, cached; test kernels cached
+    for the last test set); one ``eigh`` per train kernel serves every t and test set, and all
+    times are evaluated as one batched product for the means (covariances: a few GEMMs per t).
+
+    Parameters
+    ----------
+    net : ntkfast network or callable
+        ``ntkfast.MLP(...)``/``ntkfast.serial(...)``, or a neural-tangents style
+        ``kernel_fn(x1, x2, get)`` returning an object with ``.nngp``/``.ntk`` arrays.
+    x_train : array, shape (n_train, n_features)
+        NumPy (CPU) or CuPy (GPU) array.
+    y_train : array, shape (n_train, n_outputs) or (n_train,)
+    learning_rate, diag_reg, diag_reg_absolute_scale, trace_axes, loss_scale
+        As for :func:`gradient_descent_mse`.
+    **gram_options
+        Passed to :func:`ntkfast.gram`: ``dtype``, ``backend``, ``num_threads``,
+        ``check_finite``, ``progress``, ``tile_size``.
+
+    Returns
+    -------
+    predict_fn : callable(t=None, x_test=None, get=None, compute_cov=False)
+        ``t``: None (= ∞), a number ≥ 0 or an array of them (leading axes t.shape).
+        ``x_test``: (n_test, n_features), or None for the training set (unregularised at
+        t = None; pass x_test=x_train for the regularised one). ``get``: 'nngp', 'ntk' or a
+        tuple (None = both). With ``compute_cov`` each result is a :class:`Gaussian` with mean
+        (*t.shape, n, n_outputs) and covariance (*t.shape, n, n), else the mean alone; a str
+        ``get`` returns one result, a tuple a namedtuple ``Gaussians`` keyed by kernel name.
+
+    Examples
+    --------
+    >>> import numpy as np, ntkfast
+    >>> rng = np.random.default_rng(0)
+    >>> x, x_test = rng.standard_normal((60, 8)), rng.standard_normal((20, 8))
+    >>> y = np.sign(x[:, :1])
+    >>> fn = ntkfast.predict.gradient_descent_mse_ensemble(ntkfast.MLP(3, "relu", W_std=1.5), x, y)
+    >>> out = fn(t=[10.0, 100.0, 1e4], x_test=x_test, compute_cov=True)
+    >>> out.ntk.mean.shape, out.ntk.covariance.shape
+    ((3, 20, 1), (3, 20, 20))
+    """
+    unknown = sorted(set(gram_options) - set(GRAM_OPTIONS))
+    if unknown:
+        raise TypeError(f"unexpected keyword argument(s) {unknown}: gradient_descent_mse_ensemble "
+                        f"passes only {GRAM_OPTIONS} on to ntkfast.gram")
+    kernel_fn = _kernel_function(net, gram_options)
+    check_finite = gram_options.get("check_finite", True)
+    x_train_checked = check_points(x_train, "x_train", check_finite)
+    n = x_train_checked.shape[0]
+    if n == 0:
+        raise ValueError("x_train is empty: predictions need at least one training point")
+    if not is_cupy(y_train):  # check the targets now, not after the kernels are computed
+        y_train = as_array(_predict_linalg.CPU, y_train, "y_train", None, ndim=(1, 2))
+    y_shape = tuple(y_train.shape)
+    if len(y_shape) not in (1, 2) or y_shape[0] != n:
+        raise ValueError(f"y_train must have shape (n_train, n_outputs) or (n_train,) with "
+                         f"n_train = {n} (x_train has shape {tuple(x_train_checked.shape)}), got "
+                         f"shape {y_shape}")
+    check_trace_axes(trace_axes, len(y_shape))
+    eta = real_scalar(learning_rate, "learning_rate", strictly_positive=True)
+    diag_reg = real_scalar(diag_reg, "diag_reg", minimum=0.0)
+    scale = loss_scale_value(loss_scale, int(np.prod(y_shape)))
+    state = _EnsembleState(kernel_fn, x_train_checked, y_train, diag_reg,
+                           bool(diag_reg_absolute_scale))
+
+    def predict_fn(t=None, x_test=None, get=None, compute_cov=False):
+        names, single = parse_get(get, ("nngp", "ntk"))
+        compute_cov = bool(compute_cov)
+        needed = tuple(g for g in ("nngp", "ntk")
+                       if g in names or (g == "nngp" and "ntk" in names and compute_cov))
+        state.ensure_train(needed)
+        k_td = k_tt = None
+        if x_test is not None:
+            x_test_checked = check_points(x_test, "x_test", check_finite)
+            if x_test_checked.shape[1] != x_train_checked.shape[1]:
+                raise ValueError(f"x_test must have the {x_train_checked.shape[1]} features of "
+                                 f"x_train, got shape {tuple(x_test_checked.shape)}")
+            k_td, k_tt = state.test_kernels(x_test_checked, needed, compute_cov)
+
+        if t is None:
+            values = {}
+            for g in names:
+                mean = unflatten(state.posterior.mean(g, k_td), state.y_ndim)
+                if compute_cov:
+                    cov = state.posterior.covariance(g, k_td, k_tt, state.trains.get("nngp"))
+                    values[g] = Gaussian(mean, cov)
+                else:
+                    values[g] = mean
+            return package(names, single, values)
+
+        times, t_shape = times_array(t)
+        tau = eta * times
+        values = {}
+        for g in names:
+            mean, cov = _ensemble_finite(state, g, tau, scale, k_td, k_tt, compute_cov)
+            mean = unflatten(mean.reshape(t_shape + mean.shape[1:]), state.y_ndim)
+            if compute_cov:
+                values[g] = Gaussian(mean, cov.reshape(t_shape + cov.shape[1:]))
+            else:
+                values[g] = mean
+        return package(names, single, values)
+
+    return predict_fn
+
+
+def _kernel_function(net, gram_options):
+    """kernel_fn(x1, x2, names) -> {name: array} for an ntkfast network or an NT kernel_fn."""
+    from ._layers import Layer
+
+    if isinstance(net, Layer):
+        from ._gram import gram
+
+        def kernel_fn(x1, x2, names):
+            result = gram(x1, x2, net=net, get=tuple(names), **gram_options)
+            return {g: getattr(result, g) for g in names}
+
+        return kernel_fn
+    if callable(net):
+        if gram_options:
+            raise TypeError(f"{sorted(gram_options)} are options of ntkfast.gram; they cannot be "
+                            "used with a kernel_fn callable")
+
+        def kernel_fn(x1, x2, names):
+            result = net(x1, x2, tuple(names))
+            out = {}
+            for g in names:
+                value = getattr(result, g, None)
+                if value is None:
+                    raise ValueError(f"kernel_fn returned no {g!r} kernel (got "
+                                     f"{type(result).__name__})")
+                out[g] = value
+            return out
+
+        return kernel_fn
+    raise TypeError("net must be an ntkfast network (e.g. ntkfast.MLP(3)) or a kernel_fn(x1, x2, "
+                    f"get) callable, got {type(net).__name__}")
+
+
+class _EnsembleState:
+    """Kernels (train cached forever, test for the last x_test), their systems and projections."""
+
+    def __init__(self, kernel_fn, x_train, y_train, diag_reg, absolute):
+        self.kernel_fn, self.x_train, self.y_train_input = kernel_fn, x_train, y_train
+        self.diag_reg, self.absolute = diag_reg, absolute
+        self.trains = {}
+        self.backend = self.dtype = self.systems = self.posterior = self.y2 = None
+        self.y_ndim = y_train.ndim
+        self._test_key = None
+        self._test = ({}, {})
+        self._nngp_in_ntk_basis = None
+
+    def ensure_train(self, names):
+        missing = [g for g in names if g not in self.trains]
+        if not missing:
+            return
+        computed = self.kernel_fn(self.x_train, None, missing)
+        n = self.x_train.shape[0]
+        for g in missing:
+            if self.backend is None:  # the kernels' array library decides CPU or GPU
+                self.backend = _predict_linalg.backend_for(computed[g])
+                self.dtype = compute_dtype(computed[g])
+            k = train_kernel(self.backend, computed[g], f"the {g} kernel of x_train", self.dtype)
+            if k.shape != (n, n):
+                raise ValueError(f"the {g} kernel of x_train has shape {tuple(k.shape)}, "
+                                 f"expected ({n}, {n})")
+            self.trains[g] = k
+        if self.systems is None:
+            y = targets(self.backend, self.y_train_input, self.x_train.shape[0], self.dtype,
+                        kernel_name="x_train")
+            self.y2 = flat_targets(y)
+            self.systems = _LazySystems(self.backend, self.trains, self.diag_reg, self.absolute)
+            self.posterior = _Posterior(self.backend, self.systems, self.y2, self.y_ndim)
+
+    def test_kernels(self, x_test, names, compute_cov):
+        key = _content_key(x_test)
+        if key != self._test_key:
+            self._test_key, self._test = key, ({}, {})
+        k_td, k_tt = self._test
+        missing = [g for g in names if g not in k_td]
+        if missing:
+            computed = self.kernel_fn(x_test, self.x_train, missing)
+            for g in missing:
+                k_td[g] = cross_kernel(self.backend, computed[g], self.x_train.shape[0],
+                                       self.dtype, f"the {g} kernel of (x_test, x_train)")
+        if compute_cov and "nngp" not in k_tt:
+            computed = self.kernel_fn(x_test, None, ("nngp",))
+            k_tt["nngp"] = square_test_kernel(self.backend, computed["nngp"], x_test.shape[0],
+                                              self.dtype, "the nngp kernel of x_test")
+        return k_td, (k_tt if compute_cov else None)
+
+    def nngp_in_ntk_basis(self):
+        """M = Vᵀ K V with Θ̃ = V diag(μ) Vᵀ (the NTK ensemble's covariance terms), cached."""
+        if self._nngp_in_ntk_basis is None:
+            v = self.systems["ntk"].eig[1]
+            self._nngp_in_ntk_basis = symmetrize(self.backend.xp, v.T @ (self.trains["nngp"] @ v))
+        return self._nngp_in_ntk_basis
+
+
+def _content_key(x):
+    """Identity of a point set by content (shape, dtype, bytes): in-place edits miss no cache."""
+    host = np.ascontiguousarray(x.get() if is_cupy(x) else x)
+    digest = hashlib.blake2b(host.view(np.uint8).reshape(-1), digest_size=16).hexdigest()
+    return (tuple(host.shape), str(host.dtype), digest)
+
+
+def _ensemble_finite(state, g, tau, scale, k_td, k_tt, compute_cov):
+    """(mean (T, n, k), covariance (T, n, n) or None) of the g-trained ensemble at times τ."""
+    xp = state.backend.xp
+    system = state.systems[g]
+    _, v = system.eig
+    decay, rise, growth = system.time_factors(tau, scale)
+    y_eig = system.to_eigenbasis(state.y2, key="y")
+    n_times = decay.shape[0]
+
+    if k_td is None:  # the training set
+        mean = batched_products(xp, [v], rise, y_eig)
+        if not compute_cov:
+            return mean, None
+        cov = xp.empty((n_times, system.n, system.n), dtype=v.dtype)
+        if g == "nngp":
+            mu_pos = xp.maximum(system.eig[0], 0.0)
+            for i in range(n_times):  # V diag(μ₊ e^{−2μ₊τ/N}) Vᵀ, one GEMM per time
+                scaled = v * (mu_pos * decay[i] ** 2)[None, :]
+                cov[i] = symmetrize(xp, scaled @ v.T)
+        else:
+            m_basis = state.nngp_in_ntk_basis()
+            for i in range(n_times):  # e^{−Θ̃τ/N} K e^{−Θ̃τ/N} = (V D) M (V D)ᵀ
+                vd = v * decay[i][None, :]
+                cov[i] = symmetrize(xp, vd @ (m_basis @ vd.T))
+        return mean, cov
+
+    k_g = k_td[g]
+    if not compute_cov:
+        return _test_products(xp, k_g, v, growth, y_eig), None
+    b = k_g @ v  # Θ* V, (n_test, n_train)
+    mean = batched_products(xp, [b], growth, y_eig)
+    n_test = b.shape[0]
+    cov = xp.empty((n_times, n_test, n_test), dtype=v.dtype)
+    if g == "nngp":
+        _, _, growth2 = system.time_factors(2 * tau, scale)  # K̃⁻¹(I − e^{−2K̃τ/N})
+        for i in range(n_times):
+            cov[i] = symmetrize(xp, k_tt["nngp"] - (b * growth2[i][None, :]) @ b.T)
+        return mean, cov
+    q = v.T @ k_td["nngp"].T  # Vᵀ K*ᵀ, (n_train, n_test)
+    n = system.n
+    # Θ* T_t K T_tᵀ Θ*ᵀ via M = Vᵀ K V (2n³ once, then n_test·n² per t) or directly
+    # (2·n_test·n² per t): whichever costs less for this many times.
+    use_basis = state._nngp_in_ntk_basis is not None or 2 * n < n_times * n_test
+    for i in range(n_times):
+        bg = b * growth[i][None, :]  # Θ* V diag(g_t) = Θ* T_t V
+        if use_basis:
+            middle = bg @ (state.nngp_in_ntk_basis() @ bg.T)
+        else:
+            a_t = bg @ v.T  # Θ* T_t, (n_test, n_train)
+            middle = a_t @ (state.trains["nngp"] @ a_t.T)
+        cross = bg @ q  # Θ* T_t K*ᵀ
+        cov[i] = symmetrize(xp, k_tt["nngp"] + middle - cross - cross.T)
+    return mean, cov
+
+
+# ----------------------------------------------------------------------------------------------
+# max_learning_rate
+
+def max_learning_rate(ntk_train_train, y_train_size=None, momentum=0.0, eps=1e-12):
+    r"""The largest learning rate for which full-batch gradient descent on the MSE converges.
+
+    Discrete steps f ← f − (η/N) Θ (f − y) contract iff η λ_max(Θ)/N < 2, so
+    η_max = 2 (1 + momentum) N / (λ_max + eps) (neural-tangents' formula; momentum as in
+    "Why Momentum Really Works").
+
+    Parameters
+    ----------
+    ntk_train_train : array, shape (n_train, n_train)
+        Symmetric NTK on the training set (NumPy or CuPy).
+    y_train_size : int, optional
+        N = y_train.size, the loss normalisation. None uses n_train (neural-tangents' default).
+        For MATH.md's ½·sum loss pass 1.
+    momentum : float
+        In [0, 1).
+    eps : float
+        Added to λ_max to avoid dividing by zero.
+
+    Returns
+    -------
+    float
+    """
+    backend = _predict_linalg.backend_for(ntk_train_train)
+    dtype = compute_dtype(ntk_train_train)
+    k = train_kernel(backend, ntk_train_train, "ntk_train_train", dtype)
+    if y_train_size is None:
+        factor = k.shape[0]
+    elif (isinstance(y_train_size, bool) or not isinstance(y_train_size, numbers.Integral)
+          or y_train_size < 1):
+        raise ValueError(f"y_train_size must be a positive integer or None, got {y_train_size!r}")
+    else:
+        factor = int(y_train_size)
+    momentum = real_scalar(momentum, "momentum", minimum=0.0)
+    if momentum >= 1.0:
+        raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
+    eps = real_scalar(eps, "eps", minimum=0.0)
+    top = _largest_eigenvalue(backend, k)
+    return 2.0 * (1.0 + momentum) * factor / (top + eps)
+
+
+def _largest_eigenvalue(backend, k):
+    n = k.shape[0]
+    if backend.name != "numpy":
+        return float(backend.xp.linalg.eigvalsh(k)[-1])
+    if n <= 512:
+        import scipy.linalg
+
+        return float(scipy.linalg.eigh(k, eigvals_only=True, subset_by_index=(n - 1, n - 1),
+                                       check_finite=False, driver="evr")[-1])
+    # Lanczos: O(n²) per iteration instead of an O(n³) tridiagonalisation; the top eigenvalue
+    # of a kernel matrix is well separated, so a few dozen iterations reach machine precision.
+    from scipy.sparse.linalg import eigsh
+
+    start = np.random.default_rng(0).standard_normal(n).astype(k.dtype)
+    return float(eigsh(k, k=1, which="LA", v0=start, tol=0.0, return_eigenvectors=False)[0])
