@@ -139,8 +139,10 @@ def run_one(spec, nt_python=None, timeout=3600):
         cmd = [sys.executable, __file__, "--worker", json.dumps(spec)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
-        tail = (proc.stderr.strip().splitlines() or ["?"])[-1]
-        return {**spec, "error": tail[:200]}
+        lines = proc.stderr.strip().splitlines() or ["?"]
+        # the exception line, not a trailing note (JAX ends with one about its traceback)
+        errors = [line for line in lines if "Error" in line.split(":")[0]]
+        return {**spec, "error": (errors or lines)[-1][:200]}
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
