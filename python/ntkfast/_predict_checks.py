@@ -45,6 +45,14 @@ def check_trace_axes(trace_axes, y_ndim):
             "kernel shared by all output columns, neural-tangents' default)")
 
 
+def read_array(x, name):
+    """np.asarray(x), or a ValueError naming the argument (ragged lists and the like)."""
+    try:
+        return np.asarray(x)
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"{name} could not be read as an array: {error}") from None
+
+
 def check_real_dtype(arr, name):
     kind = arr.dtype.kind
     if kind == "c":
@@ -72,14 +80,8 @@ def as_array(backend, x, name, dtype, *, ndim=None):
         raise TypeError(f"{name} is a CuPy array but the training kernel is a NumPy array; pass "
                         "both as NumPy arrays (CPU) or both as CuPy arrays (GPU)")
     if not is_cupy(x):
-        try:
-            host = np.asarray(x)
-        except (ValueError, TypeError) as error:
-            raise ValueError(f"{name} could not be read as an array: {error}") from None
-        check_real_dtype(host, name)
-        x = host
-    else:
-        check_real_dtype(x, name)
+        x = read_array(x, name)
+    check_real_dtype(x, name)
     if ndim is not None and x.ndim not in ndim:
         want = " or ".join(f"{d}-D" for d in ndim)
         raise ValueError(f"{name} must be {want}, got shape {tuple(x.shape)}")
@@ -145,10 +147,7 @@ def times_array(t):
         t = t.get()
     if isinstance(t, (str, bytes)):
         raise TypeError(f"t must be None, a number or an array of numbers, got {t!r}")
-    try:
-        arr = np.asarray(t)
-    except (ValueError, TypeError) as error:
-        raise ValueError(f"t could not be read as an array: {error}") from None
+    arr = read_array(t, "t")
     if arr.dtype.kind not in "biuf":
         raise TypeError(f"t must be None, a number or an array of real numbers, got dtype {arr.dtype}")
     arr = arr.astype(np.float64)
@@ -220,10 +219,7 @@ def check_points(x, name, check_finite=True):
     if isinstance(x, (str, bytes)):
         raise TypeError(f"{name} must be a real 2-D array (n_points, n_features), got a string")
     if not is_cupy(x):
-        try:
-            x = np.asarray(x)
-        except (ValueError, TypeError) as error:
-            raise ValueError(f"{name} could not be read as an array: {error}") from None
+        x = read_array(x, name)
     check_real_dtype(x, name)
     if x.ndim != 2:
         raise ValueError(f"{name} must be 2-D (n_points, n_features), got shape {tuple(x.shape)}")
