@@ -168,7 +168,10 @@ def test_gil_is_released(rng):
 
 
 _LONG_GRAM = textwrap.dedent("""
-    import sys, time, numpy as np, ntkfast as nf
+    import signal, sys, time, numpy as np, ntkfast as nf
+    # As in an interactive session: a shell starts background jobs (CI run with '&' or nohup)
+    # with SIGINT ignored, and Python then installs no KeyboardInterrupt handler.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     x = np.random.default_rng(0).standard_normal((6000, 300))
     print("started", flush=True)
     t = time.perf_counter()
