@@ -1,7 +1,9 @@
 """A plain float64 NumPy implementation of the kernels: the first oracle.
 
 Full matrices, one layer after the other, textbook formulas (arccos, arcsin, Isserlis moments);
-no tiling, no shared code with the engine. Conventions: MATH.md and shared/reference/README.md.
+no tiling, no shared code with the engine. Conventions: Lee et al. 2018 (NNGP), Jacot et al.
+2018 and Arora et al. 2019 (the NTK recursion), Cho & Saul 2009 (arc-cosine kernels);
+docs/dynamics.md for the dynamics.
 """
 from __future__ import annotations
 

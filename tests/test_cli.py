@@ -3,6 +3,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 import ntkfast as nf
 
@@ -40,12 +41,12 @@ def test_gram_cross_float32_single_kernel_with_params(tmp_path, rng):
 
 def test_errors_are_messages_not_tracebacks(tmp_path):
     proc = _run("gram", str(tmp_path / "missing.npy"), "-o", str(tmp_path / "K.npy"), check=False)
-    assert proc.returncode == 1
+    assert proc.returncode == 2  # bad input: exit status 2, as for argparse's usage errors
     assert "no such file" in proc.stderr and "Traceback" not in proc.stderr
     np.save(tmp_path / "x.npy", np.ones((3, 2)))
     proc = _run("gram", str(tmp_path / "x.npy"), "--activation", "swish", "-o",
                 str(tmp_path / "K.npy"), check=False)
-    assert proc.returncode == 1 and "unknown activation 'swish'" in proc.stderr
+    assert proc.returncode == 2 and "unknown activation 'swish'" in proc.stderr
     proc = _run("gram", str(tmp_path / "x.npy"), check=False)
     assert proc.returncode == 2 and "-o" in proc.stderr
 
@@ -62,4 +63,22 @@ def test_generated_inputs(tmp_path):
     x = np.random.default_rng(0).standard_normal((50, 7))
     assert np.array_equal(np.load(tmp_path / "K.npy"), nf.gram(x, net=nf.MLP(2), get="nngp"))
     proc = _run("gram", "random:5by7", "-o", str(tmp_path / "K.npy"), check=False)
-    assert proc.returncode == 1 and "random:NxD" in proc.stderr
+    assert proc.returncode == 2 and "random:NxD" in proc.stderr
+
+
+def test_version_is_single_sourced():
+    """The installed distribution's version is __version__ (pyproject.toml reads it from
+    python/ntkfast/__init__.py with scikit-build-core's regex provider; no second copy)."""
+    import importlib.metadata
+    import pathlib
+
+    assert importlib.metadata.version("ntkfast") == nf.__version__
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    pyproject = pathlib.Path(__file__).resolve().parents[1] / "pyproject.toml"
+    if not pyproject.is_file():
+        pytest.skip("not run from a source checkout")
+    config = tomllib.loads(pyproject.read_text())
+    assert "version" not in config["project"] and "version" in config["project"]["dynamic"]
+    provider = config["tool"]["scikit-build"]["metadata"]["version"]
+    assert provider == {"provider": "scikit_build_core.metadata.regex",
+                        "input": "python/ntkfast/__init__.py"}

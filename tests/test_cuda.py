@@ -24,11 +24,11 @@ import numpy as np
 import pytest
 
 import ntkfast as nf
-from ntkfast import _cuda_backend
+from ntkfast import _cuda_backend, _cuda_probe
 from test_numerics import ALL
 
 cp = pytest.importorskip("cupy", reason="CuPy is not installed (pip install 'ntkfast[cuda]')")
-_PROBLEM = _cuda_backend.device_problem()
+_PROBLEM = _cuda_probe.device_problem()
 
 pytestmark = [
     pytest.mark.gpu,

@@ -81,9 +81,9 @@ def test_show_config_reports_cuda():
 
 def test_probe_without_gpu_returns_a_reason():
     _cuda = _cuda_module()
-    from ntkfast import _cuda_backend
+    from ntkfast import _cuda_probe
 
-    problem = _cuda_backend.device_problem()
+    problem = _cuda_probe.device_problem()
     if problem is None:
         pytest.skip("a usable CUDA GPU is present")
     reason = _cuda.probe(0)  # must not crash or abort without a driver / device

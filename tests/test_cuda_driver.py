@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import ntkfast as nf
-from ntkfast import _config, _cuda_backend
+from ntkfast import _cuda_backend, _cuda_probe
 
 NET = nf.MLP(2, "relu", W_std=1.5, b_std=0.05)
 
@@ -113,6 +113,7 @@ def _make_fake_cupy(free_bytes):
     cp.matmul = lambda a, b, out=None: np.matmul(a, b, out=out)
     cp.isfinite = lambda a: _fake(np.isfinite(a))
     cp.argwhere = lambda a: _fake(np.argwhere(a))
+    cp.argmax = lambda a: np.argmax(a)
     cp.may_share_memory = np.may_share_memory
     cp.get_default_memory_pool = FakeMemoryPool
     cuda = types.SimpleNamespace()
@@ -245,7 +246,7 @@ def fake(monkeypatch):
     monkeypatch.setitem(sys.modules, "cupy._core._routines_linalg", linalg)
     monkeypatch.setitem(sys.modules, "ntkfast._cuda", module)
     monkeypatch.setattr(nf, "_cuda", module, raising=False)
-    monkeypatch.setattr(_config, "cuda_unavailable_reason", lambda: None)
+    monkeypatch.setattr(_cuda_probe, "cuda_unavailable_reason", lambda: None)
     yield cp, engine, linalg
 
 
@@ -399,7 +400,7 @@ def test_output_larger_than_gpu_memory(monkeypatch, rng):
     monkeypatch.setitem(sys.modules, "cupy._core._routines_linalg", linalg)
     monkeypatch.setitem(sys.modules, "ntkfast._cuda", module)
     monkeypatch.setattr(nf, "_cuda", module, raising=False)
-    monkeypatch.setattr(_config, "cuda_unavailable_reason", lambda: None)
+    monkeypatch.setattr(_cuda_probe, "cuda_unavailable_reason", lambda: None)
     x = _fake(rng.standard_normal((100, 3)))
     with pytest.raises(MemoryError, match=r"2 arrays of 100 x 100 float64 = 160\.0 KB on GPU 0, more "
                                           r"than the 10\.0 KB of free GPU memory; pass out= host arrays"):
@@ -425,9 +426,8 @@ def test_interrupt_between_tiles_stops_and_cleans_up(fake, rng, monkeypatch):
 
 
 def test_unavailable_backend_says_why(monkeypatch, rng):
-    monkeypatch.setattr(_config, "cuda_unavailable_reason", lambda: "no CUDA device (test)")
+    monkeypatch.setattr(_cuda_probe, "cuda_unavailable_reason", lambda: "no CUDA device (test)")
     with pytest.raises(nf.BackendUnavailableError, match=r"not available: no CUDA device \(test\)"):
         nf.gram(rng.standard_normal((3, 2)), net=NET, backend="cuda")
     with pytest.raises(nf.BackendUnavailableError, match="no CUDA device"):
-        _cuda_backend.diagonal(_fake(np.ones((2, 2))), net=NET, names=("ntk",), single=True, dtype=None,
-                               check_finite=True)
+        nf.diagonal(_fake(np.ones((2, 2))), net=NET, get="ntk")

@@ -1,4 +1,5 @@
-"""The analytic kernels against explicit finite-width networks in NumPy (MATH.md §7).
+"""The analytic kernels against explicit finite-width networks in NumPy (the infinite-width
+limits of Lee et al. 2018 / Matthews et al. 2018 for the NNGP and Jacot et al. 2018 for the NTK).
 
 For each draw of a width-n network: the NNGP estimate is the readout's conditional covariance
 σw²/n a^L(x)·a^L(x') + σb² (the readout weights integrated out exactly), and the NTK estimate is

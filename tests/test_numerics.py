@@ -1,4 +1,5 @@
-"""Numerical edge cases: no NaN wherever the limit exists (MATH.md §2 guards)."""
+"""Numerical edge cases: no NaN wherever the limit exists (the guarded closed forms, e.g. the
+arc-cosine kernels of Cho & Saul 2009 at correlation ±1)."""
 import numpy as np
 import pytest
 

@@ -187,7 +187,7 @@ def test_ensemble_errors(kern):
 
 
 def test_gpu_request_without_cuda_is_a_clear_error(kern):
-    reason = nf._config.cuda_unavailable_reason()
+    reason = nf._cuda_probe.cuda_unavailable_reason()
     if reason is None:
         pytest.skip("the CUDA backend is available here")
     ens = predict.gradient_descent_mse_ensemble(NET, kern["x"], kern["y"], backend="cuda")

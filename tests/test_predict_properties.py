@@ -1,5 +1,5 @@
-"""Identities of the dynamics and posteriors (MATH.md §5–6), the time conventions, caching,
-dtypes, max_learning_rate and the large-N LAPACK path.
+"""Identities of the dynamics and posteriors (Lee et al. 2019; docs/dynamics.md), the time
+conventions, caching, dtypes, max_learning_rate and the large-N LAPACK path.
 
 Tolerances are keyed by dtype: float64 results agree with their identities to ~1e-12 of the
 array's scale (a handful of GEMMs of O(1) numbers); float32 ones to 2e-3, the error of an
@@ -100,7 +100,7 @@ def test_covariances_are_symmetric_psd(data):
 
 
 def test_sum_loss_is_the_mean_loss_at_rescaled_times(data):
-    """MATH.md's ½·sum loss at time t = neural-tangents' mean loss at time N·t."""
+    """The ½·sum loss at time t = neural-tangents' mean loss at time N·t."""
     y = data["y"]
     mean_fn = predict.gradient_descent_mse(data["k"].ntk, y)
     sum_fn = predict.gradient_descent_mse(data["k"].ntk, y, loss_scale="sum")

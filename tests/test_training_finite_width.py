@@ -1,7 +1,7 @@
 """Real training: finite-width NumPy networks trained by full-batch gradient descent approach
 ntkfast.predict.gradient_descent_mse's infinite-width prediction as they widen.
 
-A one-hidden-layer ReLU network in the NTK parameterisation (MATH.md §1, the network of
+A one-hidden-layer ReLU network in the NTK parameterisation (Jacot et al. 2018, the network of
 ``ntkfast.MLP(1, "relu", W_std, b_std)``) is trained on L = Σ(f − y)²/(2N) with a small step η
 for s steps; the prediction is gradient_descent_mse(Θ_analytic, y, learning_rate=η) at t = s,
 started from the same network's initial outputs. The network differs from its infinite-width

@@ -14,16 +14,19 @@ from ._layers import (ACTIVATIONS, ABRelu, Abs, Cos, Dense, Erf, Exp, ExpNormali
                       Gaussian, Gelu, Hermite, Identity, Layer, LeakyRelu, MLP, Monomial,
                       Polynomial, Rbf, RectifiedMonomial, Relu, Serial, Sigmoid_like, Sign, Sin,
                       serial)
-from ._errors import BackendUnavailableError, NonFiniteKernelError
+from ._errors import BackendUnavailableError, KernelUnderflowError, NonFiniteKernelError
 from ._gram import Kernels, diagonal, gram
+from ._operator import KernelOperator
+from ._solvers import ConvergenceError
 from ._config import get_config, show_config
 from . import predict
 
 __all__ = [
-    "__version__", "gram", "diagonal", "Kernels", "show_config", "get_config",
+    "__version__", "gram", "diagonal", "Kernels", "KernelOperator", "show_config", "get_config",
     "serial", "Serial", "Layer", "Dense", "MLP", "ACTIVATIONS",
     "Relu", "LeakyRelu", "ABRelu", "Abs", "Erf", "Sigmoid_like", "Gelu", "Sin", "Cos", "Rbf",
     "Exp", "ExpNormalized", "Gaussian", "Gabor", "Sign", "Monomial", "RectifiedMonomial",
     "Polynomial", "Hermite", "Identity",
-    "NonFiniteKernelError", "BackendUnavailableError", "predict",
+    "NonFiniteKernelError", "KernelUnderflowError", "BackendUnavailableError", "ConvergenceError",
+    "predict",
 ]

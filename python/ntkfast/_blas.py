@@ -14,6 +14,12 @@ from . import _core
 
 _lock = threading.Lock()
 _controller = None
+# single_threaded() is re-entrant across threads: the first caller in limits the BLAS libraries,
+# the last one out restores them. (Each caller saving and restoring on its own would restore out
+# of order when two calls overlap and leave the process's BLAS at one thread for good.)
+_limit_lock = threading.Lock()
+_limit_users = 0
+_limit_restore = None
 
 
 def ensure_loaded():
@@ -37,10 +43,22 @@ def ensure_loaded():
 
 @contextlib.contextmanager
 def single_threaded():
-    """BLAS libraries run single-threaded inside (our OpenMP threads call it in parallel)."""
+    """BLAS libraries run single-threaded inside (our OpenMP threads call it in parallel); the
+    process's previous limits are back once the last overlapping caller has left."""
+    global _limit_users, _limit_restore
     ensure_loaded()
-    with _controller.limit(limits=1, user_api="blas"):
+    with _limit_lock:
+        if _limit_users == 0:
+            _limit_restore = _controller.limit(limits=1, user_api="blas")
+        _limit_users += 1
+    try:
         yield
+    finally:
+        with _limit_lock:
+            _limit_users -= 1
+            if _limit_users == 0:
+                _limit_restore.restore_original_limits()
+                _limit_restore = None
 
 
 def info():

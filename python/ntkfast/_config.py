@@ -6,13 +6,10 @@ import platform
 import sys
 
 from . import _core
+from ._cuda_probe import _build_config, cuda_unavailable_reason
 
-try:  # written by CMake at build time
-    from . import _build_config
-except ImportError:  # pragma: no cover - a source tree without a build
-    _build_config = None
 
-__all__ = ["show_config", "get_config", "cuda_unavailable_reason"]
+__all__ = ["show_config", "get_config"]
 
 
 def _apply_dispatch_override():
@@ -26,26 +23,6 @@ def _apply_dispatch_override():
 
 
 _apply_dispatch_override()
-
-
-def cuda_unavailable_reason():
-    """None if the CUDA backend can run here, else why not (recorded, never raised)."""
-    status = getattr(_build_config, "CUDA_STATUS", "unknown build")
-    try:
-        from . import _cuda  # noqa: F401 - the compiled CUDA engine
-    except ImportError as error:
-        if status.startswith("built"):
-            return f"the CUDA extension failed to load: {error}"
-        return f"the CUDA engine was not built ({status})"
-    try:
-        import cupy  # noqa: F401
-    except ImportError:
-        return "CuPy is not installed (pip install 'ntkfast[cuda]')"
-    except Exception as error:  # a broken CuPy installation must not break show_config()
-        return f"CuPy failed to import: {type(error).__name__}: {error}"
-    from . import _cuda_backend
-
-    return _cuda_backend.device_problem()
 
 
 def get_config():
@@ -72,6 +49,7 @@ def get_config():
             "supported_kernels": info["supported_cpu_kernels"],
             "cpu_features": info["cpu_features"],
             "compiler": info["compiler"],
+            "forked_child": _core.in_forked_child(),
         },
         "cuda": {
             "available": cuda_reason is None,
@@ -96,6 +74,8 @@ def show_config(file=None):
         f"SIMD kernels '{cpu['kernels']}' ({cpu['lanes']} doubles per vector; this CPU supports "
         f"{', '.join(cpu['supported_kernels'])}; features: {cpu['cpu_features']})",
     ]
+    if cpu["forked_child"]:
+        lines.append("        (a child made by fork after the parent used OpenMP: 1 thread)")
     if cuda["available"]:
         lines.append(f"  cuda: available ({cuda['build']}; architectures {cuda['architectures']})")
     else:

@@ -30,11 +30,13 @@ import time
 
 import numpy as np
 
-from . import _core, _gram
-from ._errors import BackendUnavailableError, EngineNonFinite
+from . import _core
+from ._program import compiled_program
 from ._layers import lower
+from ._progress import Progress
+from ._validation import check_host_output, check_memory, human_bytes, is_cupy, out_label
 
-__all__ = ["device_problem", "gram", "diagonal", "tf32_state"]
+__all__ = ["gram", "diagonal", "tf32_state"]
 
 #: Default tile edge with CuPy outputs: a 8192 x 8192 x d GEMM is well past cuBLAS's efficient
 #: size and takes milliseconds, so the per-tile Python overhead (~0.1 ms) is negligible.
@@ -46,41 +48,7 @@ _IN_FLIGHT_DEVICE = 2  # tiles queued on the GPU ahead of the host (CuPy outputs
 
 
 # ----------------------------------------------------------------------------------------------
-# Availability.
-
-def device_problem():
-    """None if the CUDA backend can run on the current CUDA device, else a short reason."""
-    try:
-        from . import _cuda
-    except ImportError as error:
-        return f"the CUDA extension failed to load: {error}"
-    try:
-        import cupy
-    except ImportError:
-        return "CuPy is not installed (pip install 'ntkfast[cuda]')"
-    except Exception as error:  # a broken CuPy installation (missing CUDA libraries, ...)
-        return f"CuPy failed to import: {type(error).__name__}: {error}"
-    try:
-        count = cupy.cuda.runtime.getDeviceCount()
-        device = cupy.cuda.runtime.getDevice() if count else None
-    except cupy.cuda.runtime.CUDARuntimeError as error:
-        return f"no usable CUDA device (CuPy: {error})"
-    if not count:
-        return "no CUDA device"
-    return _cuda.probe(device) or None
-
-
-def _require():
-    """CuPy, or BackendUnavailableError saying why the backend cannot run."""
-    from . import _config
-
-    reason = _config.cuda_unavailable_reason()
-    if reason is not None:
-        raise BackendUnavailableError(f"the CUDA backend is not available: {reason}")
-    import cupy
-
-    return cupy
-
+# Configuration.
 
 def tf32_state():
     """How float32 GEMMs are configured (for benchmark records): CuPy's environment and compute
@@ -123,29 +91,7 @@ def _fp32_gemms(dtype):
 
 
 # ----------------------------------------------------------------------------------------------
-# Validation (messages as in _gram for the CPU backend).
-
-def _check_points_device(x, name):
-    if x.ndim != 2:
-        raise ValueError(f"{name} must be 2-D (n_points, n_features), got shape {x.shape}")
-    if x.dtype.kind == "c":
-        raise TypeError(f"{name} is complex ({x.dtype}); the kernels are defined for real inputs")
-    if x.dtype.kind not in "biuf":
-        raise TypeError(f"{name} must hold real numbers, got dtype {x.dtype}")
-    return x
-
-
-def _check_finite_device(cp, x, name):
-    if x.dtype.kind != "f" or x.size == 0:
-        return
-    finite = cp.isfinite(x)
-    if bool(finite.all()):
-        return
-    bad = cp.argwhere(~finite)
-    i, j = (int(v) for v in bad[0].get())
-    raise ValueError(f"{name} contains {len(bad)} non-finite value(s) (NaN or Inf), first at "
-                     f"{name}[{i}, {j}] = {x[i, j].item()}; pass check_finite=False to skip this check")
-
+# Device memory and device-side checks (the arguments were checked by _validation).
 
 def _free_device_bytes(cp):
     """Free memory of the current device, counting what CuPy's pool holds unused."""
@@ -159,7 +105,7 @@ def _free_device_bytes(cp):
 
 
 def _out_of_memory(what, device, error, nbytes=None):
-    size = f" ({_gram._human_bytes(nbytes)})" if nbytes else ""
+    size = f" ({human_bytes(nbytes)})" if nbytes else ""
     return MemoryError(
         f"out of GPU memory on GPU {device} for {what}{size}: {error}; pass out= host arrays "
         "(e.g. np.memmap) to stream the result to host memory or disk tile by tile, or use a "
@@ -173,28 +119,6 @@ def _gpu_memory(cp, what, device):
         yield
     except cp.cuda.memory.OutOfMemoryError as error:
         raise _out_of_memory(what, device, error) from None
-
-
-def _parse_out(out, names, single):
-    """{name: array} of the given destinations (any array type), as _gram._prepare_outputs."""
-    if out is None:
-        return {}
-    if single:
-        return {names[0]: out}
-    if isinstance(out, dict):
-        unknown = set(out) - set(names)
-        if unknown:
-            raise ValueError(f"out has entries for kernels not requested: {sorted(unknown)}")
-        return dict(out)
-    if isinstance(out, _gram.Kernels):
-        return {n: getattr(out, n) for n in names if getattr(out, n) is not None}
-    if isinstance(out, (tuple, list)):
-        if len(out) != len(names):
-            raise ValueError(f"out must hold {len(names)} arrays (one per kernel in get={names}), "
-                             f"got {len(out)}")
-        return dict(zip(names, out))
-    raise TypeError("out must be an array (single kernel), or a Kernels / tuple / dict of "
-                    f"arrays (one per kernel in get), got {type(out).__name__}")
 
 
 def _check_out_device(cp, arr, name, shape, dtype, device, inputs):
@@ -220,7 +144,7 @@ class _DeviceProgram:
         from . import _cuda
 
         ops, pool, _ = lower(net, n_features)
-        _gram._program(ops, pool)  # the CPU engine's validation: nothing unchecked reaches the GPU
+        compiled_program(ops, pool)  # the CPU engine's validation: nothing unchecked reaches the GPU
         packed = _cuda.pack_program([(k, deg, off, list(p)) for k, deg, off, p in ops])
         self.n_ops = len(ops)
         self.ops = cp.asarray(np.frombuffer(packed, dtype=np.uint8)) if packed else None
@@ -333,7 +257,7 @@ class _HostSink:
         try:
             self.pinned_mem = [cp.cuda.alloc_pinned_memory(nbytes) for _ in range(2)]
         except cp.cuda.runtime.CUDARuntimeError as error:
-            raise MemoryError(f"could not allocate 2 x {_gram._human_bytes(nbytes)} of pinned host "
+            raise MemoryError(f"could not allocate 2 x {human_bytes(nbytes)} of pinned host "
                               f"memory to stream the result ({error}); pass a smaller tile_size") from None
         self.pinned = [np.frombuffer(mem, dtype=self.dtype, count=slot_elems) for mem in self.pinned_mem]
         self.copy_stream = cp.cuda.Stream(non_blocking=True)
@@ -479,38 +403,26 @@ def _run_tiles(cp, x1, x2, tables1, tables2, prog, sink, names, dtype, tile, dev
 
 
 # ----------------------------------------------------------------------------------------------
-# Public entry points (called from _gram after the backend was selected).
+# Public entry points (called by _backends.CudaBackend with a checked request).
 
-def gram(x1, x2=None, *, net, names, single, dtype, out, check_finite, progress, tile_size):
-    """ntkfast.gram on the GPU (see ntkfast.gram for the parameters).
+def gram(request):
+    """ntkfast.gram on the GPU: {kernel name: array} for a checked request.
 
     CuPy inputs are computed on their device, on its current CuPy stream, and give CuPy outputs;
     host (NumPy) inputs are copied to the current device and give NumPy outputs. ``out`` may hold
     CuPy arrays (written in place) or host arrays / np.memmap (streamed tile by tile).
     """
-    cp = _require()
-    gpu1 = _gram._is_cupy(x1)
-    if x2 is not None and _gram._is_cupy(x2) != gpu1:
-        raise TypeError(f"x1 and x2 must both be CuPy arrays or both host arrays, got "
-                        f"{type(x1).__name__} and {type(x2).__name__}; convert one with "
-                        "cupy.asarray or cupy.asnumpy")
-    if gpu1:
-        a1 = _check_points_device(x1, "x1")
-        a2 = None if x2 is None else _check_points_device(x2, "x2")
-        if a2 is not None and a2.device.id != a1.device.id:
-            raise ValueError(f"x1 is on GPU {a1.device.id} but x2 is on GPU {a2.device.id}")
-    else:
-        a1 = _gram._check_points(x1, "x1")
-        a2 = None if x2 is None else _gram._check_points(x2, "x2")
-    if a2 is not None and a2.shape[1] != a1.shape[1]:
-        raise ValueError(f"x1 and x2 must have the same number of features, got x1 {a1.shape} and "
-                         f"x2 {a2.shape}")
+    import cupy as cp
+
+    a1, a2, names = request.x1, request.x2, request.names
+    gpu1 = is_cupy(a1)
+    if gpu1 and a2 is not None and a2.device.id != a1.device.id:
+        raise ValueError(f"x1 is on GPU {a1.device.id} but x2 is on GPU {a2.device.id}")
     inputs = [a for a in (a1, a2) if a is not None]
-    out_dtype = _gram._result_dtype(dtype, inputs)
-    tile = _gram._resolve_tile(tile_size)
-    reporter = _gram._Progress(progress, "ntkfast.gram")
-    given = _parse_out(out, names, single)
-    kinds = {_gram._is_cupy(arr) for arr in given.values()}
+    out_dtype = request.dtype
+    _check_gemm_range(cp, inputs, out_dtype)
+    given = request.out
+    kinds = {is_cupy(arr) for arr in given.values()}
     if len(kinds) > 1:
         raise TypeError("out: the arrays must all be CuPy arrays or all host arrays")
     on_host = (not gpu1) if not kinds else not kinds.pop()
@@ -521,39 +433,49 @@ def gram(x1, x2=None, *, net, names, single, dtype, out, check_finite, progress,
     else:
         device = cp.cuda.Device()
 
+    reporter = Progress(request.progress, "ntkfast.gram")
     with device:
-        if check_finite:
-            for a, name in ((a1, "x1"), (a2, "x2")):
-                if a is None:
-                    continue
-                if gpu1:
-                    _check_finite_device(cp, a, name)
-                else:
-                    _gram._check_finite(a, name)
-        n1, d = a1.shape
-        n2 = n1 if a2 is None else a2.shape[0]
-        shape = (n1, n2)
-        outputs = _prepare_outputs(cp, given, names, single, shape, out_dtype, inputs, gpu1,
-                                   on_host, device)
+        outputs = _prepare_outputs(cp, given, names, request.single, request.shape, out_dtype,
+                                   inputs, gpu1, on_host, device)
+        n1, n2 = request.shape
         try:
             if n1 and n2:
-                _compute(cp, a1, a2, net, names, outputs, on_host, out_dtype, tile, device, reporter)
+                _compute(cp, a1, a2, request.net, names, outputs, on_host, out_dtype, request.tile,
+                         device, reporter)
         finally:
             reporter.close()
-    if single:
-        return outputs[names[0]]
-    return _gram.Kernels(nngp=outputs.get("nngp"), ntk=outputs.get("ntk"))
+    return outputs
+
+
+def _check_gemm_range(cp, inputs, dtype):
+    """The GPU engine has no per-row rescaling of the GEMM inputs (the CPU engine has): float32
+    rows whose squared norm leaves [2^-60, 2^60] could overflow or lose precision in the float32
+    GEMM, so they are refused rather than computed wrongly."""
+    if dtype != np.float32:
+        return
+    for a, name in zip(inputs, ("x1", "x2")):
+        if a.size == 0:
+            continue
+        xp = cp if is_cupy(a) else np
+        sq = (xp.asarray(a, dtype=np.float64) ** 2).sum(axis=1)
+        positive = sq[sq > 0]
+        low = float(positive.min()) if positive.size else 1.0
+        high = float(sq.max())
+        if not (2.0 ** -60 <= low and high <= 2.0 ** 60):
+            raise ValueError(
+                f"{name} has rows with squared norms from {low:.3g} to {high:.3g}: outside "
+                "[8.7e-19, 1.2e18], float32 GEMMs on the GPU could overflow or underflow; pass "
+                "dtype=float64, rescale the inputs, or use backend='cpu'")
 
 
 def _prepare_outputs(cp, given, names, single, shape, dtype, inputs, gpu_inputs, on_host, device):
-    label = (lambda name: "out") if single else (lambda name: f"out ({name})")
     host_inputs = [] if gpu_inputs else inputs
     device_inputs = inputs if gpu_inputs else []
     for name, arr in given.items():
         if on_host:
-            _gram._check_out_array(arr, label(name), shape, dtype, host_inputs)
+            check_host_output(arr, out_label(name, single), shape, dtype, host_inputs)
         else:
-            _check_out_device(cp, arr, label(name), shape, dtype, device, device_inputs)
+            _check_out_device(cp, arr, out_label(name, single), shape, dtype, device, device_inputs)
     if len(given) == 2:
         share = np.may_share_memory if on_host else cp.may_share_memory
         if share(given["nngp"], given["ntk"]):
@@ -563,7 +485,7 @@ def _prepare_outputs(cp, given, names, single, shape, dtype, inputs, gpu_inputs,
     if not missing:
         return result
     if on_host:
-        _gram._check_memory(shape, dtype, len(missing), "gram")
+        check_memory(shape, dtype, len(missing), "gram")
         for name in missing:
             result[name] = np.empty(shape, dtype=dtype)
         return result
@@ -576,8 +498,8 @@ def _prepare_outputs(cp, given, names, single, shape, dtype, inputs, gpu_inputs,
     if need + work > free:
         arrays = f"{len(missing)} arrays" if len(missing) > 1 else "an array"
         raise MemoryError(
-            f"gram needs {arrays} of {shape[0]} x {shape[1]} {dtype} = {_gram._human_bytes(need)} "
-            f"on GPU {device.id}, more than the {_gram._human_bytes(free)} of free GPU memory; "
+            f"gram needs {arrays} of {shape[0]} x {shape[1]} {dtype} = {human_bytes(need)} "
+            f"on GPU {device.id}, more than the {human_bytes(free)} of free GPU memory; "
             "pass out= host arrays (e.g. np.memmap) to stream the result to host memory or disk "
             "tile by tile, or use dtype=float32")
     with _gpu_memory(cp, "the gram outputs", device.id):
@@ -597,11 +519,8 @@ def _compute(cp, a1, a2, net, names, outputs, on_host, dtype, tile, device, repo
         prog = _DeviceProgram(cp, net, d)
         x1 = _to_device(cp, a1, dtype, device, "x1")
         x2 = None if a2 is None else _to_device(cp, a2, dtype, device, "x2")
-        try:
-            tables1 = _RowTables(cp, x1, prog, with_ntk, 1, device, stream)
-            tables2 = tables1 if x2 is None else _RowTables(cp, x2, prog, with_ntk, 2, device, stream)
-        except EngineNonFinite as error:
-            raise _gram._non_finite_error(error, net, d, ("x1", "x2" if a2 is not None else "x1")) from None
+        tables1 = _RowTables(cp, x1, prog, with_ntk, 1, device, stream)
+        tables2 = tables1 if x2 is None else _RowTables(cp, x2, prog, with_ntk, 2, device, stream)
         tile = _default_tile(cp, tile, n1, n2, dtype.itemsize, on_host, len(names), a2 is None,
                              _cuda.max_tile_rows())
         if on_host:
@@ -620,32 +539,26 @@ def _compute(cp, a1, a2, net, names, outputs, on_host, dtype, tile, device, repo
             sink.close()
 
 
-def diagonal(x, *, net, names, single, dtype, check_finite):
+def diagonal(request):
     """ntkfast.diagonal of a CuPy array, on its device and current stream (CuPy outputs)."""
-    cp = _require()
-    a = _check_points_device(x, "x")
-    out_dtype = _gram._result_dtype(dtype, [a])
-    device = a.device
-    with device:
-        if check_finite:
-            _check_finite_device(cp, a, "x")
+    import cupy as cp
+
+    a, names, out_dtype = request.x1, request.names, request.dtype
+    if not is_cupy(a):
+        raise TypeError("ntkfast.diagonal on the CUDA backend takes a CuPy array; pass a NumPy "
+                        "array with backend='cpu' (the default), or convert it with cupy.asarray")
+    with a.device as device:
         n, d = a.shape
         outputs = {}
         if n == 0:
-            outputs = {name: cp.empty(0, dtype=out_dtype) for name in names}
-        else:
-            stream = cp.cuda.get_current_stream()
-            with _gpu_memory(cp, "diagonal", device.id):
-                prog = _DeviceProgram(cp, net, d)
-                xd = _to_device(cp, a, out_dtype, device, "x")
-                try:
-                    tables = _RowTables(cp, xd, prog, "ntk" in names, 1, device, stream)
-                except EngineNonFinite as error:
-                    raise _gram._non_finite_error(error, net, d, ("x",)) from None
-                if "nngp" in names:
-                    outputs["nngp"] = tables.q[prog.n_ops, :n].astype(out_dtype)
-                if "ntk" in names:
-                    outputs["ntk"] = tables.ntk[:n].astype(out_dtype)
-    if single:
-        return outputs[names[0]]
-    return _gram.Kernels(nngp=outputs.get("nngp"), ntk=outputs.get("ntk"))
+            return {name: cp.empty(0, dtype=out_dtype) for name in names}
+        stream = cp.cuda.get_current_stream()
+        with _gpu_memory(cp, "diagonal", device.id):
+            prog = _DeviceProgram(cp, request.net, d)
+            xd = _to_device(cp, a, out_dtype, device, "x")
+            tables = _RowTables(cp, xd, prog, "ntk" in names, 1, device, stream)
+            if "nngp" in names:
+                outputs["nngp"] = tables.q[prog.n_ops, :n].astype(out_dtype)
+            if "ntk" in names:
+                outputs["ntk"] = tables.ntk[:n].astype(out_dtype)
+    return outputs

@@ -1,7 +1,8 @@
 """Network specifications with neural-tangents' names, and their lowering to a layer program.
 
 A network is an immutable, hashable value (``serial(Dense(...), Relu(), ...)``); the compute
-engines never see it: :func:`lower` turns it into the flat op list of ``src/cpp/ntkfast/program.hpp``.
+engines never see it: :func:`lower` turns it into the flat op list of
+``src/common/ntkfast/program.hpp``.
 Parameters mean what they mean in ``neural_tangents.stax`` (``W_std``, ``b_std``, ``parameterization``;
 inputs enter as ``x·x'/n_features``), so kernels can be cross-checked against it.
 """
@@ -10,8 +11,11 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+import sys
 from functools import lru_cache
 from typing import Optional, Tuple
+
+from . import _core
 
 __all__ = [
     "Layer", "Serial", "serial", "Dense", "MLP", "ACTIVATIONS",
@@ -20,12 +24,37 @@ __all__ = [
     "Polynomial", "Hermite", "Identity",
 ]
 
-#: Highest degree for Monomial, RectifiedMonomial, Polynomial and Hermite (program.hpp kMaxDegree).
-MAX_DEGREE = 24
+#: The engine's op kinds this module emits, by their names in program.hpp's NTKFAST_OP_KINDS.
+_OP_NAMES = ("Dense", "Identity", "ABRelu", "Erf", "Gelu", "Sin", "Rbf", "Exp", "ExpNormalized",
+             "Gaussian", "Gabor", "Sign", "RectifiedMonomial", "Polynomial", "Hermite")
 
-# Op kinds: keep in sync with OpKind in src/cpp/ntkfast/program.hpp.
+
+def _op_codes(core):
+    """({name: code} for _OP_NAMES, max degree) as the compiled extension defines them.
+
+    The codes are read from the extension, never copied here, so the two cannot drift apart;
+    an extension that lacks a kind (built from other sources than this package) is an
+    ImportError now rather than wrong kernels later.
+    """
+    kinds = getattr(core, "OP_KINDS", None)
+    max_degree = getattr(core, "MAX_DEGREE", None)
+    where = getattr(core, "__file__", core.__name__)
+    rebuild = "rebuild and reinstall ntkfast (pip install .) so the two come from one source tree"
+    mismatch = f"the compiled extension {where} does not match the ntkfast Python package"
+    if (not isinstance(kinds, dict) or isinstance(max_degree, bool)
+            or not isinstance(max_degree, int)):
+        raise ImportError(f"{mismatch}: it exports no OP_KINDS dict and MAX_DEGREE int; {rebuild}")
+    missing = [name for name in _OP_NAMES if not isinstance(kinds.get(name), int)]
+    if missing:
+        raise ImportError(f"{mismatch}: its OP_KINDS lacks {', '.join(missing)}; {rebuild}")
+    return {name: kinds[name] for name in _OP_NAMES}, max_degree
+
+
+#: MAX_DEGREE: highest degree for Monomial, RectifiedMonomial, Polynomial and Hermite (the
+#: engine's kMaxDegree).
+_OP_CODES, MAX_DEGREE = _op_codes(_core)
 _DENSE, _IDENTITY, _ABRELU, _ERF, _GELU, _SIN, _RBF, _EXP, _EXP_NORMALIZED, _GAUSSIAN, _GABOR, \
-    _SIGN, _RECTIFIED_MONOMIAL, _POLYNOMIAL, _HERMITE = range(15)
+    _SIGN, _RECTIFIED_MONOMIAL, _POLYNOMIAL, _HERMITE = (_OP_CODES[name] for name in _OP_NAMES)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -50,6 +79,27 @@ def _degree(owner: str, value, *, maximum=MAX_DEGREE):
     if not 0 <= int(value) <= maximum:
         raise ValueError(f"{owner}: degree must be in [0, {maximum}], got {value!r}")
     return int(value)
+
+
+#: Largest magnitude whose square is a finite double (≈ 1.34e154).
+_SQRT_MAX = math.sqrt(sys.float_info.max)
+
+
+def _square(owner: str, name: str, value: float) -> float:
+    """value², or a ValueError naming the parameter where it overflows: the engines get the
+    squared parameters, and an inf there would turn every kernel entry into inf or NaN."""
+    squared = value * value  # (a float's ** 2 raises a bare OverflowError instead)
+    if not math.isfinite(squared):
+        raise ValueError(f"{owner}: {name}**2 = inf overflows; {name} must be below "
+                         f"{_SQRT_MAX:.2g} in magnitude, got {value!r}")
+    return squared
+
+
+def _finite(owner: str, expression: str, value: float, hint: str) -> float:
+    """A derived parameter, or a ValueError naming it and the parameters it comes from."""
+    if not math.isfinite(value):
+        raise ValueError(f"{owner}: {expression} = {value!r} overflows; {hint}")
+    return value
 
 
 def _flag(owner: str, name: str, value):
@@ -107,8 +157,10 @@ class Dense(Layer):
         Bias standard deviation σb >= 0; None means no bias parameter (differs from 0.0 only for
         the NTK under 'standard', where a bias adds 1 per layer).
     parameterization : {'ntk', 'standard'}
-        'ntk': h = σw W x/√n + σb b (MATH.md §1). 'standard': h = W x + b with W ~ N(0, σw²/n);
-        same NNGP, NTK as neural-tangents' ``parameterization='standard'`` (MATH.md §4).
+        'ntk': h = σw W x/√n + σb b (the NTK parameterisation of Jacot et al. 2018).
+        'standard': h = W x + b with W ~ N(0, σw²/n); same NNGP, NTK as neural-tangents'
+        ``parameterization='standard'`` (Sohl-Dickstein et al. 2020, "On the infinite width
+        limit of neural networks with a standard parameterization").
     """
 
     out_dim: Optional[int] = None
@@ -128,10 +180,15 @@ class Dense(Layer):
         if self.parameterization not in ("ntk", "standard"):
             raise ValueError("Dense: parameterization must be 'ntk' or 'standard', "
                              f"got {self.parameterization!r}")
+        self._squares()
+
+    def _squares(self):
+        w2 = _square("Dense", "W_std", self.W_std)
+        b2 = 0.0 if self.b_std is None else _square("Dense", "b_std", self.b_std)
+        return w2, b2
 
     def _ops(self, ctx):
-        w2 = self.W_std ** 2
-        b2 = 0.0 if self.b_std is None else self.b_std ** 2
+        w2, b2 = self._squares()
         if self.parameterization == "ntk":
             ctx.emit(_DENSE, (w2, b2, 0.0, 0.0, 1.0))
         else:
@@ -150,6 +207,22 @@ class Serial(Layer):
     """A sequence of layers applied in order (``neural_tangents.stax.serial``)."""
 
     layers: Tuple[Layer, ...] = ()
+
+    def __post_init__(self):
+        # Serial(...) built directly must be as valid (and hashable) as serial(...)'s result
+        layers = self.layers
+        if isinstance(layers, list):
+            layers = tuple(layers)
+        if not isinstance(layers, tuple):
+            raise TypeError(f"Serial: layers must be a tuple (or list) of ntkfast layers, got "
+                            f"{type(layers).__name__}: {layers!r}; compose layers with "
+                            "ntkfast.serial(layer, ...)")
+        for position, layer in enumerate(layers):
+            if not isinstance(layer, Layer):
+                raise TypeError(f"Serial: layers[{position}] is not an ntkfast layer: {layer!r}"
+                                + (f" (a class: instantiate it, {layer.__name__}(...))"
+                                   if isinstance(layer, type) and issubclass(layer, Layer) else ""))
+        object.__setattr__(self, "layers", _check_structure("Serial", layers))
 
     def __repr__(self) -> str:
         return "serial(" + ", ".join(repr(layer) for layer in self.layers) + ")"
@@ -172,14 +245,20 @@ def serial(*layers: Layer) -> Serial:
     and ``ValueError`` for an activation that does not follow a Dense layer (its input must be
     Gaussian, as in neural-tangents).
     """
-    flat = []
     for position, layer in enumerate(layers):
-        if isinstance(layer, Serial):
-            flat.extend(layer.layers)
-        elif isinstance(layer, Layer):
-            flat.append(layer)
-        else:
-            raise TypeError(f"serial: argument {position} is not an ntkfast layer: {layer!r}")
+        if not isinstance(layer, Layer):
+            raise TypeError(f"serial: argument {position} is not an ntkfast layer: {layer!r}"
+                            + (f" (a class: instantiate it, {layer.__name__}(...))"
+                               if isinstance(layer, type) and issubclass(layer, Layer) else ""))
+    return Serial(_check_structure("serial", layers))
+
+
+def _check_structure(owner, layers):
+    """The layers with nested Serials flattened, checked: an activation needs a Gaussian input
+    (a Dense before it) and a 'standard' Dense needs its fan-in (the previous Dense's out_dim)."""
+    flat = []
+    for layer in layers:
+        flat.extend(layer.layers if isinstance(layer, Serial) else (layer,))
     gaussian = False
     previous_dense = None
     for position, layer in enumerate(flat):
@@ -187,7 +266,7 @@ def serial(*layers: Layer) -> Serial:
             if (layer.parameterization == "standard" and previous_dense is not None
                     and previous_dense.out_dim is None):
                 raise ValueError(
-                    f"serial: {layer!r} at position {position} uses the 'standard' "
+                    f"{owner}: {layer!r} at position {position} uses the 'standard' "
                     "parameterization, whose NTK depends on its fan-in, but the Dense before it "
                     f"({previous_dense!r}) has no out_dim: give every hidden Dense its width")
             previous_dense = layer
@@ -195,10 +274,10 @@ def serial(*layers: Layer) -> Serial:
         elif isinstance(layer, _Activation):
             if not gaussian:
                 raise ValueError(
-                    f"serial: {layer!r} at position {position} needs a Gaussian input: put a "
+                    f"{owner}: {layer!r} at position {position} needs a Gaussian input: put a "
                     "Dense layer before every activation")
             gaussian = False
-    return Serial(tuple(flat))
+    return tuple(flat)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -220,13 +299,21 @@ class ABRelu(_Activation):
         object.__setattr__(self, "a", _real("ABRelu", "a", self.a))
         object.__setattr__(self, "b", _real("ABRelu", "b", self.b))
         object.__setattr__(self, "do_stabilize", _flag("ABRelu", "do_stabilize", self.do_stabilize))
+        self._params()
 
-    def _ab(self):
-        return self.a, self.b
+    def _params(self):
+        return _abrelu_params("ABRelu", self.a, self.b, "a", "b")
 
     def _ops(self, ctx):
-        a, b = self._ab()
-        ctx.emit(_ABRELU, ((a - b) ** 2 / (2 * math.pi), (a * a + b * b) / 2))
+        ctx.emit(_ABRELU, self._params())
+
+
+def _abrelu_params(owner, a, b, a_name, b_name):
+    """((a-b)²/(2π), (a²+b²)/2), each finite or a ValueError naming the parameters."""
+    hint = f"|{a_name}| and |{b_name}| must be below {_SQRT_MAX / 2:.2g}"
+    diff = _finite(owner, f"({a_name} - {b_name})**2", (a - b) * (a - b), hint)
+    total = _finite(owner, f"{a_name}**2 + {b_name}**2", a * a + b * b, hint)
+    return diff / (2 * math.pi), total / 2
 
 
 @_frozen
@@ -239,7 +326,7 @@ class Relu(_Activation):
         object.__setattr__(self, "do_stabilize", _flag("Relu", "do_stabilize", self.do_stabilize))
 
     def _ops(self, ctx):
-        ABRelu._ops(ABRelu(0.0, 1.0), ctx)
+        ctx.emit(_ABRELU, _abrelu_params("Relu", 0.0, 1.0, "a", "b"))
 
 
 @_frozen
@@ -252,9 +339,13 @@ class LeakyRelu(_Activation):
     def __post_init__(self):
         object.__setattr__(self, "alpha", _real("LeakyRelu", "alpha", self.alpha))
         object.__setattr__(self, "do_stabilize", _flag("LeakyRelu", "do_stabilize", self.do_stabilize))
+        self._params()
+
+    def _params(self):
+        return _abrelu_params("LeakyRelu", self.alpha, 1.0, "alpha", "1")
 
     def _ops(self, ctx):
-        ABRelu._ops(ABRelu(self.alpha, 1.0), ctx)
+        ctx.emit(_ABRELU, self._params())
 
 
 @_frozen
@@ -267,7 +358,7 @@ class Abs(_Activation):
         object.__setattr__(self, "do_stabilize", _flag("Abs", "do_stabilize", self.do_stabilize))
 
     def _ops(self, ctx):
-        ABRelu._ops(ABRelu(-1.0, 1.0), ctx)
+        ctx.emit(_ABRELU, _abrelu_params("Abs", -1.0, 1.0, "a", "b"))
 
 
 @_frozen
@@ -281,9 +372,13 @@ class Erf(_Activation):
     def __post_init__(self):
         for name in ("a", "b", "c"):
             object.__setattr__(self, name, _real("Erf", name, getattr(self, name)))
+        self._params()
+
+    def _params(self):
+        return tuple(_square(type(self).__name__, name, getattr(self, name)) for name in "abc")
 
     def _ops(self, ctx):
-        ctx.emit(_ERF, (self.a ** 2, self.b ** 2, self.c ** 2))
+        ctx.emit(_ERF, self._params())
 
 
 @_frozen
@@ -291,7 +386,7 @@ class Sigmoid_like(_Activation):  # noqa: N801 - neural-tangents' name
     """``0.5·erf(x/2.4020563531719796) + 0.5``, a sigmoid look-alike (Erf(0.5, 1/2.40…, 0.5))."""
 
     def _ops(self, ctx):
-        Erf._ops(Erf(0.5, 1 / 2.4020563531719796, 0.5), ctx)
+        ctx.emit(_ERF, Erf(0.5, 1 / 2.4020563531719796, 0.5)._params())
 
 
 @_frozen
@@ -313,12 +408,20 @@ class Sin(_Activation):
     def __post_init__(self):
         for name in ("a", "b", "c"):
             object.__setattr__(self, name, _real(type(self).__name__, name, getattr(self, name)))
+        self._params()
 
     def _phase(self):
         return self.c
 
+    def _params(self):
+        owner = type(self).__name__
+        # cos(inf) raises a bare "math domain error": name the phase instead
+        twice = _finite(owner, "2*c", 2 * self._phase(),
+                        f"|c| must be below {sys.float_info.max / 2:.2g}")
+        return (_square(owner, "a", self.a) / 2, _square(owner, "b", self.b), math.cos(twice))
+
     def _ops(self, ctx):
-        ctx.emit(_SIN, (self.a ** 2 / 2, self.b ** 2, math.cos(2 * self._phase())))
+        ctx.emit(_SIN, self._params())
 
 
 @_frozen
@@ -352,9 +455,13 @@ class Exp(_Activation):
     def __post_init__(self):
         for name in ("a", "b"):
             object.__setattr__(self, name, _real("Exp", name, getattr(self, name)))
+        self._params()
+
+    def _params(self):
+        return _square("Exp", "a", self.a), _square("Exp", "b", self.b)
 
     def _ops(self, ctx):
-        ctx.emit(_EXP, (self.a ** 2, self.b ** 2))
+        ctx.emit(_EXP, self._params())
 
 
 @_frozen
@@ -384,9 +491,13 @@ class Gaussian(_Activation):
     def __post_init__(self):
         for name in ("a", "b"):
             object.__setattr__(self, name, _real("Gaussian", name, getattr(self, name)))
+        self._params()
+
+    def _params(self):
+        return _square("Gaussian", "a", self.a), self.b
 
     def _ops(self, ctx):
-        ctx.emit(_GAUSSIAN, (self.a ** 2, self.b))
+        ctx.emit(_GAUSSIAN, self._params())
 
 
 @_frozen
@@ -435,13 +546,29 @@ class Polynomial(_Activation):
             raise ValueError(f"Polynomial: at most {MAX_DEGREE + 1} coefficients, got {len(coef)}")
         object.__setattr__(self, "coef",
                            tuple(_real("Polynomial", f"coef[{i}]", c) for i, c in enumerate(coef)))
+        self._tables()
 
-    def _ops(self, ctx):
+    def _tables(self):
+        """The Hermite tables of p (NNGP) and p' (NTK), every entry finite."""
         coef = list(self.coef)
         derivative = [k * coef[k] for k in range(1, len(coef))] or [0.0]
-        nngp_offset = ctx.table(_hermite_table(coef))
-        ntk_offset = ctx.table(_hermite_table(derivative))
-        ctx.emit(_POLYNOMIAL, (float(ntk_offset),), degree=len(coef) - 1, offset=nngp_offset)
+        tables = []
+        for what, values in (("coef", coef), ("the derivative's coefficients", derivative)):
+            table = _hermite_table(values)
+            if not all(math.isfinite(v) for v in table):
+                worst = max(range(len(coef)), key=lambda i: abs(coef[i]))
+                raise ValueError(
+                    f"Polynomial: the Hermite expansion of {what} overflows (an entry is inf, "
+                    f"from terms coef[k]·k!/(2^i i! l!)); the coefficients must be smaller, the "
+                    f"largest is coef[{worst}] = {coef[worst]!r}")
+            tables.append(table)
+        return tables
+
+    def _ops(self, ctx):
+        nngp_table, ntk_table = self._tables()
+        nngp_offset = ctx.table(nngp_table)
+        ntk_offset = ctx.table(ntk_table)
+        ctx.emit(_POLYNOMIAL, (float(ntk_offset),), degree=len(self.coef) - 1, offset=nngp_offset)
 
 
 @_frozen
@@ -523,8 +650,9 @@ def activation_from_name(name: str, **params) -> Layer:
 
 def MLP(depth: int, activation="relu", W_std: float = 1.0, b_std: Optional[float] = 0.0,
         parameterization: str = "ntk", width: Optional[int] = None, **activation_params) -> Serial:
-    """The fully-connected network of MATH.md §1: ``depth`` hidden Dense+activation blocks and a
-    Dense readout, all with the same ``W_std``/``b_std``::
+    """The fully-connected network whose NNGP (Lee et al. 2018; Matthews et al. 2018) and NTK
+    (Jacot et al. 2018; Arora et al. 2019) ntkfast computes: ``depth`` hidden Dense+activation
+    blocks and a Dense readout, all with the same ``W_std``/``b_std``::
 
         serial(*[Dense(width, W_std, b_std, parameterization), act] * depth,
                Dense(1, W_std, b_std, parameterization))
@@ -570,10 +698,20 @@ class _Lowering:
 
 
 def as_network(net) -> Layer:
+    """net if it is an ntkfast layer or network, else a TypeError saying what was expected."""
     if isinstance(net, Layer):
         return net
-    raise TypeError(f"net must be an ntkfast network (e.g. ntkfast.MLP(3) or ntkfast.serial(...)), "
-                    f"got {type(net).__name__}")
+    expected = "net must be an ntkfast network (e.g. ntkfast.MLP(3) or ntkfast.serial(...))"
+    if isinstance(net, type) and issubclass(net, Layer):
+        raise TypeError(f"{expected}, got the class {net.__name__}: instantiate it "
+                        f"({net.__name__}(...))")
+    if isinstance(net, (list, tuple)) and net and all(isinstance(l, Layer) for l in net):
+        raise TypeError(f"{expected}, got a {type(net).__name__} of layers: compose them with "
+                        "ntkfast.serial(*layers)")
+    if isinstance(net, str):
+        raise TypeError(f"{expected}, got the string {net!r}: for an MLP by activation name use "
+                        f"ntkfast.MLP(depth, {net!r})")
+    raise TypeError(f"{expected}, got {type(net).__name__}")
 
 
 def uses_standard(net: Layer) -> bool:

@@ -7,8 +7,9 @@ import numbers
 
 import numpy as np
 
-from . import _predict_linalg
+from . import _predict_linalg, _validation
 from ._predict_linalg import is_cupy
+from ._validation import check_real_dtype, read_array, reject_non_finite
 
 _LOSS_SCALES = ("mean", "sum")
 GRAM_OPTIONS = ("dtype", "backend", "num_threads", "check_finite", "progress", "tile_size")
@@ -30,7 +31,7 @@ def real_scalar(value, name, *, minimum=None, strictly_positive=False):
 def loss_scale_value(loss_scale, y_size):
     if loss_scale not in _LOSS_SCALES:
         raise ValueError(f"loss_scale must be 'mean' (neural-tangents: L = Σ(f-y)²/(2·y.size)) or "
-                         f"'sum' (MATH.md: L = ½Σ(f-y)²), got {loss_scale!r}")
+                         f"'sum' (L = ½Σ(f-y)², see docs/dynamics.md), got {loss_scale!r}")
     return float(y_size) if loss_scale == "mean" else 1.0
 
 
@@ -45,30 +46,8 @@ def check_trace_axes(trace_axes, y_ndim):
             "kernel shared by all output columns, neural-tangents' default)")
 
 
-def read_array(x, name):
-    """np.asarray(x), or a ValueError naming the argument (ragged lists and the like)."""
-    try:
-        return np.asarray(x)
-    except (ValueError, TypeError) as error:
-        raise ValueError(f"{name} could not be read as an array: {error}") from None
-
-
-def check_real_dtype(arr, name):
-    kind = arr.dtype.kind
-    if kind == "c":
-        raise TypeError(f"{name} is complex ({arr.dtype}); kernels and targets must be real")
-    if kind not in "biuf":
-        raise TypeError(f"{name} must hold real numbers, got dtype {arr.dtype}")
-
-
 def check_finite_values(backend, arr, name):
-    xp = backend.xp
-    # min and max propagate NaN and show ±Inf: two passes, no temporary of arr's size
-    if arr.size and not (np.isfinite(float(arr.min())) and np.isfinite(float(arr.max()))):
-        bad = int((~xp.isfinite(arr)).sum())
-        first = tuple(int(i) for i in np.unravel_index(int(xp.argmax(~xp.isfinite(arr))), arr.shape))
-        raise ValueError(f"{name} contains {bad} non-finite value(s) (NaN or Inf), first at "
-                         f"{name}[{', '.join(map(str, first))}] = {float(arr[first])!r}")
+    reject_non_finite(arr, name, hint="")
 
 
 def as_array(backend, x, name, dtype, *, ndim=None):
@@ -159,21 +138,7 @@ def times_array(t):
 
 
 def parse_get(get, allowed, default=("nngp", "ntk")):
-    """(names, single): a str gives (name,), True; a tuple its names; None the default."""
-    if get is None:
-        return tuple(default), False
-    if isinstance(get, str):
-        names, single = (get.lower(),), True
-    else:
-        try:
-            names, single = tuple(g.lower() if isinstance(g, str) else g for g in get), False
-        except TypeError:
-            raise TypeError(f"get must be one of {allowed} or a tuple of them, got {get!r}") from None
-    if not names or any(g not in allowed for g in names):
-        raise ValueError(f"get must be one of {allowed} or a tuple of them, got {get!r}")
-    if len(set(names)) != len(names):
-        raise ValueError(f"get lists a kernel twice: {get!r}")
-    return names, single
+    return _validation.parse_get(get, allowed, default)
 
 
 _RESULT_TYPES = {}
@@ -216,13 +181,7 @@ def square_test_kernel(backend, k, m, dtype, name):
 
 def check_points(x, name, check_finite=True):
     """A 2-D real array (NumPy or CuPy), finite unless the caller opted out."""
-    if isinstance(x, (str, bytes)):
-        raise TypeError(f"{name} must be a real 2-D array (n_points, n_features), got a string")
-    if not is_cupy(x):
-        x = read_array(x, name)
-    check_real_dtype(x, name)
-    if x.ndim != 2:
-        raise ValueError(f"{name} must be 2-D (n_points, n_features), got shape {tuple(x.shape)}")
-    if check_finite and x.dtype.kind == "f":
-        check_finite_values(_predict_linalg.backend_for(x), x, name)
+    x = _validation.check_points(x, name)
+    if check_finite:
+        reject_non_finite(x, name, hint="")
     return x

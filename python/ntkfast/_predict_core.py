@@ -1,15 +1,17 @@
 """The numerical core of :mod:`ntkfast.predict`: one train kernel's factorisations and the
 functions of it that the dynamics and posteriors need.
 
-Notation (MATH.md §5–6, reference/README.md): K̃ = K + λI = V diag(μ) Vᵀ, τ = η t, and
+Notation (docs/dynamics.md; Lee et al. 2019, "Wide neural networks of any depth evolve as
+linear models under gradient descent"): K̃ = K + λI = V diag(μ) Vᵀ, τ = η t, and
 ``scale`` is the loss normalisation (N = y_train.size for neural-tangents' mean loss, 1 for
-MATH.md's ½·sum loss), so that the flow is df/dt = −(η/scale) K̃ (f − y). Per eigenvalue:
+the ½·sum loss), so that the flow is df/dt = −(η/scale) K̃ (f − y). Per eigenvalue:
 
     decay  = exp(−μ₊ τ/scale)                         (e^{−K̃τ/scale})
     rise   = −expm1(−μ₊ τ/scale) = 1 − decay          (I − e^{−K̃τ/scale})
     growth = rise / μ₊, and τ/scale at μ₊ = 0         (K̃⁻¹ (I − e^{−K̃τ/scale}))
 
-with μ₊ = max(μ, 0): negative eigenvalues are round-off of a positive semi-definite kernel.
+with μ₊ = max(μ, 0): negative eigenvalues within ``psd_tolerance`` are round-off of a positive
+semi-definite kernel; below it the kernel is not a kernel (ValueError, see ``check_psd``).
 The λ → 0 limit keeps growth finite where neural-tangents divides 0 by 0.
 
 At τ = ∞ the limit is taken in exact arithmetic for a Gram matrix: eigenvalues at or below
@@ -22,6 +24,34 @@ from __future__ import annotations
 import numpy as np
 
 _MISSING = object()
+
+#: A PSD kernel's computed eigenvalues can be negative by round-off: backward-stable ``eigh``
+#: errs by O(n·ε·‖K‖₂), and a kernel whose entries carry relative errors of a few ε is within
+#: n·(few ε)·max|K| ≤ few·n·ε·λ_max of an exact one. Measured on rank-deficient ntkfast kernels
+#: (duplicate points, N ≫ n_features, float32 and float64, N ≤ 2000): at most 0.2·n·ε·λ_max.
+#: Eigenvalues below −PSD_TOL_FACTOR·n·ε·max|μ| are therefore a kernel that is not PSD.
+PSD_TOL_FACTOR = 10.0
+
+
+def psd_tolerance(n, eps, scale):
+    """The most negative eigenvalue accepted as round-off for an n x n kernel with largest
+    eigenvalue magnitude ``scale``: PSD_TOL_FACTOR · n · ε · scale."""
+    return PSD_TOL_FACTOR * max(n, 1) * eps * scale
+
+
+def check_psd(lowest, highest, n, eps, name, reg=0.0):
+    """ValueError naming the kernel unless ``lowest`` (its smallest eigenvalue, of K + reg·I)
+    is at least −psd_tolerance: gradient flow along a negative eigenvalue diverges, and clipping
+    it would silently freeze those outputs instead."""
+    tol = psd_tolerance(n, eps, max(abs(lowest), abs(highest)))
+    if lowest >= -tol:
+        return
+    found = (f"it has eigenvalue {lowest:.6g} (largest {highest:.6g})" if not reg else
+             f"{name} + {reg:.6g}·I (diag_reg) has eigenvalue {lowest:.6g} (largest "
+             f"{highest:.6g}), i.e. {name} has eigenvalue {lowest - reg:.6g}")
+    raise ValueError(f"{name} must be positive semi-definite (a kernel matrix), but {found}; "
+                     f"round-off allows eigenvalues down to -{tol:.3g} "
+                     f"(= {PSD_TOL_FACTOR:g}·n·eps·max|eigenvalue|)")
 
 
 def batched_products(xp, lefts, factors, rhs):
@@ -62,13 +92,16 @@ class KernelSystem:
         The (validated, symmetric) train kernel; never modified.
     reg : float
         λ, the absolute diagonal regulariser.
+    name : str
+        The kernel's argument name, for the positive semi-definiteness error.
     """
 
-    def __init__(self, backend, k, reg):
+    def __init__(self, backend, k, reg, name="k_train_train"):
         self.backend = backend
         self.xp = backend.xp
         self.k = k
         self.reg = float(reg)
+        self.name = name
         self.n = k.shape[0]
         self.eps = float(np.finfo(k.dtype).eps)
         self._eig = None
@@ -79,9 +112,12 @@ class KernelSystem:
 
     @property
     def eig(self):
-        """(μ, V): eigenvalues (ascending) and eigenvectors of K̃, computed once."""
+        """(μ, V): eigenvalues (ascending) and eigenvectors of K̃, computed once; a ValueError
+        where K̃ has an eigenvalue below round-off (not a kernel)."""
         if self._eig is None:
             mu, v = self.backend.eigh(self.k, self.reg)
+            if mu.shape[0]:
+                check_psd(float(mu[0]), float(mu[-1]), self.n, self.eps, self.name, self.reg)
             self._eig = (mu, v)
         return self._eig
 
@@ -96,11 +132,16 @@ class KernelSystem:
     def cholesky(self):
         """Lower Cholesky factor of K̃, or None where K̃ is numerically singular (reciprocal
         condition number below n·ε): the solves then use the eigendecomposition's
-        pseudo-inverse instead, which stays finite and is the t → ∞ limit of the flow."""
+        pseudo-inverse instead, which stays finite and is the t → ∞ limit of the flow.
+
+        A factorisation that succeeds proves K̃ numerically positive definite; one that fails
+        (an indefinite K̃ always does) falls back to ``eig``, which checks the eigenvalues."""
         if self._chol is _MISSING:
             factor, rcond = self.backend.cholesky(self.k, self.reg)
             if factor is not None and rcond < max(self.n, 1) * self.eps:
                 factor = None
+            if factor is None:
+                self.eig  # noqa: B018 - raises for a kernel that is not PSD
             self._chol = factor
         return self._chol
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._errors import BackendUnavailableError
+from ._validation import is_cupy
 
 __all__ = ["Backend", "CPU", "backend_for", "is_cupy", "cpu_eigh_driver", "SYEVD_LP64_MAX_N",
            "check_symmetric"]
@@ -34,10 +35,6 @@ def cpu_eigh_driver(n: int) -> str:
     and it also avoids evd's 2N² scratch reals (17 GB more at N = 32768).
     """
     return "evd" if n <= SYEVD_LP64_MAX_N else "evr"
-
-
-def is_cupy(x) -> bool:
-    return type(x).__module__.split(".")[0] == "cupy"
 
 
 def _row_blocks(n, rows_per_block):

@@ -7,15 +7,26 @@
 
 Outputs are written memory-mapped (``np.lib.format.open_memmap``), so a Gram matrix larger than
 memory streams to disk. With both kernels (the default), ``-o K.npy`` writes ``K.nngp.npy`` and
-``K.ntk.npy``.
+``K.ntk.npy``. Each output is written to a temporary file next to it and renamed onto its name
+only once every kernel is complete: a failed or interrupted run leaves existing files as they
+were and no partial output behind.
+
+Exit status: 0 on success, 2 for bad input or usage (a one-line ``ntkfast gram: error: ...``
+on stderr), 1 when the machine fails the run (out of memory, disk full), 130 on Ctrl-C.
 """
 from __future__ import annotations
 
 import argparse
 import ast
+import os
 import pathlib
 import sys
+import tempfile
 import time
+
+
+class UsageError(Exception):
+    """Bad input or arguments: reported in one line, exit status 2."""
 
 
 def _parse_param(text):
@@ -24,29 +35,66 @@ def _parse_param(text):
     name, value = text.split("=", 1)
     try:
         parsed = ast.literal_eval(value)
-    except (ValueError, SyntaxError):
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
         parsed = value
     return name.strip(), parsed
 
 
+def _random_points(spec_text, what, seed):
+    import numpy as np
+
+    spec = spec_text[len("random:"):].lower().replace(",", "x")
+    parts = spec.split("x")
+    # digits only: int() would also take "+5", " 5" or "1_000", and "-3" must not slip through
+    if len(parts) != 2 or not all(p.isdigit() and p.isascii() for p in parts):
+        raise UsageError(f"{what}: expected random:NxD with positive integers N and D (e.g. "
+                         f"random:2000x784), got {spec_text!r}")
+    n, d = (int(p) for p in parts)
+    if n < 1 or d < 1:
+        raise UsageError(f"{what}: random:NxD needs N >= 1 points and D >= 1 features, got "
+                         f"{spec_text!r}")
+    return np.random.default_rng(seed).standard_normal((n, d))
+
+
 def _load_points(path, what, seed=0):
+    """The points of a .npy file (memory-mapped) or of a random:NxD spec, checked to be a real
+    2-D array with at least one point and one feature."""
     import numpy as np
 
     if str(path).startswith("random:"):
-        # generated data, no file needed: random:N x D standard normal points
-        spec = str(path)[len("random:"):].lower().replace(",", "x")
-        try:
-            n, d = (int(v) for v in spec.split("x"))
-        except ValueError:
-            raise ValueError(f"{what}: expected random:NxD (e.g. random:2000x784), got {path!r}") from None
-        return np.random.default_rng(seed).standard_normal((n, d))
+        return _random_points(str(path), what, seed)
     path = pathlib.Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{what}: no such file: {path}")
+        raise UsageError(f"{what}: no such file: {path}")
     try:
-        return np.load(path, mmap_mode="r", allow_pickle=False)
+        with open(path, "rb") as f:
+            # np.load would unpickle or unzip other formats (or fail with EOFError on an empty
+            # file): only the .npy magic string is accepted
+            magic = f.read(len(np.lib.format.MAGIC_PREFIX))
+    except OSError as error:
+        raise UsageError(f"{what}: cannot read {path}: {error.strerror or error}") from None
+    if magic != np.lib.format.MAGIC_PREFIX:
+        kind = ("an empty file" if not magic else
+                "a .npz archive (save one array with np.save)" if magic.startswith(b"PK")
+                else "not a .npy file")
+        raise UsageError(f"{what}: {path} is {kind}; expected a .npy array file (np.save)")
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
     except ValueError as error:
-        raise ValueError(f"{what}: {path} is not a .npy array file ({error})") from None
+        # object arrays ("pickled data"), truncated data, corrupt headers
+        raise UsageError(f"{what}: {path} is not a readable .npy array ({error})") from None
+    except (OSError, EOFError, SyntaxError) as error:
+        raise UsageError(f"{what}: {path} is a corrupt .npy file ({error})") from None
+    if arr.dtype.kind not in "biuf":
+        raise UsageError(f"{what}: {path} must hold real numbers (int or float), got dtype "
+                         f"{arr.dtype}")
+    if arr.ndim != 2:
+        raise UsageError(f"{what}: {path} must be a 2-D array (n_points, n_features), got shape "
+                         f"{arr.shape}")
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise UsageError(f"{what}: {path} must have at least one point and one feature, got shape "
+                         f"{arr.shape}")
+    return arr
 
 
 def _output_paths(out, names):
@@ -57,35 +105,88 @@ def _output_paths(out, names):
     return {name: out.with_name(f"{stem}.{name}.npy") for name in names}
 
 
+def _check_outputs(paths, inputs):
+    """Refuse outputs that are directories or the same file as an input (symlinks and hard links
+    included): inputs are memory-mapped, so writing over one would read its own output."""
+    for path in paths.values():
+        if path.is_dir():
+            raise UsageError(f"-o: {path} is a directory; expected a .npy file name")
+        for option, source in inputs:
+            try:
+                same = path.exists() and os.path.samefile(path, source)
+            except OSError:
+                same = False
+            if same:
+                raise UsageError(f"-o: {path} is the input file {option} {source}; choose "
+                                 "another output name")
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _cmd_gram(args):
     import numpy as np
 
     import ntkfast
 
+    # argument values argparse cannot check by type alone
+    if args.depth < 0:
+        raise UsageError(f"--depth must be >= 0, got {args.depth}")
+    if args.threads is not None and args.threads < 1:
+        raise UsageError(f"--threads must be a positive integer, got {args.threads}")
+    if args.width is not None and args.width < 1:
+        raise UsageError(f"--width must be a positive integer, got {args.width}")
+    if args.seed < 0:
+        raise UsageError(f"--seed must be >= 0, got {args.seed}")
+
     x1 = _load_points(args.x, "X", args.seed)
     x2 = None if args.x2 is None else _load_points(args.x2, "--x2", args.seed + 1)
+    if x2 is not None and x2.shape[1] != x1.shape[1]:
+        raise UsageError(f"--x2: expected {x1.shape[1]} features like X, got shape {x2.shape}")
     net = ntkfast.MLP(args.depth, args.activation, W_std=args.W_std, b_std=args.b_std,
                       parameterization=args.parameterization, width=args.width,
                       **dict(args.param or []))
     names = ("nngp", "ntk") if args.get == "both" else (args.get,)
-    n1 = x1.shape[0] if x1.ndim == 2 else None
-    n2 = (x2.shape[0] if x2 is not None and x2.ndim == 2 else n1)
+    n1 = x1.shape[0]
+    n2 = n1 if x2 is None else x2.shape[0]
     dtype = np.dtype(args.dtype) if args.dtype else (
         np.dtype(np.float32) if x1.dtype == np.float32 and (x2 is None or x2.dtype == np.float32)
         else np.dtype(np.float64))
     paths = _output_paths(args.output, names)
-    outs = {}
-    if n1 is not None and n2 is not None:
+    inputs = [(option, pathlib.Path(value)) for option, value in (("X", args.x), ("--x2", args.x2))
+              if value is not None and not str(value).startswith("random:")]
+    _check_outputs(paths, inputs)
+
+    temps, outs = {}, {}
+    try:
         for name, path in paths.items():
             path.parent.mkdir(parents=True, exist_ok=True)
-            outs[name] = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=(n1, n2))
-    start = time.perf_counter()
-    ntkfast.gram(x1, x2, net=net, get=names, dtype=dtype, out=outs or None,
-                 num_threads=args.threads, progress=args.progress)
-    elapsed = time.perf_counter() - start
-    for name, arr in outs.items():
-        arr.flush()
-        print(f"{name}: {arr.shape[0]} x {arr.shape[1]} {arr.dtype} -> {paths[name]}")
+            # same directory as the target, so os.replace is an atomic rename
+            fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            os.close(fd)
+            temps[name] = temp
+            outs[name] = np.lib.format.open_memmap(temp, mode="w+", dtype=dtype, shape=(n1, n2))
+        start = time.perf_counter()
+        ntkfast.gram(x1, x2, net=net, get=names, dtype=dtype, out=outs,
+                     num_threads=args.threads, progress=args.progress)
+        elapsed = time.perf_counter() - start
+        mode = 0o666 & ~_umask()  # mkstemp creates 0600; give the file a normal file's mode
+        for name, arr in outs.items():
+            arr.flush()
+            os.chmod(temps[name], mode)
+        for name in names:
+            os.replace(temps.pop(name), paths[name])
+    finally:
+        for temp in temps.values():  # failure or Ctrl-C: no partial output left behind
+            try:
+                os.unlink(temp)
+            except OSError:
+                pass
+    for name in names:
+        print(f"{name}: {n1} x {n2} {dtype} -> {paths[name]}")
     print(f"{net!r}: {elapsed:.2f} s")
     return 0
 
@@ -124,7 +225,8 @@ def build_parser():
     g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=sys.stderr.isatty(),
                    help="show a progress bar (default: when stderr is a terminal)")
     g.add_argument("-o", "--output", required=True, metavar="K.npy",
-                   help="output .npy (with both kernels: K.nngp.npy and K.ntk.npy)")
+                   help="output .npy (with both kernels: K.nngp.npy and K.ntk.npy); never an "
+                        "input file")
     g.set_defaults(func=_cmd_gram)
 
     i = sub.add_parser("info", help="show the build and the backends available here")
@@ -136,17 +238,28 @@ def build_parser():
     return parser
 
 
+def _one_line(error):
+    text = " ".join(str(error).split())
+    return text or type(error).__name__
+
+
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
+    prog = f"ntkfast {args.command}"
     try:
         return args.func(args)
     except KeyboardInterrupt:
-        print("ntkfast: interrupted", file=sys.stderr)
+        print(f"{prog}: interrupted", file=sys.stderr)
         return 130
-    except (ValueError, TypeError, MemoryError, OSError, FloatingPointError, RuntimeError) as error:
-        print(f"ntkfast {args.command}: error: {error}", file=sys.stderr)
-        return 1
+    except (UsageError, ValueError, TypeError, MemoryError, OSError, FloatingPointError,
+            RuntimeError) as error:
+        print(f"{prog}: error: {_one_line(error)}", file=sys.stderr)
+        # gram: bad input (ours or ntkfast's checks, e.g. non-finite points) is 2, a failed
+        # computation or write (out of memory, disk full) 1; demo keeps its documented 1
+        bad_input = isinstance(error, UsageError) or (
+            args.command == "gram" and isinstance(error, (ValueError, TypeError)))
+        return 2 if bad_input else 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -4,18 +4,19 @@ Call-compatible with ``neural_tangents.predict`` (argument names, conventions, o
 structure), on NumPy arrays (SciPy's LAPACK) or CuPy arrays (cuSOLVER), outputs of the same kind:
 
 * :func:`gradient_descent_mse` -- outputs of a network trained by gradient flow on the MSE, at
-  any times t (Jacot et al. 2018; Lee et al. 2019, eq. 16 ff.; MATH.md §5);
+  any times t (Jacot et al. 2018; Lee et al. 2019, eq. 16 ff.; docs/dynamics.md);
 * :func:`gradient_descent_mse_ensemble` -- mean and covariance of an infinite ensemble of such
   networks (the initialisation marginalised), computing the kernels with :func:`ntkfast.gram`;
 * :func:`gp_inference` -- the NNGP posterior, the trained-ensemble NTK 'posterior' and the NTKGP
-  posterior at t = ∞ (MATH.md §6);
+  posterior at t = ∞ (Lee et al. 2018 and Matthews et al. 2018 for the NNGP; Lee et al. 2019
+  for the trained ensemble; He et al. 2020 for the NTKGP);
 * :func:`max_learning_rate` -- the largest stable full-batch learning rate.
 
 Conventions (neural-tangents', see ``docs/dynamics.md``)
 --------------------------------------------------------
 * Loss L = 1/(2N) Σ (f − y)² with N = y_train.size (½ × the mean over all output entries), so
-  gradient flow gives df/dt = −(η/N) Θ (f − y); t counts steps of size η (τ = η t). The seeds'
-  and MATH.md §5's loss ½ Σ (f − y)² is the same flow with η/N → η: pass ``loss_scale='sum'``
+  gradient flow gives df/dt = −(η/N) Θ (f − y); t counts steps of size η (τ = η t). The loss
+  ½ Σ (f − y)² is the same flow with η/N → η: pass ``loss_scale='sum'``
   or, equivalently, convert times as t_nt = N · t_sum.
 * ``diag_reg`` adds λI to the train kernel, λ = diag_reg · mean(diag K) (or λ = diag_reg with
   ``diag_reg_absolute_scale=True``).
@@ -25,8 +26,9 @@ Conventions (neural-tangents', see ``docs/dynamics.md``)
 What ntkfast does differently: a singular train kernel (duplicate training points, fewer
 features than points, ``diag_reg=0``) gives finite outputs, the exact limits of the gradient
 flow, where neural-tangents returns NaN (it divides by |μ| = 0); negative round-off
-eigenvalues are clipped to 0 in every factor; the eigendecomposition (one per kernel, cached)
-uses a LAPACK driver that works for N ≥ 32768.
+eigenvalues (down to −10·n·ε·λ_max) are clipped to 0 in every factor, while a clearly negative
+eigenvalue (not a kernel matrix) is a ValueError; the eigendecomposition (one per kernel,
+cached) uses a LAPACK driver that works for N ≥ 32768.
 """
 from __future__ import annotations
 
@@ -36,12 +38,12 @@ import typing
 
 import numpy as np
 
-from . import _predict_linalg
+from . import _predict_iterative, _predict_linalg
 from ._predict_checks import (GRAM_OPTIONS, as_array, check_points, check_trace_axes, compute_dtype,
                               cross_kernel, flat_targets, initial_outputs, loss_scale_value,
                               package, parse_get, real_scalar, regulariser, square_test_kernel,
                               targets, times_array, train_kernel, unflatten)
-from ._predict_core import KernelSystem, batched_products, symmetrize
+from ._predict_core import KernelSystem, batched_products, check_psd, psd_tolerance, symmetrize
 from ._predict_linalg import is_cupy
 
 __all__ = ["Gaussian", "gradient_descent_mse", "gradient_descent_mse_ensemble", "gp_inference",
@@ -66,12 +68,15 @@ class Gaussian(typing.NamedTuple):
 # gradient_descent_mse
 
 def gradient_descent_mse(k_train_train, y_train, learning_rate=1.0, diag_reg=0.0,
-                         diag_reg_absolute_scale=False, trace_axes=(-1,), *, loss_scale="mean"):
+                         diag_reg_absolute_scale=False, trace_axes=(-1,), *, loss_scale="mean",
+                         solver="auto", tol=None, maxiter=None, preconditioner_rank=None,
+                         progress=False):
     r"""Outputs of a network trained by gradient flow on the MSE, in closed form.
 
     For the linearised network (exact at infinite width) with kernel Θ = ``k_train_train``,
-    Θ̃ = Θ + λI, τ = η·t and N = y_train.size (MATH.md §5 in neural-tangents' normalisation;
-    Lee et al. 2019, eqs. 9–10):
+    Θ̃ = Θ + λI, τ = η·t and N = y_train.size (Lee et al. 2019, "Wide neural networks of any
+    depth evolve as linear models under gradient descent", eqs. 9–10, in neural-tangents'
+    normalisation; docs/dynamics.md):
 
     .. math::
         f_t(X)  &= f_0(X) + (e^{-\tilde\Theta\tau/N} - I)(f_0(X) - Y) \\
@@ -105,8 +110,21 @@ def gradient_descent_mse(k_train_train, y_train, learning_rate=1.0, diag_reg=0.0
         Accepted for neural-tangents compatibility; only (-1,) is supported.
     loss_scale : {'mean', 'sum'}
         'mean' (default): L = Σ(f − y)²/(2N), neural-tangents' convention. 'sum':
-        L = ½Σ(f − y)² (MATH.md §5 and the seeds), i.e. the flow df/dt = −η Θ̃ (f − y); the same
+        L = ½Σ(f − y)² (docs/dynamics.md), i.e. the flow df/dt = −η Θ̃ (f − y); the same
         as 'mean' at times multiplied by N.
+    solver : {'auto', 'eigh', 'cg', 'lanczos'}
+        'eigh': the exact path above (the kernel as an array). 'cg' or 'lanczos': the
+        iterative path for kernels too large to hold or decompose (docs/large.md):
+        ``k_train_train`` may be a :class:`ntkfast.KernelOperator`; t = ∞ is solved by
+        conjugate gradients preconditioned by a rank-``preconditioner_rank`` Nyström
+        approximation, finite t by one Lanczos basis for all times. 'auto' (default): 'eigh' for
+        arrays, the iterative path for operators. The last solve's report (iterations,
+        residuals) is ``predict_fn.info``.
+    tol, maxiter, preconditioner_rank, progress
+        Iterative path only: the relative residual / error target (default 1e-10 for float64
+        kernels, 1e-5 for float32), the iteration limit, the Nyström rank (default
+        min(n/4, 1000); 0 for none), a progress bar. A solve that misses ``tol`` raises
+        :class:`ntkfast.ConvergenceError` with the residual reached.
 
     Returns
     -------
@@ -141,15 +159,23 @@ def gradient_descent_mse(k_train_train, y_train, learning_rate=1.0, diag_reg=0.0
     if hasattr(k_train_train, "ntk") and hasattr(k_train_train, "nngp"):
         raise TypeError("k_train_train must be one kernel array (e.g. kernels.ntk, or kernels.nngp "
                         "to train only the readout), got a Kernels pair")
-    backend = _predict_linalg.backend_for(k_train_train)
-    dtype = compute_dtype(k_train_train)
-    k = train_kernel(backend, k_train_train, "k_train_train", dtype)
-    n = k.shape[0]
+    iterative = _predict_iterative.iterative_requested(solver, k_train_train)
+    if iterative:
+        system = _iterative_system(k_train_train, "k_train_train", diag_reg,
+                                   diag_reg_absolute_scale, tol, maxiter, preconditioner_rank,
+                                   progress)
+        backend, dtype, n = _predict_linalg.CPU, np.dtype(np.float64), system.n
+    else:
+        backend = _predict_linalg.backend_for(k_train_train)
+        dtype = compute_dtype(k_train_train)
+        k = train_kernel(backend, k_train_train, "k_train_train", dtype)
+        n = k.shape[0]
+        system = KernelSystem(backend, k, regulariser(backend, k, diag_reg,
+                                                      diag_reg_absolute_scale), "k_train_train")
     y = targets(backend, y_train, n, dtype)
     check_trace_axes(trace_axes, y.ndim)
     eta = real_scalar(learning_rate, "learning_rate", strictly_positive=True)
     scale = loss_scale_value(loss_scale, y.size)
-    system = KernelSystem(backend, k, regulariser(backend, k, diag_reg, diag_reg_absolute_scale))
     y2 = flat_targets(y)
     xp = backend.xp
 
@@ -164,7 +190,8 @@ def gradient_descent_mse(k_train_train, y_train, learning_rate=1.0, diag_reg=0.0
             initial_outputs(backend, fx_train_0, tuple(y.shape), dtype, "fx_train_0"))
         k_td = g0 = None
         if fx_test_0 is not None:
-            k_td = cross_kernel(backend, k_test_train, n, dtype, "k_test_train")
+            k_td = k_test_train if iterative and _predict_iterative.is_operator(k_test_train) \
+                else cross_kernel(backend, k_test_train, n, dtype, "k_test_train")
             g0 = flat_targets(initial_outputs(backend, fx_test_0,
                                               (k_td.shape[0],) + tuple(y.shape[1:]), dtype,
                                               "fx_test_0"))
@@ -177,10 +204,26 @@ def gradient_descent_mse(k_train_train, y_train, learning_rate=1.0, diag_reg=0.0
                 # exact y when Θ̃ is regular; along a numerical null space f keeps f₀
                 train = y2 + system.null_projection(r0)
             if k_td is not None:
-                test = g0 - k_td @ system.solve(r0)
+                test = g0 - _predict_iterative.apply_cross(k_td, system.solve(r0), n, "k_test_train")
+            predict_fn.info = getattr(system, "last_info", None)
             return _gd_outputs(train, test, y.ndim)
 
         times, t_shape = times_array(t)
+        if iterative:
+            train = test = None
+            decay_r, growth_r = system.dynamics(eta * times, scale, r0)  # each (T, n, k)
+            if f0 is not None:
+                train = y2[None] + decay_r
+            if k_td is not None:
+                n_times, _, k_cols = growth_r.shape
+                stacked = growth_r.transpose(1, 0, 2).reshape(n, n_times * k_cols)
+                products = _predict_iterative.apply_cross(k_td, stacked, n, "k_test_train")
+                test = g0[None] - products.reshape(-1, n_times, k_cols).transpose(1, 0, 2)
+            predict_fn.info = system.last_info
+            return _gd_outputs(train.reshape(t_shape + train.shape[1:]) if train is not None
+                               else None,
+                               test.reshape(t_shape + test.shape[1:]) if test is not None
+                               else None, y.ndim)
         decay, rise, growth = system.time_factors(eta * times, scale)
         _, v = system.eig
         r0_eig = system.to_eigenbasis(r0)
@@ -194,7 +237,20 @@ def gradient_descent_mse(k_train_train, y_train, learning_rate=1.0, diag_reg=0.0
 
         return _gd_outputs(with_time_axes(train), with_time_axes(test), y.ndim)
 
+    predict_fn.info = None
     return predict_fn
+
+
+def _iterative_system(k, name, diag_reg, absolute, tol, maxiter, preconditioner_rank, progress):
+    """The IterativeSystem of a train kernel (operator or array), λ as for the exact path."""
+    op = _predict_iterative.as_operator(k, name)
+    diag_reg = real_scalar(diag_reg, "diag_reg", minimum=0.0)
+    shift = diag_reg
+    if diag_reg and not absolute:
+        shift = diag_reg * float(np.mean(op.diagonal()))
+    return _predict_iterative.IterativeSystem(op, shift, tol=tol, maxiter=maxiter,
+                                              preconditioner_rank=preconditioner_rank,
+                                              progress=progress)
 
 
 def _test_products(xp, k_td, v, factors, rhs):
@@ -234,23 +290,28 @@ class _Posterior:
         if k_td is None:
             # train set: y exactly (along a numerical null space the y component is not fitted)
             return self.y2 - self.systems[kernel].null_projection(self.y2)
-        return k_td[kernel] @ self.k_inv_y(kernel)
+        system = self.systems[kernel]
+        return _predict_iterative.apply_cross(k_td[kernel], self.k_inv_y(kernel), system.n,
+                                              "k_test_train")
 
     def covariance(self, g, k_td, k_tt, nngp_train):
         """K** − K*ᵀ K̃⁻¹ K* (nngp), Θ** − Θ*ᵀ Θ̃⁻¹ Θ* (ntkgp), and for the trained ensemble
-        (ntk) K** + Θ* Θ̃⁻¹ K Θ̃⁻¹ Θ*ᵀ − (Θ* Θ̃⁻¹ K*ᵀ + transpose) (MATH.md §6)."""
+        (ntk) K** + Θ* Θ̃⁻¹ K Θ̃⁻¹ Θ*ᵀ − (Θ* Θ̃⁻¹ K*ᵀ + transpose) (Lee et al. 2019, eq. 16 at
+        t = ∞)."""
         xp = self.backend.xp
         if g in ("nngp", "ntkgp"):
             kernel = "ntk" if g == "ntkgp" else "nngp"
             system = self.systems[kernel]
             if k_td is None:
-                return xp.zeros((system.n, system.n), dtype=system.k.dtype)
+                return xp.zeros((system.n, system.n), dtype=k_tt_dtype(system))
+            if isinstance(system, _predict_iterative.IterativeSystem):
+                return symmetrize(xp, k_tt[kernel] - k_td[kernel] @ system.solve(k_td[kernel].T))
             w = system.half_solve(k_td[kernel].T)
             return symmetrize(xp, k_tt[kernel] - w.T @ w)
         system = self.systems["ntk"]
         if k_td is None:  # P₀ K P₀: nothing trains along Θ's null space, the prior stays there
             if not system.singular:
-                return xp.zeros((system.n, system.n), dtype=system.k.dtype)
+                return xp.zeros((system.n, system.n), dtype=k_tt_dtype(system))
             if nngp_train is None:
                 raise ValueError("the 'ntk' training-set covariance of a singular NTK needs the "
                                  "NNGP train kernel too: pass ntkfast.Kernels with both kernels")
@@ -258,8 +319,13 @@ class _Posterior:
             return symmetrize(xp, system.null_projection(projected.T))
         a = system.solve(k_td["ntk"].T)  # Θ̃⁻¹ Θ*ᵀ, (n_train, n_test)
         cross = k_td["nngp"] @ a  # K* Θ̃⁻¹ Θ*ᵀ
-        cov = k_tt["nngp"] + a.T @ (nngp_train @ a) - cross - cross.T
+        k_a = nngp_train.matmat(a) if _predict_iterative.is_operator(nngp_train) else nngp_train @ a
+        cov = k_tt["nngp"] + a.T @ k_a - cross - cross.T
         return symmetrize(xp, cov)
+
+
+def k_tt_dtype(system):
+    return system.k.dtype if hasattr(system, "k") else np.float64
 
 
 def _kernel_field(k, g, name):
@@ -287,10 +353,11 @@ def _first_kernel(k):
 
 
 def gp_inference(k_train_train, y_train, diag_reg=0.0, diag_reg_absolute_scale=False,
-                 trace_axes=(-1,)):
+                 trace_axes=(-1,), *, solver="auto", tol=None, maxiter=None,
+                 preconditioner_rank=None, progress=False):
     r"""Posteriors at t = ∞: the NNGP (Bayesian), the trained ensemble (NTK) and the NTKGP.
 
-    With K the NNGP and Θ the NTK, K̃ = K + λI, Θ̃ = Θ + λI, * the test points (MATH.md §6):
+    With K the NNGP and Θ the NTK, K̃ = K + λI, Θ̃ = Θ + λI, * the test points:
 
     * 'nngp': mean K*ᵀ K̃⁻¹ Y, covariance K** − K*ᵀ K̃⁻¹ K* (exact Bayesian inference in the
       infinitely wide network, observation noise λ);
@@ -311,6 +378,11 @@ def gp_inference(k_train_train, y_train, diag_reg=0.0, diag_reg_absolute_scale=F
     y_train : array, shape (n_train, n_outputs) or (n_train,)
     diag_reg, diag_reg_absolute_scale, trace_axes
         As for :func:`gradient_descent_mse`.
+    solver, tol, maxiter, preconditioner_rank, progress
+        As for :func:`gradient_descent_mse`: with operators (``ntkfast.KernelOperator``, alone
+        or in ``ntkfast.Kernels``) every solve is a preconditioned CG; ``k_test_train`` may then
+        be a cross operator for the means, and must be an array (n_test × n_train, moderate
+        n_test: one CG right-hand side per test point) for covariances.
 
     Returns
     -------
@@ -319,21 +391,31 @@ def gp_inference(k_train_train, y_train, diag_reg=0.0, diag_reg_absolute_scale=F
         ``k_test_train``: Kernels (or array) of shape (n_test, n_train); None gives the
         training set's outputs (Y, zero covariance). ``k_test_test``: Kernels (or array)
         (n_test, n_test) -- the NNGP for 'nngp' and 'ntk', the NTK for 'ntkgp'; given, each
-        result is a :class:`Gaussian` (mean, covariance), else the mean alone. A str ``get``
-        returns one result, a tuple a namedtuple ``Gaussians`` keyed by kernel name.
+        result is a :class:`Gaussian` (mean, covariance), else the mean alone. On the training
+        set (``k_test_train=None``) pass ``k_test_test=True`` for the covariance
+        (neural-tangents' convention); a kernel there is a ValueError. A str ``get`` returns
+        one result, a tuple a namedtuple ``Gaussians`` keyed by kernel name.
     """
     k_first = _first_kernel(k_train_train)
-    backend = _predict_linalg.backend_for(k_first)
-    dtype = compute_dtype(k_first)
-    trains = {}
+    iterative = _predict_iterative.iterative_requested(solver, k_first)
+    if iterative:
+        backend, dtype = _predict_linalg.CPU, np.dtype(np.float64)
+        prepare = lambda k, name: _predict_iterative.as_operator(k, name)  # noqa: E731
+    else:
+        backend = _predict_linalg.backend_for(k_first)
+        dtype = compute_dtype(k_first)
+        prepare = lambda k, name: train_kernel(backend, k, name, dtype)  # noqa: E731
+    trains, labels = {}, {}
     if k_first is k_train_train:  # one array stands for whichever kernel get asks for
-        shared = train_kernel(backend, k_train_train, "k_train_train", dtype)
+        shared = prepare(k_train_train, "k_train_train")
         trains = {"nngp": shared, "ntk": shared}
+        labels = {"nngp": "k_train_train", "ntk": "k_train_train"}
     else:
         for g in ("nngp", "ntk"):
             field = getattr(k_train_train, g, None)
             if field is not None:
-                trains[g] = train_kernel(backend, field, f"k_train_train ({g})", dtype)
+                labels[g] = f"k_train_train ({g})"
+                trains[g] = prepare(field, labels[g])
     n = next(iter(trains.values())).shape[0]
     shapes = {tuple(k.shape) for k in trains.values()}
     if len(shapes) > 1:
@@ -341,11 +423,21 @@ def gp_inference(k_train_train, y_train, diag_reg=0.0, diag_reg_absolute_scale=F
     y = targets(backend, y_train, n, dtype)
     check_trace_axes(trace_axes, y.ndim)
     diag_reg = real_scalar(diag_reg, "diag_reg", minimum=0.0)
-    systems = _LazySystems(backend, trains, diag_reg, diag_reg_absolute_scale)
+    solver_options = dict(tol=tol, maxiter=maxiter, preconditioner_rank=preconditioner_rank,
+                          progress=progress) if iterative else None
+    systems = _LazySystems(backend, trains, diag_reg, diag_reg_absolute_scale, labels,
+                           solver_options)
     posterior = _Posterior(backend, systems, flat_targets(y), y.ndim)
 
     def predict_fn(get=None, k_test_train=None, k_test_test=None):
         names, single = parse_get(get, ("nngp", "ntk", "ntkgp"))
+        if k_test_train is None and k_test_test is not None and k_test_test is not True:
+            # a test-test kernel without k_test_train would silently give the training set's
+            # posterior; only neural-tangents' flag k_test_test=True asks for that
+            raise ValueError(
+                "k_test_test is a kernel but k_test_train is None: the test posterior needs the "
+                "test-train kernel k_test_train, shape (n_test, n_train); for the training "
+                "set's covariance pass k_test_train=None, k_test_test=True")
         needed = _gp_dependencies(names, k_test_test is not None and k_test_train is not None)
         for g in needed:
             if g not in trains:
@@ -353,8 +445,17 @@ def gp_inference(k_train_train, y_train, diag_reg=0.0, diag_reg_absolute_scale=F
                                  "does not hold: pass ntkfast.Kernels with both kernels")
         k_td = k_tt = None
         if k_test_train is not None:
-            k_td = {g: cross_kernel(backend, _kernel_field(k_test_train, g, "k_test_train"), n,
-                                    dtype, f"k_test_train ({g})") for g in needed}
+            k_td = {}
+            for g in needed:
+                field = _kernel_field(k_test_train, g, "k_test_train")
+                if iterative and _predict_iterative.is_operator(field):
+                    if k_test_test is not None:
+                        raise ValueError("covariances on the iterative path need k_test_train as "
+                                         "an array (n_test, n_train), not an operator: one CG "
+                                         "right-hand side per test point")
+                    k_td[g] = field
+                else:
+                    k_td[g] = cross_kernel(backend, field, n, dtype, f"k_test_train ({g})")
             sizes = {a.shape[0] for a in k_td.values()}
             if len(sizes) > 1:
                 raise ValueError(f"k_test_train: the kernels differ in their number of test rows: "
@@ -395,9 +496,11 @@ class _LazySystems(dict):
     """kernel name -> KernelSystem, built on first access (the regulariser of each kernel is
     relative to its own diagonal, as in neural-tangents)."""
 
-    def __init__(self, backend, trains, diag_reg, absolute):
+    def __init__(self, backend, trains, diag_reg, absolute, labels, solver_options=None):
         super().__init__()
         self.backend, self.trains, self.diag_reg, self.absolute = backend, trains, diag_reg, absolute
+        self.labels = labels  # kernel name -> the argument it came from, for error messages
+        self.solver_options = solver_options  # None: exact systems; else iterative ones
 
     def __missing__(self, name):
         k = self.trains[name]
@@ -405,8 +508,12 @@ class _LazySystems(dict):
             if self.trains[other] is k:  # one array standing for both kernels: factor it once
                 break
         else:
-            system = KernelSystem(self.backend, k, regulariser(self.backend, k, self.diag_reg,
-                                                               self.absolute))
+            if self.solver_options is not None:
+                system = _iterative_system(k, self.labels[name], self.diag_reg, self.absolute,
+                                           **self.solver_options)
+            else:
+                system = KernelSystem(self.backend, k, regulariser(
+                    self.backend, k, self.diag_reg, self.absolute), self.labels[name])
         self[name] = system
         return system
 
@@ -421,7 +528,7 @@ def gradient_descent_mse_ensemble(net, x_train, y_train, learning_rate=1.0, diag
 
     The outputs at initialisation are a GP with the NNGP kernel K; training with kernel
     Θ_g (g = 'ntk': all layers; g = 'nngp': only the readout, Θ_g = K) for time t gives, with
-    T_t = Θ̃⁻¹(I − e^{−Θ̃τ/N}), τ = η t, N = y_train.size (Lee et al. 2019, eq. 16; MATH.md §6):
+    T_t = Θ̃⁻¹(I − e^{−Θ̃τ/N}), τ = η t, N = y_train.size (Lee et al. 2019, eq. 16):
 
     .. math::
         \mu_t(x^*) &= \Theta(x^*, X)\, T_t\, Y \\
@@ -601,7 +708,8 @@ class _EnsembleState:
             y = targets(self.backend, self.y_train_input, self.x_train.shape[0], self.dtype,
                         kernel_name="x_train")
             self.y2 = flat_targets(y)
-            self.systems = _LazySystems(self.backend, self.trains, self.diag_reg, self.absolute)
+            self.systems = _LazySystems(self.backend, self.trains, self.diag_reg, self.absolute,
+                                        {g: f"the {g} kernel of x_train" for g in ("nngp", "ntk")})
             self.posterior = _Posterior(self.backend, self.systems, self.y2, self.y_ndim)
 
     def test_kernels(self, x_test, names, compute_cov):
@@ -707,7 +815,7 @@ def max_learning_rate(ntk_train_train, y_train_size=None, momentum=0.0, eps=1e-1
         Symmetric NTK on the training set (NumPy or CuPy).
     y_train_size : int, optional
         N = y_train.size, the loss normalisation. None uses n_train (neural-tangents' default).
-        For MATH.md's ½·sum loss pass 1.
+        For the ½·sum loss (``loss_scale='sum'``) pass 1.
     momentum : float
         In [0, 1).
     eps : float
@@ -731,19 +839,41 @@ def max_learning_rate(ntk_train_train, y_train_size=None, momentum=0.0, eps=1e-1
     if momentum >= 1.0:
         raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
     eps = real_scalar(eps, "eps", minimum=0.0)
-    top = _largest_eigenvalue(backend, k)
+    top = _largest_eigenvalue(backend, k, "ntk_train_train")
     return 2.0 * (1.0 + momentum) * factor / (top + eps)
 
 
-def _largest_eigenvalue(backend, k):
+def _largest_eigenvalue(backend, k, name):
+    """λ_max of the kernel k, which is checked to be positive semi-definite: fully where all
+    eigenvalues are cheap (n <= 512, or the GPU's eigvalsh), else through the necessary
+    conditions λ_max >= 0 and diag(k) >= 0 (every diagonal entry is a Rayleigh quotient, so a
+    negative one bounds λ_min from above)."""
     n = k.shape[0]
+    eps = float(np.finfo(k.dtype).eps)
     if backend.name != "numpy":
-        return float(backend.xp.linalg.eigvalsh(k)[-1])
+        w = backend.xp.linalg.eigvalsh(k)
+        check_psd(float(w[0]), float(w[-1]), n, eps, name)
+        return float(w[-1])
     if n <= 512:
         import scipy.linalg
 
-        return float(scipy.linalg.eigh(k, eigvals_only=True, subset_by_index=(n - 1, n - 1),
-                                       check_finite=False, driver="evr")[-1])
+        w = scipy.linalg.eigh(k, eigvals_only=True, check_finite=False, driver="evd")
+        check_psd(float(w[0]), float(w[-1]), n, eps, name)
+        return float(w[-1])
+    top = _lanczos_top(k)
+    diag = np.diagonal(k)
+    i = int(diag.argmin())
+    lowest = min(top, float(diag[i]))
+    if lowest < -psd_tolerance(n, eps, max(abs(top), abs(lowest))):
+        found = (f"its largest eigenvalue is {top:.6g}" if top <= lowest else
+                 f"its diagonal entry {name}[{i}, {i}] = {float(diag[i]):.6g} is negative, so "
+                 "it has an eigenvalue at most that")
+        raise ValueError(f"{name} must be positive semi-definite (a kernel matrix), but {found}")
+    return top
+
+
+def _lanczos_top(k):
+    n = k.shape[0]
     # Lanczos: O(n²) per iteration instead of an O(n³) tridiagonalisation; the top eigenvalue
     # of a kernel matrix is well separated, so a few dozen iterations reach machine precision.
     from scipy.sparse.linalg import eigsh

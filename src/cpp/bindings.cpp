@@ -56,6 +56,25 @@ T* output_ptr(std::optional<CArray<T>>& out, py::ssize_t rows, py::ssize_t cols,
   return out->mutable_data();  // raises if the array is read-only
 }
 
+// What must not change while the engine writes into an output array.
+struct OutputLayout {
+  const void* data = nullptr;
+  std::vector<py::ssize_t> shape, strides;
+  bool operator!=(const OutputLayout& other) const {
+    return data != other.data || shape != other.shape || strides != other.strides;
+  }
+};
+
+template <class T>
+OutputLayout layout_of(const std::optional<CArray<T>>& out) {
+  OutputLayout layout;
+  if (!out) return layout;
+  layout.data = out->data();
+  layout.shape.assign(out->shape(), out->shape() + out->ndim());
+  layout.strides.assign(out->strides(), out->strides() + out->ndim());
+  return layout;
+}
+
 template <class T>
 void gram(const Program& prog, const CArray<T>& x1, std::optional<CArray<T>> x2,
           std::optional<CArray<T>> nngp, std::optional<CArray<T>> ntk, int num_threads,
@@ -69,7 +88,11 @@ void gram(const Program& prog, const CArray<T>& x1, std::optional<CArray<T>> x2,
 
   // Between tiles one thread takes the GIL: Ctrl-C (PyErr_CheckSignals) and the progress
   // callback run there; an exception from either stops the computation and is re-raised below.
+  // NumPy lets the callback resize an output even while we write into it (refcheck=False), so
+  // afterwards each output must still be the same buffer; the engine stores nothing while the
+  // callback runs, nor after this returned false.
   std::shared_ptr<py::error_already_set> pending;
+  const OutputLayout nngp_layout = layout_of(nngp), ntk_layout = layout_of(ntk);
   ntkfast::GramOptions options;
   options.num_threads = num_threads;
   options.tile = tile;
@@ -84,6 +107,13 @@ void gram(const Program& prog, const CArray<T>& x1, std::optional<CArray<T>> x2,
         (*progress)(done, total);
       } catch (py::error_already_set& e) {
         pending = std::make_shared<py::error_already_set>(std::move(e));
+        return false;
+      }
+      if (layout_of(nngp) != nngp_layout || layout_of(ntk) != ntk_layout) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "progress callback resized or reallocated the output array; the "
+                        "computation was stopped and the output is incomplete");
+        pending = std::make_shared<py::error_already_set>();
         return false;
       }
     }
@@ -141,6 +171,20 @@ PYBIND11_MODULE(_core, m) {
   m.def("diagonal", &diagonal<float>, py::arg("program"), py::arg("x").noconvert(),
         py::arg("nngp").noconvert(), py::arg("ntk").noconvert(), py::arg("num_threads"));
 
+  // The op codes of program.hpp by name (the Python lowering checks its own table against them).
+  py::dict op_kinds;
+#define NTKFAST_OP_ENTRY(name, code) op_kinds[#name] = int(code);
+  NTKFAST_OP_KINDS(NTKFAST_OP_ENTRY)
+#undef NTKFAST_OP_ENTRY
+  m.attr("OP_KINDS") = op_kinds;
+  m.attr("MAX_DEGREE") = ntkfast::kMaxDegree;
+  m.attr("MAX_THREADS") = ntkfast::kMaxThreads;
+#if defined(NTKFAST_VERSION)
+  m.attr("__version__") = NTKFAST_VERSION;
+#endif
+  m.def("in_forked_child", &ntkfast::in_forked_child,
+        "True in a child forked after the engine started threads: it then runs single-threaded.");
+
   m.def("select_cpu_kernels", &ntkfast::select_cpu_kernels, py::arg("name"));
   m.def("default_tile", &ntkfast::default_tile, py::arg("n_features"));
   m.def("snap_tolerance", [](const std::string& dtype, int64_t d) {
@@ -168,14 +212,14 @@ PYBIND11_MODULE(_core, m) {
   });
 
   py::register_exception<ntkfast::Cancelled>(m, "Cancelled", PyExc_KeyboardInterrupt);
-  // Raised as ntkfast._errors.EngineNonFinite(point_set, row, op, value, is_ntk); the Python layer
-  // turns it into a NonFiniteKernelError that names the layer.
+  // Raised as ntkfast._errors.EngineNonFinite(point_set, row, op, value, is_ntk, underflow); the
+  // Python layer turns it into a NonFiniteKernelError (KernelUnderflowError) that names the layer.
   py::register_exception_translator([](std::exception_ptr p) {
     try {
       if (p) std::rethrow_exception(p);
     } catch (const ntkfast::NonFiniteKernel& e) {
       py::object cls = py::module_::import("ntkfast._errors").attr("EngineNonFinite");
-      py::set_error(cls, cls(e.point_set, e.row, e.op, e.value, e.is_ntk));
+      py::set_error(cls, cls(e.point_set, e.row, e.op, e.value, e.is_ntk, e.underflow));
     }
   });
 }

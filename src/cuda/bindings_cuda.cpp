@@ -70,17 +70,18 @@ PYBIND11_MODULE(_cuda, m) {
       "row_stats",
       [](const std::string& dtype, uintptr_t x, int64_t n, int64_t d, int64_t ld_x, uintptr_t ops,
          int32_t n_ops, uintptr_t pool, uintptr_t q, uintptr_t sq, int64_t stride, uintptr_t ntk_diag,
-         uintptr_t status, int point_set, int device, uintptr_t stream) {
+         uintptr_t status, int point_set, int device, uintptr_t stream, uintptr_t scale_exp,
+         uintptr_t rescale) {
         const nc::Dtype dt = nc::parse_dtype(dtype);
         nc::DeviceProgram prog{ops, n_ops, pool};
-        nc::DeviceRowTables tables{q, sq, stride, ntk_diag};
+        nc::DeviceRowTables tables{q, sq, stride, ntk_diag, scale_exp, rescale};
         py::gil_scoped_release release;
         nc::row_stats(dt, x, n, d, ld_x, prog, tables, status, point_set, device, stream);
       },
       py::arg("dtype"), py::arg("x"), py::arg("n"), py::arg("d"), py::arg("ld_x"), py::arg("ops"),
       py::arg("n_ops"), py::arg("pool"), py::arg("q"), py::arg("sq"), py::arg("stride"),
       py::arg("ntk_diag"), py::arg("status"), py::arg("point_set"), py::arg("device"),
-      py::arg("stream"));
+      py::arg("stream"), py::arg("scale_exp") = uintptr_t(0), py::arg("rescale") = uintptr_t(0));
 
   m.def(
       "gram_tile",
@@ -89,7 +90,8 @@ PYBIND11_MODULE(_cuda, m) {
          uintptr_t sq1, int64_t stride1, uintptr_t q2, uintptr_t sq2, int64_t stride2, uintptr_t nngp,
          int64_t ld_nngp, uintptr_t nngp_mirror, int64_t ld_nngp_mirror, uintptr_t ntk,
          int64_t ld_ntk, uintptr_t ntk_mirror, int64_t ld_ntk_mirror, bool diagonal,
-         uintptr_t diag_nngp, uintptr_t diag_ntk, int device, uintptr_t stream) {
+         uintptr_t diag_nngp, uintptr_t diag_ntk, int device, uintptr_t stream,
+         uintptr_t scale_exp1, uintptr_t scale_exp2, uintptr_t rescale1, uintptr_t rescale2) {
         const nc::Dtype dt = nc::parse_dtype(dtype);
         nc::TileArgs a;
         a.gram = gram;
@@ -116,6 +118,10 @@ PYBIND11_MODULE(_cuda, m) {
         a.diagonal = diagonal;
         a.diag_nngp = diag_nngp;
         a.diag_ntk = diag_ntk;
+        a.scale_exp1 = scale_exp1;
+        a.scale_exp2 = scale_exp2;
+        a.rescale1 = rescale1;
+        a.rescale2 = rescale2;
         py::gil_scoped_release release;
         nc::gram_tile(dt, a, device, stream);
       },
@@ -125,7 +131,9 @@ PYBIND11_MODULE(_cuda, m) {
       py::arg("stride2"), py::arg("nngp"), py::arg("ld_nngp"), py::arg("nngp_mirror"),
       py::arg("ld_nngp_mirror"), py::arg("ntk"), py::arg("ld_ntk"), py::arg("ntk_mirror"),
       py::arg("ld_ntk_mirror"), py::arg("diagonal"), py::arg("diag_nngp"), py::arg("diag_ntk"),
-      py::arg("device"), py::arg("stream"));
+      py::arg("device"), py::arg("stream"), py::arg("scale_exp1") = uintptr_t(0),
+      py::arg("scale_exp2") = uintptr_t(0), py::arg("rescale1") = uintptr_t(0),
+      py::arg("rescale2") = uintptr_t(0));
 
   // CUDA failures: RuntimeError (the default for std::runtime_error) with the call and file:line;
   // out of device memory: MemoryError. Non-finite per-row variances: the CPU engine's
@@ -141,7 +149,7 @@ PYBIND11_MODULE(_cuda, m) {
       py::set_error(PyExc_MemoryError, message.c_str());
     } catch (const ntkfast::NonFiniteKernel& e) {
       py::object cls = py::module_::import("ntkfast._errors").attr("EngineNonFinite");
-      py::set_error(cls, cls(e.point_set, e.row, e.op, e.value, e.is_ntk));
+      py::set_error(cls, cls(e.point_set, e.row, e.op, e.value, e.is_ntk, e.underflow));
     }
   });
 }

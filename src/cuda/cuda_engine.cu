@@ -6,11 +6,12 @@
 //
 // Work (driven from python/ntkfast/_cuda_backend.py, all on the caller's stream):
 //   row_stats     per point set, once: q[k][i], sq[k][i] (the variance of row i entering op k and
-//                 its square root) and Θ(x_i, x_i), by running every op on (q, q, c = q) with the
-//                 variance clamped at >= 0 after each op; the layer-0 variance ||x_i||²/d is summed
-//                 in double. Non-finite rows are reported (in the CPU engine's order) before any
-//                 tile is computed.
-//   gram_tile     per tile, after the caller's cuBLAS GEMM of x_I · x_Jᵀ: c = (x_i · x_j)/d snapped
+//                 its square root) and Θ(x_i, x_i), by row_step.hpp's row_step (shared with the
+//                 CPU engine); the layer-0 variance ||x_i||²/d is summed in double. Rows outside
+//                 row_step.hpp's range policy are reported (in the CPU engine's order) before any
+//                 tile is computed. Optionally the GEMM scale exponent of each row.
+//   gram_tile     per tile, after the caller's cuBLAS GEMM of x_I · x_Jᵀ (of rows x·2^-e when
+//                 scale exponents are given, multiplied back here): c = (x_i · x_j)/d snapped
 //                 to ±√(q1 q2) when |ρ| is within snap_tol of 1, t = 0, then every op.
 //
 // Layout: row-major everywhere. A block of 32 x 8 threads owns a 32 x 32 sub-tile; thread (x, y)
@@ -36,10 +37,16 @@
 #include "cuda_engine.hpp"
 #include "ntkfast/layer_math.hpp"
 #include "ntkfast/program.hpp"
+#include "ntkfast/row_step.hpp"
 
 #ifndef NTKFAST_CUDA_ARCHS
 #define NTKFAST_CUDA_ARCHS "unknown"
 #endif
+
+// The op switch also instantiated for the host: nvcc's device pass does not diagnose a switch
+// that misses an enumerator, the host compiler does (-Werror=switch), so a forgotten op fails here.
+template void ntkfast::apply_op<true, double>(const ntkfast::LayerOp&, const double*,
+                                              const ntkfast::PairStats<double>&, double&, double&);
 
 namespace ntkfast {
 namespace cuda {
@@ -63,60 +70,73 @@ constexpr int64_t kMaxGridY = 65535;
 template <class T>
 __global__ void __launch_bounds__(kNormThreads)
     row_norms_kernel(const T* __restrict__ x, int64_t n, int64_t d, int64_t ld, double inv_d,
-                     double* __restrict__ q, double* __restrict__ sq) {
+                     double* __restrict__ q, double* __restrict__ sq, int32_t* __restrict__ scale_exp,
+                     unsigned long long* __restrict__ status) {
   const int lane = int(threadIdx.x) & 31;
   const int64_t row = int64_t(blockIdx.x) * (kNormThreads / 32) + (threadIdx.x >> 5);
   if (row >= n) return;  // warp-uniform: every lane of a warp has the same row
   const T* r = x + row * ld;
   double sum = 0.0;
+  bool nonzero = false;
   for (int64_t k = lane; k < d; k += 32) {
     const double v = double(r[k]);
     sum = sum + v * v;
+    nonzero = nonzero || v != 0.0;
   }
+  nonzero = __any_sync(0xffffffffu, nonzero);
 #pragma unroll
   for (int offset = 16; offset > 0; offset >>= 1) sum = sum + __shfl_down_sync(0xffffffffu, sum, offset);
   if (lane == 0) {
     const double v = sum * inv_d;
     q[row] = v;
     sq[row] = sqrt(v);
+    if (scale_exp) scale_exp[row] = gemm_scale_exponent<T>(sum);
+    // Category 0 of row_pass_kernel's failure key (the input variance): key = row.
+    if (input_variance_underflows(v, nonzero)) atomicMin(status, (unsigned long long)row);
   }
 }
 
 // Rows 1..n_ops of the tables from row 0, and Θ(x_i, x_i): the CPU engine's row_pass
-// (cpu_kernels.cpp) one row per thread. Also the CPU engine's check_row_stats (engine.cpp): the
-// first failure in (op, row) order, NTK diagonal last, is kept as key = category * n + row by an
-// atomicMin (category k = 1..n_ops: q entering op k, i.e. after op k - 1; 0: the input variance
-// when there are no ops; n_ops + 1: the NTK diagonal).
+// (cpu_kernels.cpp) one row per thread, through the same row_step. Also the CPU engine's
+// check_row_stats (engine.cpp), the same check_row_variance: the first failure in (op, row)
+// order, NTK diagonal last, is kept as key = category * n + row by an atomicMin (category
+// k = 0..n_ops: q entering op k, i.e. after op k - 1, 0 being the input variance; n_ops + 1: the
+// NTK diagonal). With a rescale table (int32, the layout of q), homogeneous ops take rows of any
+// normal variance, exactly, as on the CPU (row_step.hpp); without one they keep [2^-500, 2^500].
 template <bool WithNtk>
 __global__ void __launch_bounds__(kRowPassThreads)
     row_pass_kernel(const LayerOp* __restrict__ ops, int32_t n_ops, const double* __restrict__ pool,
                     double* __restrict__ q, double* __restrict__ sq, int64_t stride,
-                    double* __restrict__ ntk_diag, int64_t n, double storage_max,
-                    double product_safe, unsigned long long* __restrict__ status) {
+                    double* __restrict__ ntk_diag, int32_t* __restrict__ rescale, int64_t n,
+                    double storage_max, unsigned long long* __restrict__ status) {
   const int64_t i = int64_t(blockIdx.x) * kRowPassThreads + threadIdx.x;
   if (i >= n) return;
   const unsigned long long un = (unsigned long long)n, row = (unsigned long long)i;
+  const bool rescaling = rescale != nullptr;
   unsigned long long first = kNoFailure;
-  if (n_ops == 0 && !(q[i] <= storage_max)) first = row;
+  if (check_row_variance(q[i], n_ops > 0 ? &ops[0] : nullptr, storage_max, rescaling) != kRowInRange)
+    first = row;
   double t = 0.0;
   for (int k = 0; k < n_ops; ++k) {
-    const double qk = q[k * stride + i];
-    const double sqk = sq[k * stride + i];
-    const PairStats<double> ps{qk, qk, sqk, sqk};
-    double c = qk;
-    apply_op<WithNtk>(ops[k], pool, ps, c, t);
-    // A variance is >= 0; rounding may leave -0 or a tiny negative, which would flip signs later.
-    const double variance = nt_max(c, 0.0);
-    q[(k + 1) * stride + i] = variance;
-    sq[(k + 1) * stride + i] = nt_sqrt(variance);
-    // Entering an op, a variance must leave room for products of two of them (layer_math.hpp).
-    const double limit = k + 1 == n_ops ? storage_max : product_safe;
-    if (first == kNoFailure && !(fabs(variance) <= limit))
+    const LayerOp& op = ops[k];
+    const double qk = q[k * stride + i], sqk = sq[k * stride + i];
+    const int32_t e = rescaling && homogeneous_degree(op) >= 0 ? rescale_exponent(qk) : 0;
+    if (rescaling) rescale[k * stride + i] = e;
+    double q_next, sq_next;
+    if (e != 0)
+      row_step_rescaled<WithNtk>(op, pool, qk, sqk, e, t, q_next, sq_next);
+    else
+      row_step<WithNtk>(op, pool, qk, sqk, t, q_next, sq_next);
+    q[(k + 1) * stride + i] = q_next;
+    sq[(k + 1) * stride + i] = sq_next;
+    const LayerOp* next_op = k + 1 < n_ops ? &ops[k + 1] : nullptr;
+    if (first == kNoFailure &&
+        check_row_variance(q_next, next_op, storage_max, rescaling) != kRowInRange)
       first = (unsigned long long)(k + 1) * un + row;
   }
   if (WithNtk) {
     ntk_diag[i] = t;
-    if (first == kNoFailure && !(fabs(t) <= storage_max))
+    if (first == kNoFailure && check_ntk_diagonal(t, storage_max) != kRowInRange)
       first = (unsigned long long)(n_ops + 1) * un + row;
   }
   if (first != kNoFailure) atomicMin(status, first);
@@ -147,6 +167,10 @@ struct TileParams {
   int64_t ld_nngp, ld_nngp_mirror, ld_ntk, ld_ntk_mirror;
   const double* diag_nngp;
   const double* diag_ntk;
+  const int32_t* scale_exp1;  // null: the GEMM saw unscaled rows
+  const int32_t* scale_exp2;
+  const int32_t* rescale1;    // per op and row (row_pass_kernel); null: no row rescaled
+  const int32_t* rescale2;
   bool diagonal;
 };
 
@@ -154,13 +178,19 @@ struct TileParams {
 template <bool WithNtk, class T>
 __device__ __forceinline__ void tile_entry(const TileParams<T>& a, int64_t i, int64_t j, double& c,
                                            double& t) {
-  c = double(a.gram[i * a.ld_gram + j]) * a.inv_d;
+  c = double(a.gram[i * a.ld_gram + j]);
+  if (a.scale_exp1) c = ldexp(c, a.scale_exp1[i] + a.scale_exp2[j]);  // exact: see gemm_scale_exponent
+  c = c * a.inv_d;
   c = snap_input_correlation(c, pair_scale(a.q1[i], a.q2[j], a.sq1[i], a.sq2[j]), a.snap_tol);
   t = 0.0;
   for (int k = 0; k < a.n_ops; ++k) {
     const int64_t o1 = k * a.stride1 + i, o2 = k * a.stride2 + j;
     const PairStats<double> ps{a.q1[o1], a.q2[o2], a.sq1[o1], a.sq2[o2]};
-    apply_op<WithNtk>(a.ops[k], a.pool, ps, c, t);
+    const int32_t e1 = a.rescale1 ? a.rescale1[o1] : 0, e2 = a.rescale2 ? a.rescale2[o2] : 0;
+    if (e1 != 0 || e2 != 0)  // only ever set for homogeneous ops
+      apply_op_rescaled<WithNtk>(a.ops[k], a.pool, ps, e1, e2, c, t);
+    else
+      apply_op<WithNtk>(a.ops[k], a.pool, ps, c, t);
   }
 }
 
@@ -238,12 +268,13 @@ P* as_ptr(uintptr_t address) {
 
 template <class T>
 void launch_row_norms(uintptr_t x, int64_t n, int64_t d, int64_t ld, double inv_d, double* q,
-                      double* sq, cudaStream_t stream) {
+                      double* sq, int32_t* scale_exp, unsigned long long* status,
+                      cudaStream_t stream) {
   const int64_t rows_per_block = kNormThreads / 32;
   const int64_t blocks = (n + rows_per_block - 1) / rows_per_block;
   require(blocks <= INT_MAX, "row_stats: too many rows");
   row_norms_kernel<T><<<unsigned(blocks), kNormThreads, 0, stream>>>(as_ptr<const T>(x), n, d, ld,
-                                                                      inv_d, q, sq);
+                                                                      inv_d, q, sq, scale_exp, status);
   NTKFAST_CUDA_CHECK_LAUNCH("row_norms_kernel");
 }
 
@@ -275,6 +306,10 @@ void launch_tile(const TileArgs& a, cudaStream_t stream) {
   p.ld_ntk_mirror = a.ld_ntk_mirror;
   p.diag_nngp = as_ptr<const double>(a.diag_nngp);
   p.diag_ntk = as_ptr<const double>(a.diag_ntk);
+  p.scale_exp1 = as_ptr<const int32_t>(a.scale_exp1);
+  p.scale_exp2 = as_ptr<const int32_t>(a.scale_exp2);
+  p.rescale1 = as_ptr<const int32_t>(a.rescale1);
+  p.rescale2 = as_ptr<const int32_t>(a.rescale2);
   p.diagonal = a.diagonal;
   const dim3 grid(unsigned((a.cols + kTileDim - 1) / kTileDim), unsigned((a.rows + kTileDim - 1) / kTileDim));
   const dim3 block(kTileDim, kBlockRows);
@@ -311,28 +346,28 @@ void row_stats(Dtype dtype, uintptr_t x, int64_t n, int64_t d, int64_t ld_x, con
   double* q = as_ptr<double>(tables.q);
   double* sq = as_ptr<double>(tables.sq);
   double* ntk_diag = as_ptr<double>(tables.ntk_diag);
+  int32_t* rescale = as_ptr<int32_t>(tables.rescale);
   auto* first = as_ptr<unsigned long long>(status);
   NTKFAST_CUDA_CHECK(cudaMemsetAsync(first, 0xFF, sizeof(unsigned long long), s));
 
   const double inv_d = d > 0 ? 1.0 / double(d) : 0.0;  // as the CPU engine
   if (dtype == Dtype::kFloat32)
-    launch_row_norms<float>(x, n, d, ld_x, inv_d, q, sq, s);
+    launch_row_norms<float>(x, n, d, ld_x, inv_d, q, sq, as_ptr<int32_t>(tables.scale_exp), first, s);
   else
-    launch_row_norms<double>(x, n, d, ld_x, inv_d, q, sq, s);
+    launch_row_norms<double>(x, n, d, ld_x, inv_d, q, sq, as_ptr<int32_t>(tables.scale_exp), first, s);
 
   const double storage_max = dtype == Dtype::kFloat32 ? double(FLT_MAX) : DBL_MAX;
-  const double product_safe = std::ldexp(1.0, 500);
   const int64_t blocks = (n + kRowPassThreads - 1) / kRowPassThreads;
   require(blocks <= INT_MAX, "row_stats: too many rows");
   const LayerOp* ops = as_ptr<const LayerOp>(prog.ops);
   const double* pool = as_ptr<const double>(prog.pool);
   if (ntk_diag) {
     row_pass_kernel<true><<<unsigned(blocks), kRowPassThreads, 0, s>>>(
-        ops, prog.n_ops, pool, q, sq, tables.stride, ntk_diag, n, storage_max, product_safe, first);
+        ops, prog.n_ops, pool, q, sq, tables.stride, ntk_diag, rescale, n, storage_max, first);
     NTKFAST_CUDA_CHECK_LAUNCH("row_pass_kernel<true>");
   } else {
     row_pass_kernel<false><<<unsigned(blocks), kRowPassThreads, 0, s>>>(
-        ops, prog.n_ops, pool, q, sq, tables.stride, nullptr, n, storage_max, product_safe, first);
+        ops, prog.n_ops, pool, q, sq, tables.stride, nullptr, rescale, n, storage_max, first);
     NTKFAST_CUDA_CHECK_LAUNCH("row_pass_kernel<false>");
   }
 
@@ -349,7 +384,8 @@ void row_stats(Dtype dtype, uintptr_t x, int64_t n, int64_t d, int64_t ld_x, con
   NTKFAST_CUDA_CHECK(cudaMemcpyAsync(&value, where, sizeof value, cudaMemcpyDeviceToHost, s));
   NTKFAST_CUDA_CHECK(cudaStreamSynchronize(s));
   const int op = is_ntk ? prog.n_ops - 1 : int(category) - 1;
-  throw NonFiniteKernel(point_set, row, op, value, is_ntk);
+  // The only finite values this small that fail are underflows (row_step.hpp).
+  throw NonFiniteKernel(point_set, row, op, value, is_ntk, !is_ntk && is_underflow_value(value));
 }
 
 void gram_tile(Dtype dtype, const TileArgs& a, int device, uintptr_t stream) {
@@ -358,6 +394,7 @@ void gram_tile(Dtype dtype, const TileArgs& a, int device, uintptr_t stream) {
   require(a.rows <= max_tile_rows(), "gram_tile: tile has too many rows");
   require(a.gram != 0 && a.q1 != 0 && a.sq1 != 0 && a.q2 != 0 && a.sq2 != 0, "gram_tile: null input");
   require(a.ld_gram >= a.cols, "gram_tile: ld_gram < cols");
+  require((a.scale_exp1 == 0) == (a.scale_exp2 == 0), "gram_tile: give both scale tables or neither");
   require(a.stride1 > 0 && a.stride2 > 0, "gram_tile: table strides must be positive");
   require(a.prog.n_ops >= 0 && (a.prog.n_ops == 0 || a.prog.ops != 0), "gram_tile: no program");
   require(a.nngp == 0 || a.ld_nngp >= a.cols, "gram_tile: ld_nngp < cols");

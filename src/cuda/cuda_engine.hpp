@@ -50,12 +50,21 @@ struct DeviceRowTables {
   uintptr_t sq = 0;
   int64_t stride = 0;
   uintptr_t ntk_diag = 0;
+  // Optional int32[n] (0: not wanted): row_step.hpp's gemm_scale_exponent of each row, 0 for rows
+  // inside the GEMM's safe range. Where any is nonzero, GEMM x_i·2^-e_i and pass these to gram_tile.
+  uintptr_t scale_exp = 0;
+  // Optional int32[(n_ops + 1) * stride] (0: not given), the layout of q: filled with row_step.hpp's
+  // rescale exponents. Given, homogeneous ops (ReLU & co.) take any normal variance exactly, as in
+  // the CPU engine; not given, variances entering them must lie in [2^-500, 2^500] or raise.
+  // Pass it to gram_tile (rescale1/rescale2) for every tile of this point set.
+  uintptr_t rescale = 0;
 };
 
 // Fills the tables for rows x[i * ld_x + 0 .. d) (dtype float32/float64): the layer-0 variance
-// ||x_i||² / d summed in double, then every op on (q, q, c = q) with the variance clamped at >= 0.
-// status: one uint64 of device scratch. Synchronizes `stream`, then throws NonFiniteKernel for the
-// first non-finite entry in the CPU engine's order (op-major, then row; NTK diagonal last).
+// ||x_i||² / d summed in double, then row_step.hpp's row_step for every op (the CPU engine's).
+// status: one uint64 of device scratch. Synchronizes `stream`, then throws NonFiniteKernel (with
+// `underflow` set for a too-small nonzero variance) for the first row outside row_step.hpp's range
+// policy in the CPU engine's order (op-major from the input variance, then row; NTK diagonal last).
 void row_stats(Dtype dtype, uintptr_t x, int64_t n, int64_t d, int64_t ld_x, const DeviceProgram& prog,
                const DeviceRowTables& tables, uintptr_t status, int point_set, int device,
                uintptr_t stream);
@@ -81,6 +90,12 @@ struct TileArgs {
   int64_t ld_nngp = 0, ld_nngp_mirror = 0, ld_ntk = 0, ld_ntk_mirror = 0;
   bool diagonal = false;
   uintptr_t diag_nngp = 0, diag_ntk = 0;  // offset to the tile's first row
+  // Optional (both or neither) int32 scale exponents (DeviceRowTables::scale_exp) offset to the
+  // tile's first row / column: gram then holds (x_i 2^-e1[i]) · (x'_j 2^-e2[j]).
+  uintptr_t scale_exp1 = 0, scale_exp2 = 0;
+  // Optional rescale tables (DeviceRowTables::rescale, either may be 0) offset to the tile's first
+  // row / column, with the strides stride1 / stride2.
+  uintptr_t rescale1 = 0, rescale2 = 0;
 };
 void gram_tile(Dtype dtype, const TileArgs& args, int device, uintptr_t stream);
 

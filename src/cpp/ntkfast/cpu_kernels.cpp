@@ -1,8 +1,9 @@
 // cpu_kernels.cpp -- the tile epilogue and the per-row recursion on the CPU, compiled once per
 // instruction set (NTKFAST_ISA_NAMESPACE = generic | avx2 | avx512, see CMakeLists.txt).
 //
-// Math: layer_math.hpp, applied to vdouble lanes (simd.hpp). Everything is computed in double,
-// also for float32 storage: the float32 result is rounded once, at the end.
+// Math: layer_math.hpp (and row_step.hpp for the per-row recursion), applied to vdouble lanes
+// (simd.hpp). Everything is computed in double, also for float32 storage: the float32 result is
+// rounded once, at the end.
 // Layout: a tile row is processed in chunks of kChunk entries; each op runs over the whole chunk
 // before the next op starts, so the lanes of a chunk are independent work for the out-of-order
 // core (one entry alone is a ~100-cycle dependency chain per layer) and the chunk stays in L1.
@@ -13,7 +14,8 @@
 #include <cstring>
 
 #include "simd.hpp"
-#include "layer_math.hpp"
+#include "ntkfast/layer_math.hpp"
+#include "ntkfast/row_step.hpp"
 #include "cpu_kernels.hpp"
 
 #ifndef NTKFAST_KERNEL_TABLE
@@ -37,12 +39,40 @@ inline vdouble load(const double* p) {
 }
 inline void store(double* p, vdouble v) { std::memcpy(p, &v, sizeof v); }
 
+// Entries of a chunk with a rescaled row (row_step.hpp) are recomputed by apply_op_rescaled from
+// the op's input (c_in, t_in, saved before the vector pass): rare, so scalar, and the vector pass
+// stays as fast as it was.
+template <bool WithNtk>
+void rescue_rescaled(const LayerOp& op, const double* pool, const RowTables& rows1, int64_t i,
+                     const RowTables& rows2, int64_t j0, int k, const double* c_in,
+                     const double* t_in, double* c, double* t) {
+  const int64_t o1 = k * rows1.stride + i;
+  const int32_t e1 = rows1.rescale ? rows1.rescale[o1] : 0;
+  for (int j = 0; j < kChunk; ++j) {
+    const int64_t o2 = k * rows2.stride + j0 + j;
+    const int32_t e2 = rows2.rescale ? rows2.rescale[o2] : 0;
+    if (e1 == 0 && e2 == 0) continue;
+    const PairStats<double> ps{rows1.q[o1], rows2.q[o2], rows1.sq[o1], rows2.sq[o2]};
+    double cj = c_in[j], tj = WithNtk ? t_in[j] : 0.0;
+    apply_op_rescaled<WithNtk>(op, pool, ps, e1, e2, cj, tj);
+    c[j] = cj;
+    if (WithNtk) t[j] = tj;
+  }
+}
+
 // Runs the whole program on one chunk: row i of rows1 against entries [j0, j0 + kChunk) of rows2.
 template <bool WithNtk>
 void run_program_chunk(ProgramView prog, const RowTables& rows1, int64_t i, const RowTables& rows2,
                        int64_t j0, double* c, double* t) {
+  const bool any_rescaled = rows1.rescale || rows2.rescale;
   for (int k = 0; k < prog.n_ops; ++k) {
     const LayerOp& op = prog.ops[k];
+    alignas(64) double c_in[kChunk], t_in[kChunk];
+    const bool rescue = any_rescaled && homogeneous_degree(op) >= 0;
+    if (rescue) {
+      std::memcpy(c_in, c, sizeof c_in);
+      if (WithNtk) std::memcpy(t_in, t, sizeof t_in);
+    }
     const vdouble q1 = splat<vdouble>(rows1.q[k * rows1.stride + i]);
     const vdouble sq1 = splat<vdouble>(rows1.sq[k * rows1.stride + i]);
     const double* q2 = rows2.q + k * rows2.stride + j0;
@@ -59,7 +89,7 @@ void run_program_chunk(ProgramView prog, const RowTables& rows1, int64_t i, cons
     if (WithNtk) store(t + v * kLanes, tv);                                        \
   }                                                                                \
   break;
-    switch (op.kind) {
+    switch (static_cast<OpKind>(op.kind)) {  // no default: a forgotten op does not compile
       case kDense: NTKFAST_CHUNK_LOOP(op_dense<WithNtk>(op, cv, tv))
       case kIdentity: break;
       case kABRelu: {
@@ -92,36 +122,48 @@ void run_program_chunk(ProgramView prog, const RowTables& rows1, int64_t i, cons
       case kRectifiedMonomial: NTKFAST_CHUNK_LOOP(op_rectified_monomial<WithNtk>(op, ps, cv, tv))
       case kPolynomial: NTKFAST_CHUNK_LOOP(op_polynomial<WithNtk>(op, prog.pool, ps, cv, tv))
       case kHermite: NTKFAST_CHUNK_LOOP(op_hermite<WithNtk>(op, cv, tv))
-      default: break;
     }
 #undef NTKFAST_CHUNK_LOOP
+    if (rescue) rescue_rescaled<WithNtk>(op, prog.pool, rows1, i, rows2, j0, k, c_in, t_in, c, t);
   }
 }
 
 template <bool WithNtk>
-void row_pass_impl(ProgramView prog, int64_t n, RowTables tab, double* ntk_diag) {
+bool row_pass_impl(ProgramView prog, int64_t n, RowTables tab, double* ntk_diag) {
+  bool any_rescaled = false;
   for (int64_t i0 = 0; i0 < n; i0 += kLanes) {
     vdouble t{};
     for (int k = 0; k < prog.n_ops; ++k) {
-      const vdouble q = load(tab.q + k * tab.stride + i0);
-      const vdouble sq = load(tab.sq + k * tab.stride + i0);
-      const PairStats<vdouble> ps{q, q, sq, sq};
-      vdouble c = q;
-      apply_op<WithNtk>(prog.ops[k], prog.pool, ps, c, t);
-      // A variance is >= 0; rounding may leave -0 or a tiny negative, which would flip signs later.
-      const vdouble variance = nt_max(c, splat<vdouble>(0.0));
-      store(tab.q + (k + 1) * tab.stride + i0, variance);
-      store(tab.sq + (k + 1) * tab.stride + i0, nt_sqrt(variance));
+      const LayerOp& op = prog.ops[k];
+      const vdouble q = load(tab.q + k * tab.stride + i0), sq = load(tab.sq + k * tab.stride + i0);
+      vdouble q_next, sq_next;
+      const vdouble t_in = t;
+      row_step<WithNtk>(op, prog.pool, q, sq, t, q_next, sq_next);
+      if (homogeneous_degree(op) >= 0) {
+        // Lanes whose variance is out of range: again, exactly, at a rescaled variance.
+        for (int l = 0; l < kLanes; ++l) {
+          const int32_t e = rescale_exponent(q[l]);
+          if (e == 0) continue;
+          any_rescaled = true;
+          tab.rescale[k * tab.stride + i0 + l] = e;
+          double tl = t_in[l], ql, sql;
+          row_step_rescaled<WithNtk>(op, prog.pool, q[l], sq[l], e, tl, ql, sql);
+          q_next[l] = ql;
+          sq_next[l] = sql;
+          t[l] = tl;
+        }
+      }
+      store(tab.q + (k + 1) * tab.stride + i0, q_next);
+      store(tab.sq + (k + 1) * tab.stride + i0, sq_next);
     }
     if (WithNtk) store(ntk_diag + i0, t);
   }
+  return any_rescaled;
 }
 
-void row_pass(ProgramView prog, int64_t n, RowTables tab, double* ntk_diag) {
-  if (ntk_diag)
-    row_pass_impl<true>(prog, n, tab, ntk_diag);
-  else
-    row_pass_impl<false>(prog, n, tab, nullptr);
+bool row_pass(ProgramView prog, int64_t n, RowTables tab, double* ntk_diag) {
+  if (ntk_diag) return row_pass_impl<true>(prog, n, tab, ntk_diag);
+  return row_pass_impl<false>(prog, n, tab, nullptr);
 }
 
 template <class T, bool WithNtk>
@@ -135,7 +177,14 @@ void tile_impl(const TileArgs<T>& a) {
     for (int64_t j0 = j_begin; j0 < a.cols; j0 += kChunk) {
       const int64_t m = a.cols - j0 < kChunk ? a.cols - j0 : kChunk;
       const T* g = a.gram + i * a.ld_gram + j0;
-      for (int j = 0; j < kChunk; ++j) c[j] = j < m ? double(g[j]) * a.inv_d : 0.0;
+      if (a.scale_exp1) {  // rows GEMMed as x·2^-k (engine.cpp): undo it exactly
+        const int e1 = a.scale_exp1[i];
+        const int32_t* e2 = a.scale_exp2 + j0;
+        for (int j = 0; j < kChunk; ++j)
+          c[j] = j < m ? __builtin_ldexp(double(g[j]), e1 + e2[j]) * a.inv_d : 0.0;
+      } else {
+        for (int j = 0; j < kChunk; ++j) c[j] = j < m ? double(g[j]) * a.inv_d : 0.0;
+      }
       for (int v = 0; v < kVecs; ++v) {
         const vdouble s = pair_scale(q1, load(a.rows2.q + j0 + v * kLanes), sq1,
                                      load(a.rows2.sq + j0 + v * kLanes));

@@ -4,7 +4,7 @@
 
 #include <cstdint>
 
-#include "program.hpp"
+#include "ntkfast/program.hpp"
 
 namespace ntkfast {
 
@@ -15,6 +15,9 @@ struct RowTables {
   double* q;
   double* sq;
   int64_t stride;
+  // rescale[k * stride + i]: row_step.hpp's rescale_exponent of row i entering op k where op k is
+  // homogeneous, else 0. Null in a tile: no row of this point set needs rescaling (the fast path).
+  int32_t* rescale = nullptr;
 };
 
 constexpr int64_t kRowPad = 64;
@@ -35,14 +38,19 @@ struct TileArgs {
   T* ntk;                 // may be null
   int64_t ld_ntk;
   bool strictly_upper;    // a diagonal tile of a symmetric Gram: only j > i is computed
+  // When set, gram holds (x_i 2^-e1[i]) · (x'_j 2^-e2[j]) (engine.cpp, rows outside the GEMM's
+  // safe range): entry (i, j) is multiplied back by 2^(e1[i] + e2[j]). Offset like rows1/rows2.
+  const int32_t* scale_exp1 = nullptr;
+  const int32_t* scale_exp2 = nullptr;
 };
 
 struct CpuKernels {
   const char* name;
   int lanes;
-  // Fills rows k = 1..n_ops of the tables from row 0, for n rows (a multiple of kRowPad);
-  // ntk_diag (may be null) receives Θ(x_i, x_i).
-  void (*row_pass)(ProgramView prog, int64_t n, RowTables tables, double* ntk_diag);
+  // Fills rows k = 1..n_ops of the tables from row 0, for n rows (a multiple of kRowPad), and the
+  // rescale table (which must be there, zeroed); ntk_diag (may be null) receives Θ(x_i, x_i).
+  // Returns whether any row was rescaled.
+  bool (*row_pass)(ProgramView prog, int64_t n, RowTables tables, double* ntk_diag);
   void (*tile_f64)(const TileArgs<double>& args);
   void (*tile_f32)(const TileArgs<float>& args);
 };

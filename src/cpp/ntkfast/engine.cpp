@@ -5,8 +5,12 @@
 // ISA kernel turns it into NNGP/NTK values written straight into the output. For a symmetric
 // Gram only tiles with J >= I are computed; each is mirrored, so the result is exactly symmetric,
 // and the diagonal is copied from the per-row recursion (= compute_diagonal, bit for bit).
-// Threads: OpenMP over tiles (dynamic schedule). The first exception thrown in a tile stops the
-// others and is rethrown after the parallel region; thread 0 polls the caller between tiles.
+// Threads: OpenMP over tiles (dynamic schedule). Nothing thrown may leave a parallel region (that
+// would terminate the process): the first exception, the per-thread buffers' bad_alloc included,
+// stops the others and is rethrown after it. Thread 0 polls the caller between tiles, holding
+// store_lock exclusively, so the callback never runs while a worker writes into the outputs.
+// Ranges: the per-row variances pass the shared policy of row_step.hpp; rows whose norm is outside
+// the GEMM type's safe range are GEMMed as exactly rescaled copies (gemm_scale_exponent).
 #include "engine.hpp"
 
 #include <algorithm>
@@ -19,8 +23,13 @@
 #include <cstring>
 #include <limits>
 #include <mutex>
+#include <shared_mutex>
 #include <sstream>
 #include <type_traits>
+
+#include <pthread.h>
+
+#include "ntkfast/row_step.hpp"
 
 #if defined(_OPENMP)
 #include <omp.h>
@@ -168,6 +177,25 @@ int max_threads() {
 #endif
 }
 
+namespace {
+
+std::atomic<bool> g_started_threads{false};
+std::atomic<bool> g_forked_child{false};
+
+// Only a child of a process whose OpenMP pool exists needs the single-threaded fallback.
+void mark_forked_child() {
+  if (g_started_threads.load()) g_forked_child.store(true);
+}
+
+const int g_fork_handler = pthread_atfork(nullptr, nullptr, &mark_forked_child);
+
+}  // namespace
+
+bool in_forked_child() {
+  (void)g_fork_handler;
+  return g_forked_child.load();
+}
+
 int64_t default_tile(int64_t n_features) {
   // 384: the tile GEMM runs nearer the BLAS's large-matrix rate than at 256 (N = 8000,
   // d = 784, 2 cores: depth 3 float64 1.28 s vs 1.40 s, best of 5), while a tile's two
@@ -190,34 +218,48 @@ double snap_tolerance(int64_t n_features) {
 
 namespace {
 
-int resolve_threads(int requested) { return requested > 0 ? requested : max_threads(); }
+int resolve_threads(int requested) {
+  if (requested > kMaxThreads)
+    throw std::invalid_argument("num_threads must be at most " + std::to_string(kMaxThreads) +
+                                ", got " + std::to_string(requested));
+  if (in_forked_child()) return 1;
+  const int threads = requested > 0 ? requested : max_threads();
+  if (threads > 1) g_started_threads.store(true);
+  return threads;
+}
 
 struct RowStats {
   int64_t n = 0, stride = 0;
   std::vector<double> q, sq, ntk_diag;
+  std::vector<int32_t> scale_exp;  // per row, for the GEMM (gemm_scale_exponent); empty: all 0
+  std::vector<int32_t> rescale;    // per op and row (RowTables::rescale)
+  bool any_rescaled = false;       // else the tiles get no rescale table: the fast path
+  std::vector<uint8_t> input_underflow;  // per row (input_variance_underflows); empty: none
   RowTables tables(int64_t first_row = 0) {
-    return {q.data() + first_row, sq.data() + first_row, stride};
+    return {q.data() + first_row, sq.data() + first_row, stride,
+            any_rescaled ? rescale.data() + first_row : nullptr};
   }
 };
 
-// Every tabulated variance must be finite, and the outputs must fit the storage type T.
+// The range policy of row_step.hpp on every tabulated variance, the input one (k = 0) included,
+// in (op, row) order with the NTK diagonal last (the CUDA engine reports in the same order).
 template <class T>
 void check_row_stats(const ProgramView& prog, const RowStats& st, int point_set) {
   const double storage_max = double(std::numeric_limits<T>::max());
-  // Entering an op, a variance must leave room for products of two of them (layer_math.hpp).
-  const double product_safe = std::ldexp(1.0, 500);
-  for (int k = 1; k <= prog.n_ops; ++k) {
-    const double limit = k == prog.n_ops ? storage_max : product_safe;
+  for (int k = 0; k <= prog.n_ops; ++k) {
+    const LayerOp* next_op = k < prog.n_ops ? &prog.ops[k] : nullptr;
     const double* q = st.q.data() + size_t(k) * size_t(st.stride);
-    for (int64_t i = 0; i < st.n; ++i)
-      if (!(std::fabs(q[i]) <= limit)) throw NonFiniteKernel(point_set, i, k - 1, q[i], false);
+    for (int64_t i = 0; i < st.n; ++i) {
+      if (k == 0 && !st.input_underflow.empty() && st.input_underflow[size_t(i)])
+        throw NonFiniteKernel(point_set, i, -1, q[i], false, /*underflow=*/true);
+      const RowRange range = check_row_variance(q[i], next_op, storage_max, /*rescaling=*/true);
+      if (range != kRowInRange)
+        throw NonFiniteKernel(point_set, i, k - 1, q[i], false, range == kRowUnderflow);
+    }
   }
-  if (prog.n_ops == 0)
-    for (int64_t i = 0; i < st.n; ++i)
-      if (!(st.q[size_t(i)] <= storage_max)) throw NonFiniteKernel(point_set, i, -1, st.q[size_t(i)], false);
   if (!st.ntk_diag.empty())
     for (int64_t i = 0; i < st.n; ++i)
-      if (!(std::fabs(st.ntk_diag[size_t(i)]) <= storage_max))
+      if (check_ntk_diagonal(st.ntk_diag[size_t(i)], storage_max) != kRowInRange)
         throw NonFiniteKernel(point_set, i, prog.n_ops - 1, st.ntk_diag[size_t(i)], true);
 }
 
@@ -230,6 +272,7 @@ RowStats row_stats(const ProgramView& prog, const T* x, int64_t n, int64_t d, bo
   const size_t size = size_t(prog.n_ops + 1) * size_t(st.stride);
   st.q.assign(size, 1.0);  // padding rows: unit variance, harmless
   st.sq.assign(size, 1.0);
+  st.rescale.assign(size, 0);
   if (with_ntk) st.ntk_diag.assign(size_t(st.stride), 0.0);
   const double inv_d = d > 0 ? 1.0 / double(d) : 0.0;
   const CpuKernels& kernels = cpu_kernels();
@@ -238,7 +281,11 @@ RowStats row_stats(const ProgramView& prog, const T* x, int64_t n, int64_t d, bo
   double* sq = st.sq.data();
   double* ntk_diag = with_ntk ? st.ntk_diag.data() : nullptr;
   const int64_t stride = st.stride;
-#pragma omp parallel for schedule(static) num_threads(threads) if (blocks > 1)
+  std::vector<int32_t> scale_exp(size_t(n), 0);
+  std::atomic<bool> any_scaled{false}, any_rescaled{false}, any_input_underflow{false};
+  std::vector<uint8_t> input_underflow(size_t(n), 0);
+  int32_t* rescale = st.rescale.data();
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1 && blocks > 1)
   for (int64_t b = 0; b < blocks; ++b) {
     const int64_t i0 = b * kRowPad, i1 = std::min(n, i0 + kRowPad);
     for (int64_t i = i0; i < i1; ++i) {
@@ -247,12 +294,40 @@ RowStats row_stats(const ProgramView& prog, const T* x, int64_t n, int64_t d, bo
       for (int64_t k = 0; k < d; ++k) sum += double(row[k]) * double(row[k]);
       q[i] = sum * inv_d;
       sq[i] = std::sqrt(q[i]);
+      if (q[i] < kDoubleMinNormal) {  // rare: is the row really (near) zero?
+        bool nonzero = false;
+        for (int64_t k = 0; k < d; ++k) nonzero = nonzero || row[k] != T(0);
+        if (input_variance_underflows(q[i], nonzero)) {
+          input_underflow[size_t(i)] = 1;
+          any_input_underflow.store(true, std::memory_order_relaxed);
+        }
+      }
+      scale_exp[size_t(i)] = gemm_scale_exponent<T>(sum);
+      if (scale_exp[size_t(i)] != 0) any_scaled.store(true, std::memory_order_relaxed);
     }
-    kernels.row_pass(prog, kRowPad, RowTables{q + i0, sq + i0, stride},
-                     ntk_diag ? ntk_diag + i0 : nullptr);
+    if (kernels.row_pass(prog, kRowPad, RowTables{q + i0, sq + i0, stride, rescale + i0},
+                         ntk_diag ? ntk_diag + i0 : nullptr))
+      any_rescaled.store(true, std::memory_order_relaxed);
   }
+  if (any_input_underflow.load()) st.input_underflow = std::move(input_underflow);
   check_row_stats<T>(prog, st, point_set);
+  if (any_scaled.load()) st.scale_exp = std::move(scale_exp);
+  st.any_rescaled = any_rescaled.load();
   return st;
+}
+
+// x_i 2^-e_i for every row. Exact: a power of two only moves the exponent; scaled rows end up with
+// norm ~1, so nothing overflows, and only entries below the type's smallest normal number times
+// their row's norm (far below the dot product's rounding) can lose bits.
+template <class T>
+std::vector<T> scaled_rows(const T* x, int64_t n, int64_t d, const std::vector<int32_t>& exps,
+                           int threads) {
+  std::vector<T> out(size_t(n) * size_t(d));
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1 && n > 256)
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t k = 0; k < d; ++k)
+      out[size_t(i * d + k)] = std::ldexp(x[i * d + k], -exps[size_t(i)]);
+  return out;
 }
 
 // Copies of finished tiles into the output. Outputs larger than the caches are written with
@@ -390,7 +465,21 @@ void compute_gram(const Program& prog, const T* x1, int64_t n1, const T* x2, int
   RowStats& stats2 = symmetric ? stats1 : stats2_own;
   const T* xb = symmetric ? x1 : x2;
 
-  const int64_t tile = options.tile > 0 ? options.tile : default_tile(n_features);
+  // The GEMM sees rescaled copies of the point sets that have rows outside its safe range.
+  std::vector<T> x1_scaled, x2_scaled;
+  const bool scaled = !stats1.scale_exp.empty() || !stats2.scale_exp.empty();
+  if (scaled) {
+    if (stats1.scale_exp.empty()) stats1.scale_exp.assign(size_t(n1), 0);
+    if (stats2.scale_exp.empty()) stats2.scale_exp.assign(size_t(n2), 0);
+    x1_scaled = scaled_rows(x1, n1, n_features, stats1.scale_exp, threads);
+    if (!symmetric) x2_scaled = scaled_rows(x2, n2, n_features, stats2.scale_exp, threads);
+  }
+  const T* gemm_a = scaled ? x1_scaled.data() : x1;
+  const T* gemm_b = scaled ? (symmetric ? x1_scaled.data() : x2_scaled.data()) : xb;
+
+  // A tile larger than the problem would only allocate: clamp it (the same tiles, same results).
+  const int64_t tile_needed = (std::max(n1, n2) + 15) / 16 * 16;
+  const int64_t tile = std::min(options.tile > 0 ? options.tile : default_tile(n_features), tile_needed);
   const int64_t tiles1 = (n1 + tile - 1) / tile, tiles2 = (n2 + tile - 1) / tile;
   std::vector<TileIndex> work;
   work.reserve(size_t(symmetric ? tiles1 * (tiles1 + 1) / 2 : tiles1 * tiles2));
@@ -408,16 +497,35 @@ void compute_gram(const Program& prog, const T* x1, int64_t n1, const T* x2, int
   bool cancelled = false;
   auto last_poll = std::chrono::steady_clock::now();
 
-  const bool nontemporal = double(n1) * double(n2) * sizeof(T) * ((nngp ? 1 : 0) + (ntk ? 1 : 0)) >=
-                           double(kStreamingThreshold);
+  // Streaming stores need element-aligned destinations (a misaligned out=, e.g. np.memmap with an
+  // odd offset, gets plain copies).
+  const bool aligned = reinterpret_cast<uintptr_t>(nngp) % alignof(T) == 0 &&
+                       reinterpret_cast<uintptr_t>(ntk) % alignof(T) == 0;
+  const bool nontemporal = aligned &&
+                           double(n1) * double(n2) * sizeof(T) * ((nngp ? 1 : 0) + (ntk ? 1 : 0)) >=
+                               double(kStreamingThreshold);
+  // Workers store finished tiles under a shared lock; the poll takes it exclusively.
+  std::shared_mutex store_lock;
   const double* q_final = stats1.q.data() + size_t(pv.n_ops) * size_t(stats1.stride);
 
-#pragma omp parallel num_threads(threads)
+  auto record_error = [&]() {
+    std::lock_guard<std::mutex> lock(error_mutex);
+    if (!error) error = std::current_exception();
+    stop.store(true);
+  };
+
+#pragma omp parallel num_threads(threads) if (threads > 1)
   {
     // Per thread: the tile's input Gram, its finished NNGP/NTK, and a transpose scratch.
-    std::vector<T> gram(size_t(tile * tile));
-    std::vector<T> nngp_tile(nngp ? size_t(tile * tile) : 0), ntk_tile(ntk ? size_t(tile * tile) : 0);
-    std::vector<T> scratch(size_t(8 * tile));
+    std::vector<T> gram, nngp_tile, ntk_tile, scratch;
+    try {
+      gram.resize(size_t(tile * tile));
+      if (nngp) nngp_tile.resize(size_t(tile * tile));
+      if (ntk) ntk_tile.resize(size_t(tile * tile));
+      scratch.resize(size_t(8 * tile));
+    } catch (...) {
+      record_error();
+    }
 #if defined(_OPENMP)
     const bool poller = omp_get_thread_num() == 0;
 #else
@@ -430,7 +538,7 @@ void compute_gram(const Program& prog, const T* x1, int64_t n1, const T* x2, int
         const int64_t i0 = work[size_t(w)].i * tile, j0 = work[size_t(w)].j * tile;
         const int64_t rows = std::min(tile, n1 - i0), cols = std::min(tile, n2 - j0);
         const bool diagonal_tile = symmetric && i0 == j0;
-        gemm_tile(blas, x1 + i0 * n_features, rows, xb + j0 * n_features, cols, n_features,
+        gemm_tile(blas, gemm_a + i0 * n_features, rows, gemm_b + j0 * n_features, cols, n_features,
                   gram.data());
         TileArgs<T> args{pv,
                          rows,
@@ -445,32 +553,42 @@ void compute_gram(const Program& prog, const T* x1, int64_t n1, const T* x2, int
                          tile,
                          ntk ? ntk_tile.data() : nullptr,
                          tile,
-                         diagonal_tile};
+                         diagonal_tile,
+                         scaled ? stats1.scale_exp.data() + i0 : nullptr,
+                         scaled ? stats2.scale_exp.data() + j0 : nullptr};
         if constexpr (std::is_same<T, double>::value)
           kernels.tile_f64(args);
         else
           kernels.tile_f32(args);
         for (int k = 0; k < 2; ++k) {
-          T* out = k == 0 ? nngp : ntk;
-          if (!out) continue;
           T* finished = (k == 0 ? nngp_tile : ntk_tile).data();
-          const int64_t ld = k == 0 ? ld_nngp : ld_ntk;
-          if (diagonal_tile) {
+          if ((k == 0 ? nngp : ntk) && diagonal_tile) {
             mirror_upper_to_lower(finished, tile, rows);
             for (int64_t i = 0; i < rows; ++i)
               finished[i * tile + i] = T(k == 0 ? q_final[i0 + i] : stats1.ntk_diag[size_t(i0 + i)]);
           }
-          store_tile(finished, tile, rows, cols, out, ld, i0, j0, nontemporal);
-          if (symmetric && !diagonal_tile)
-            store_tile_transposed(finished, tile, rows, cols, out, ld, i0, j0, nontemporal,
-                                  scratch.data());
         }
-        if (nontemporal) store_fence();
+        {
+          std::shared_lock<std::shared_mutex> storing(store_lock);
+          if (stop.load()) continue;  // the poll may have invalidated the outputs
+          for (int k = 0; k < 2; ++k) {
+            T* out = k == 0 ? nngp : ntk;
+            if (!out) continue;
+            const T* finished = (k == 0 ? nngp_tile : ntk_tile).data();
+            const int64_t ld = k == 0 ? ld_nngp : ld_ntk;
+            store_tile(finished, tile, rows, cols, out, ld, i0, j0, nontemporal);
+            if (symmetric && !diagonal_tile)
+              store_tile_transposed(finished, tile, rows, cols, out, ld, i0, j0, nontemporal,
+                                    scratch.data());
+          }
+          if (nontemporal) store_fence();
+        }
         done.fetch_add(1, std::memory_order_relaxed);
         if (poller && options.poll) {
           const auto now = std::chrono::steady_clock::now();
           if (std::chrono::duration<double>(now - last_poll).count() >= options.poll_interval) {
             last_poll = now;
+            std::unique_lock<std::shared_mutex> polling(store_lock);
             if (!options.poll(done.load(), total)) {
               cancelled = true;
               stop.store(true);
@@ -478,9 +596,7 @@ void compute_gram(const Program& prog, const T* x1, int64_t n1, const T* x2, int
           }
         }
       } catch (...) {
-        std::lock_guard<std::mutex> lock(error_mutex);
-        if (!error) error = std::current_exception();
-        stop.store(true);
+        record_error();
       }
     }
   }

@@ -13,8 +13,8 @@
 #include <vector>
 
 #include "cpu_kernels.hpp"
-#include "errors.hpp"
-#include "program.hpp"
+#include "ntkfast/errors.hpp"
+#include "ntkfast/program.hpp"
 
 namespace ntkfast {
 
@@ -44,12 +44,17 @@ struct Blas {
 };
 
 // Called by one thread between tiles, at most every poll_interval seconds (and once at the end);
-// returning false stops the computation, which then throws Cancelled.
+// returning false stops the computation, which then throws Cancelled. No worker stores into the
+// outputs while it runs, and none stores after it returned false, so the callback may invalidate
+// the output buffers as long as it then returns false.
 using PollFn = std::function<bool(int64_t tiles_done, int64_t tiles_total)>;
 
+// Thread counts above this are rejected (std::invalid_argument): each thread owns tile buffers.
+constexpr int kMaxThreads = 4096;
+
 struct GramOptions {
-  int num_threads = 0;       // <= 0: OpenMP's default
-  int64_t tile = 0;          // <= 0: default_tile(n_features)
+  int num_threads = 0;       // <= 0: OpenMP's default; in a forked child always 1
+  int64_t tile = 0;          // <= 0: default_tile(n_features); larger than the problem: clamped
   PollFn poll;               // may be empty
   double poll_interval = 0.1;
 };
@@ -90,5 +95,10 @@ std::string cpu_features();
 
 bool have_openmp();
 int max_threads();
+
+// True in a process forked from one that had started OpenMP threads: libgomp's thread pool does not
+// survive fork(), so the engine then runs on the calling thread only, without entering a parallel
+// region (a multi-threaded one would wait forever for the parent's threads).
+bool in_forked_child();
 
 }  // namespace ntkfast

@@ -1,6 +1,7 @@
 // layer_math.hpp -- the per-entry layer maps of ntkfast, written once for the CPU and the GPU.
 //
-// Math (MATH.md §2-4, neural-tangents' conventions in shared/reference/README.md):
+// Math: the NNGP recursion of Lee et al. 2018 and the NTK recursion of Jacot et al. 2018 /
+// Arora et al. 2019, in neural-tangents' conventions (Novak et al. 2020):
 //   every entry (x, x') of a Gram matrix carries two running numbers through the network:
 //     c = Σ(x, x')   the NNGP cross-covariance,   t = Θ(x, x')   the NTK,
 //   and each layer op maps (c, t) given the per-row variances q1 = Σ(x, x), q2 = Σ(x', x')
@@ -23,8 +24,9 @@
 //   row) and clamped at 0; s = √(q1 q2), where needed, is q1 itself when q1 == q2;
 //   θ comes from atan2(r, c) (accurate at ρ = ±1), with θ = π/2 where q1 q2 = 0 and c = 0
 //   (the limit of a zero-variance pre-activation; neural-tangents' convention);
-//   √(q1 q2) is formed as √q1·√q2; products of two variances must stay below the double range,
-//   which the engine checks on the per-row variances before computing a Gram matrix.
+//   √(q1 q2) is formed as √q1·√q2; products of two variances must stay inside the double range,
+//   which both engines check on the per-row variances before computing a Gram matrix
+//   (row_step.hpp).
 #pragma once
 
 #include <cmath>
@@ -42,6 +44,13 @@
 // linker never merges an AVX-512 copy of a function into code that runs on a plain x86-64 CPU.
 #ifndef NTKFAST_ISA_NAMESPACE
 #define NTKFAST_ISA_NAMESPACE generic
+#endif
+
+// A switch over OpKind that forgets an op must not compile (program.hpp); the flags say so too,
+// this keeps it true for any build that includes the header.
+#if defined(__GNUC__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic error "-Wswitch"
 #endif
 
 namespace ntkfast {
@@ -113,7 +122,7 @@ NTKFAST_HD V atan_unit(V u) {
   return u < 0 ? -a : a;
 }
 
-// The angle θ ∈ [0, π] of (c, r ≥ 0), i.e. atan2(r, c), 0 when both are 0, as
+// The angle θ ∈ [0, π] of (c, r ≥ 0), i.e. atan2(r, c), π/2 when both are 0, as
 // θ = base + sign·atan(w) with |w| <= tan(π/8): one division serves the octant reduction and the
 // tan(π/8) reduction. Split in two so the CPU engine can run the reduction and the polynomial as
 // separate passes (shorter dependency chains); angle() composes them.
@@ -125,7 +134,9 @@ struct AngleParts {
 template <class V>
 NTKFAST_HD AngleParts<V> angle_parts(V r, V c) {
   const V ac = nt_abs(c);
-  const auto swap = r > ac;
+  // >=, not >: at r = c = 0 (a zero-variance pair, q1 q2 = 0) this gives θ = π/2, the uncorrelated
+  // limit (angle_or_half_pi), at no cost; at r = |c| > 0 both octants give π/4 (or 3π/4) exactly.
+  const auto swap = r >= ac;
   const V big = swap ? r : ac;
   const V small = swap ? ac : r;
   const auto hi = small > kTanPi8 * big;
@@ -418,7 +429,7 @@ NTKFAST_HD void op_hermite(const LayerOp& op, V& c, V& t) {
 // and the per-row recursion call it as is.
 template <bool WithNtk, class V>
 NTKFAST_HD void apply_op(const LayerOp& op, const double* pool, const PairStats<V>& ps, V& c, V& t) {
-  switch (op.kind) {
+  switch (static_cast<OpKind>(op.kind)) {
     case kDense: op_dense<WithNtk>(op, c, t); break;
     case kIdentity: break;
     case kABRelu: op_abrelu<WithNtk>(op, ps, c, t); break;
@@ -434,7 +445,6 @@ NTKFAST_HD void apply_op(const LayerOp& op, const double* pool, const PairStats<
     case kRectifiedMonomial: op_rectified_monomial<WithNtk>(op, ps, c, t); break;
     case kPolynomial: op_polynomial<WithNtk>(op, pool, ps, c, t); break;
     case kHermite: op_hermite<WithNtk>(op, c, t); break;
-    default: break;
   }
 }
 
@@ -449,3 +459,7 @@ NTKFAST_HD V snap_input_correlation(V c, V s, double tol) {
 
 }  // namespace NTKFAST_ISA_NAMESPACE
 }  // namespace ntkfast
+
+#if defined(__GNUC__)
+#pragma GCC diagnostic pop
+#endif

@@ -1,0 +1,114 @@
+"""The compute backends behind ``ntkfast.gram`` and ``ntkfast.diagonal``.
+
+A backend receives a checked :class:`~ntkfast._validation.GramRequest` and returns
+``{kernel name: array}``; it never sees raw user arguments. ``CpuBackend`` drives the compiled
+OpenMP engine (``ntkfast._core``), ``CudaBackend`` the CUDA engine (``ntkfast._cuda`` through
+``_cuda_backend``, imported only when used). Future backends (matrix-free operators, Dask) plug in
+here. Whether CUDA can run is probed once per process and cached (``_cuda_probe``).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import _blas, _core
+from ._cuda_probe import cuda_unavailable_reason
+from ._errors import (BackendUnavailableError, EngineNonFinite, KernelUnderflowError,
+                      NonFiniteKernelError)
+from ._layers import lower
+from ._program import compiled_program
+from ._progress import Progress
+
+__all__ = ["run", "CpuBackend", "CudaBackend", "kernel_range_error"]
+
+def kernel_range_error(error, request):
+    """The user-facing exception for an engine's EngineNonFinite, naming the input row and layer."""
+    _, _, sources = lower(request.net, request.n_features)
+    argument = request.arguments[error.point_set - 1]
+    layer = None if error.op < 0 else sources[error.op]
+    where = "the input layer" if layer is None else layer
+    if error.underflow:
+        return KernelUnderflowError(
+            f"the NNGP variance of {argument}[{error.row}] is {error.value!r} after {where}: "
+            "below the normal range of double precision (or exactly 0 for a nonzero input), so "
+            "the kernel cannot be computed exactly. Typical causes: inputs near 1e-154 or below "
+            "(rescale them), or a very deep network whose variance shrinks every layer (e.g. ReLU "
+            "with W_std < sqrt(2) and b_std = 0: use b_std > 0 or W_std = sqrt(2)).",
+            argument=argument, row=error.row, layer=layer, value=error.value)
+    kind = "NTK" if error.is_ntk else "NNGP variance"
+    return NonFiniteKernelError(
+        f"the {kind} of {argument}[{error.row}] is {error.value!r} after {where}: the kernel "
+        "overflows (or is undefined) in this precision (variances entering a nonlinearity that "
+        "multiplies two of them must stay below ~1e150, outputs within the dtype's range). "
+        "Typical causes: NaN/Inf inputs, "
+        "Exp/Gaussian activations with large variances, or very deep networks with W_std > 1; "
+        "with float32 outputs, try dtype=float64.",
+        argument=argument, row=error.row, layer=layer, value=error.value)
+
+
+def _engine_array(x, dtype):
+    """C-contiguous and aligned (a view at an odd byte offset is C-contiguous too, and the engine
+    reads whole elements): a copy only where needed."""
+    return np.require(np.asarray(x, dtype=dtype), requirements=["C", "A"])
+
+
+class CpuBackend:
+    """The OpenMP engine: NumPy arrays in and out; outputs allocated here unless given."""
+
+    name = "cpu"
+
+    def gram(self, request):
+        n1, n2 = request.shape
+        outputs = dict(request.out)
+        for name in request.names:
+            if name not in outputs:
+                outputs[name] = np.empty((n1, n2), dtype=request.dtype)
+        if n1 and n2:
+            c1 = _engine_array(request.x1, request.dtype)
+            c2 = None if request.x2 is None else _engine_array(request.x2, request.dtype)
+            ops, pool, _ = lower(request.net, request.n_features)
+            reporter = Progress(request.progress, "ntkfast.gram")
+            try:
+                with _blas.single_threaded():
+                    _core.gram(compiled_program(ops, pool), c1, c2, outputs.get("nngp"),
+                               outputs.get("ntk"), request.num_threads, request.tile,
+                               reporter if reporter.enabled else None)
+            finally:
+                reporter.close()
+        return outputs
+
+    def diagonal(self, request):
+        n, d = request.x1.shape
+        outputs = {name: np.empty(n, dtype=request.dtype) for name in request.names}
+        if n:
+            ops, pool, _ = lower(request.net, d)
+            _core.diagonal(compiled_program(ops, pool), _engine_array(request.x1, request.dtype),
+                           outputs.get("nngp"), outputs.get("ntk"), request.num_threads)
+        return outputs
+
+
+class CudaBackend:
+    """The CUDA engine: CuPy or NumPy arrays in, outputs where the inputs (or ``out``) live."""
+
+    name = "cuda"
+
+    def gram(self, request):
+        from . import _cuda_backend
+
+        return _cuda_backend.gram(request)
+
+    def diagonal(self, request):
+        from . import _cuda_backend
+
+        return _cuda_backend.diagonal(request)
+
+
+_BACKENDS = {"cpu": CpuBackend(), "cuda": CudaBackend()}
+
+
+def run(request, what):
+    """Runs ``what`` ('gram' or 'diagonal') of a checked request on its backend."""
+    backend = _BACKENDS[request.backend]  # available: checked with the request
+    try:
+        return getattr(backend, what)(request)
+    except EngineNonFinite as error:
+        raise kernel_range_error(error, request) from None

@@ -1,0 +1,313 @@
+"""``ntkfast.KernelOperator``: an NNGP or NTK Gram matrix as a matrix-free linear operator.
+
+``op @ V`` computes K·V block pair by block pair through the engine (``ntkfast.gram`` on blocks of
+rows, CPU or CUDA), holding one kernel block (a few engine tiles, ~32 MB) and the vectors, never
+the N×N matrix; a symmetric operator computes each off-diagonal block once and uses it twice
+(K_IJ V_J and K_IJᵀ V_I), so one product costs about one symmetric Gram computation plus the
+GEMMs with V. Where the matrix fits, it can instead be computed once and kept (in memory, or in a
+file), so that each later product costs one pass over it (``storage``).
+
+The operator protocol of the iterative solvers (``_solvers``): ``shape``, ``dtype``,
+``matmat(V)``, ``diagonal()``, ``columns(idx)``; plus ``rmatmat``, ``@``,
+:meth:`KernelOperator.aslinearoperator` (SciPy's, or CuPy's for GPU arrays).
+"""
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+
+import numpy as np
+
+from ._gram import diagonal as _diagonal
+from ._gram import gram as _gram
+from ._progress import Progress
+from ._validation import available_memory, human_bytes, is_cupy, points_request
+
+__all__ = ["KernelOperator", "STORAGES"]
+
+STORAGES = ("auto", "recompute", "memory", "file")
+#: Bytes of one kernel block in the recompute path: large enough that each engine call runs
+#: many tiles (GEMM efficiency, OpenMP balance), small enough to stay a few tiles' worth.
+BLOCK_BYTES = 32 << 20
+
+
+class KernelOperator:
+    """The NNGP or NTK Gram matrix K(x, x2) as a linear operator, without storing it.
+
+    Parameters
+    ----------
+    x : array, shape (n1, n_features)
+        Points (NumPy, or CuPy for the CUDA backend).
+    x2 : array, shape (n2, n_features), optional
+        Second point set; None gives the symmetric operator K(x, x).
+    net : Layer
+        The network, as for :func:`ntkfast.gram`.
+    get : {'ntk', 'nngp'}
+        Which kernel.
+    dtype : {None, float32, float64}
+        The kernel's dtype (as for :func:`ntkfast.gram`). Products are always float64.
+    backend : {'auto', 'cpu', 'cuda'}
+    storage : {'auto', 'recompute', 'memory', 'file'}
+        'recompute': every product recomputes the kernel block by block (O(block) memory).
+        'memory': the Gram matrix is computed once, kept in memory, and products are GEMMs.
+        'file': likewise, kept in a memory-mapped .npy file (``path``, or a temporary file that
+        is deleted with the operator) and streamed in row blocks.
+        'auto' (default): 'memory' if the matrix takes at most ``memory_fraction`` of the
+        available memory, else 'recompute'. The choice is in ``op.storage``.
+    path : str, optional
+        File for storage='file'.
+    memory_fraction : float
+        For storage='auto' (default 0.5).
+    block_size : int, optional
+        Rows of one kernel block (default: ~32 MB blocks).
+    num_threads, tile_size, check_finite
+        As for :func:`ntkfast.gram`.
+    progress : bool
+        A progress bar over the blocks of each product (and of the one-off computation).
+
+    Examples
+    --------
+    >>> import numpy as np, ntkfast
+    >>> x = np.random.default_rng(0).standard_normal((1000, 20))
+    >>> op = ntkfast.KernelOperator(x, net=ntkfast.MLP(3, "relu", W_std=1.5, b_std=0.05),
+    ...                             storage="recompute")
+    >>> v = np.ones((1000, 2))
+    >>> np.allclose(op @ v, ntkfast.gram(x, net=op.net, get="ntk") @ v)
+    True
+    """
+
+    def __init__(self, x, x2=None, *, net, get="ntk", dtype=None, backend="auto",
+                 storage="auto", path=None, memory_fraction=0.5, block_size=None,
+                 num_threads=None, tile_size=None, check_finite=True, progress=False):
+        if not isinstance(get, str):
+            raise TypeError(f"get must be 'ntk' or 'nngp' (one kernel per operator), got {get!r}")
+        request = points_request(x, x2, net=net, get=get, dtype=dtype, backend=backend,
+                                 num_threads=num_threads, check_finite=check_finite,
+                                 progress=progress, tile_size=tile_size)
+        if storage not in STORAGES:
+            raise ValueError(f"storage must be one of {STORAGES}, got {storage!r}")
+        if isinstance(memory_fraction, bool) or not isinstance(memory_fraction, (int, float)) \
+                or not 0 < memory_fraction <= 1:
+            raise ValueError(f"memory_fraction must be a number in (0, 1], got {memory_fraction!r}")
+        if path is not None and storage != "file":
+            raise ValueError(f"path is only used with storage='file', got storage={storage!r}")
+        self.x, self.x2 = request.x1, request.x2
+        self.net, self.kernel, self.dtype = request.net, request.names[0], request.dtype
+        self.backend = request.backend
+        self._gram_options = dict(backend=request.backend, num_threads=num_threads,
+                                  tile_size=tile_size, check_finite=False)
+        self.progress = bool(progress)
+        self.shape = request.shape
+        self.symmetric = x2 is None
+        self.block_size = self._block_size(block_size)
+        self._xp = _array_module(self.x)
+        self._matrix = None
+        self._tempfile = None
+        self.storage = self._choose_storage(storage, memory_fraction)
+        if self.storage == "memory":
+            self._matrix = self._full_gram(out=None)
+        elif self.storage == "file":
+            self._matrix = self._file_gram(path)
+
+    # ------------------------------------------------------------------------------------------
+    # Set-up.
+
+    def _block_size(self, block_size):
+        if block_size is None:
+            rows = int(math.isqrt(BLOCK_BYTES // self.dtype.itemsize))
+            return max(256, min(rows, max(self.shape)))
+        if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)) \
+                or block_size < 1:
+            raise ValueError(f"block_size must be a positive integer or None, got {block_size!r}")
+        return int(block_size)
+
+    @property
+    def nbytes(self):
+        """Bytes of the full Gram matrix in the kernel's dtype."""
+        return self.shape[0] * self.shape[1] * self.dtype.itemsize
+
+    def _choose_storage(self, storage, memory_fraction):
+        if storage != "auto":
+            if storage == "file" and self.backend == "cuda" and is_cupy(self.x):
+                raise ValueError("storage='file' needs host arrays; pass NumPy inputs")
+            return storage
+        if self.backend == "cuda" and is_cupy(self.x):
+            import cupy
+
+            free, _ = cupy.cuda.runtime.memGetInfo()
+            return "memory" if self.nbytes <= memory_fraction * free else "recompute"
+        free = available_memory()
+        return "memory" if free is not None and self.nbytes <= memory_fraction * free else "recompute"
+
+    def _full_gram(self, out):
+        return _gram(self.x, self.x2, net=self.net, get=self.kernel, dtype=self.dtype, out=out,
+                     progress=self.progress, **self._gram_options)
+
+    def _file_gram(self, path):
+        if path is None:
+            handle = tempfile.NamedTemporaryFile(prefix="ntkfast-gram-", suffix=".npy", delete=False)
+            handle.close()
+            path = self._tempfile = handle.name
+        out = np.lib.format.open_memmap(os.fspath(path), mode="w+", dtype=self.dtype,
+                                        shape=self.shape)
+        self._full_gram(out=out)
+        out.flush()
+        return out
+
+    def __del__(self):
+        matrix, temp = getattr(self, "_matrix", None), getattr(self, "_tempfile", None)
+        if temp is not None:
+            self._matrix = None
+            del matrix
+            try:
+                os.unlink(temp)
+            except OSError:
+                pass
+
+    def __repr__(self):
+        n1, n2 = self.shape
+        return (f"KernelOperator({self.kernel}, {n1} x {n2} {self.dtype}, "
+                f"{'symmetric' if self.symmetric else 'cross'}, backend={self.backend!r}, "
+                f"storage={self.storage!r} ({human_bytes(self.nbytes)} as a matrix), "
+                f"net={self.net!r})")
+
+    # ------------------------------------------------------------------------------------------
+    # Products.
+
+    def _vectors(self, v, rows, name):
+        xp = self._xp
+        v = xp.asarray(v, dtype=np.float64)
+        one = v.ndim == 1
+        if one:
+            v = v[:, None]
+        if v.ndim != 2 or v.shape[0] != rows:
+            raise ValueError(f"{name} must have shape ({rows},) or ({rows}, k), got {v.shape}")
+        return v, one
+
+    def _block(self, i0, i1, j0, j1):
+        xa = self.x[i0:i1]
+        if self.symmetric and i0 == j0 and i1 == j1:
+            return _gram(xa, None, net=self.net, get=self.kernel, dtype=self.dtype,
+                         **self._gram_options)
+        xb = (self.x if self.x2 is None else self.x2)[j0:j1]
+        return _gram(xa, xb, net=self.net, get=self.kernel, dtype=self.dtype, **self._gram_options)
+
+    def matmat(self, v):
+        """K @ V for V of shape (n2, k) (or (n2,)), in float64."""
+        v, one = self._vectors(v, self.shape[1], "V")
+        out = self._stored_product(v, transpose=False) if self._matrix is not None \
+            else self._recompute_product(v, transpose=False)
+        return out[:, 0] if one else out
+
+    def rmatmat(self, u):
+        """Kᵀ @ U for U of shape (n1, k) (or (n1,)), in float64."""
+        if self.symmetric:
+            return self.matmat(u)
+        u, one = self._vectors(u, self.shape[0], "U")
+        out = self._stored_product(u, transpose=True) if self._matrix is not None \
+            else self._recompute_product(u, transpose=True)
+        return out[:, 0] if one else out
+
+    def matvec(self, v):
+        return self.matmat(self._xp.asarray(v).reshape(-1))
+
+    def __matmul__(self, v):
+        return self.matmat(v)
+
+    def _stored_product(self, v, transpose):
+        xp, k = self._xp, self._matrix
+        if self.storage == "memory":
+            return (k.T if transpose else k) @ v
+        # file: stream row blocks of the memory map (each read once per product)
+        n1, n2 = self.shape
+        out = xp.zeros((n2 if transpose else n1, v.shape[1]))
+        step = self.block_size
+        for i0 in range(0, n1, step):
+            block = np.asarray(k[i0:i0 + step], dtype=np.float64)
+            if transpose:
+                out += block.T @ v[i0:i0 + step]
+            else:
+                out[i0:i0 + step] = block @ v
+        return out
+
+    def _recompute_product(self, v, transpose):
+        xp = self._xp
+        n1, n2 = self.shape
+        step = self.block_size
+        rows = range(0, n1, step)
+        cols = range(0, n2, step)
+        if self.symmetric:
+            pairs = [(i, j) for i in rows for j in cols if j >= i]
+        else:
+            pairs = [(i, j) for i in rows for j in cols]
+        out = xp.zeros((n2 if transpose else n1, v.shape[1]))
+        reporter = Progress(self.progress, f"ntkfast.KernelOperator ({self.kernel}) @ V")
+        try:
+            for done, (i0, j0) in enumerate(pairs):
+                i1, j1 = min(i0 + step, n1), min(j0 + step, n2)
+                block = self._block(i0, i1, j0, j1).astype(np.float64, copy=False)
+                if transpose:  # cross operator: Kᵀ U, block by block
+                    out[j0:j1] += block.T @ v[i0:i1]
+                else:
+                    out[i0:i1] += block @ v[j0:j1]
+                    if self.symmetric and j0 != i0:  # the mirror block, used without recomputing
+                        out[j0:j1] += block.T @ v[i0:i1]
+                if reporter.enabled:
+                    reporter(done + 1, len(pairs))
+        finally:
+            reporter.close()
+        return out
+
+    # ------------------------------------------------------------------------------------------
+    # What the solvers use besides products.
+
+    def diagonal(self):
+        """diag(K) in O(n) (symmetric operators), float64."""
+        if not self.symmetric:
+            raise ValueError("diagonal() is defined for symmetric operators (x2=None)")
+        if self._matrix is not None and self.storage == "memory":
+            return self._xp.asarray(self._xp.diagonal(self._matrix), dtype=np.float64)
+        d = _diagonal(self.x, net=self.net, get=self.kernel, dtype=self.dtype, check_finite=False,
+                      num_threads=self._gram_options["num_threads"])
+        return self._xp.asarray(d, dtype=np.float64)
+
+    def columns(self, idx):
+        """K[:, idx] (float64), computed as one cross Gram against the chosen points."""
+        idx = self._xp.asarray(idx, dtype=np.int64).reshape(-1)
+        n2 = self.shape[1]
+        if idx.size and (int(idx.min()) < 0 or int(idx.max()) >= n2):
+            raise IndexError(f"columns: indices must be in [0, {n2}), got {int(idx.min())}..{int(idx.max())}")
+        if self._matrix is not None:
+            return self._xp.asarray(self._matrix[:, idx] if self.storage == "memory"
+                                    else np.asarray(self._matrix)[:, idx], dtype=np.float64)
+        xb = (self.x if self.x2 is None else self.x2)[idx]
+        return _gram(self.x, xb, net=self.net, get=self.kernel, dtype=self.dtype,
+                     **self._gram_options).astype(np.float64, copy=False)
+
+    def rows(self, idx):
+        """K[idx, :] (float64)."""
+        if self.symmetric:
+            return self.columns(idx).T
+        idx = self._xp.asarray(idx, dtype=np.int64).reshape(-1)
+        return _gram(self.x[idx], self.x2, net=self.net, get=self.kernel, dtype=self.dtype,
+                     **self._gram_options).astype(np.float64, copy=False)
+
+    def aslinearoperator(self):
+        """A ``scipy.sparse.linalg.LinearOperator`` (``cupyx.scipy.sparse.linalg`` for CuPy
+        inputs) of this operator, float64."""
+        if self._xp is np:
+            from scipy.sparse.linalg import LinearOperator
+        else:  # pragma: no cover - needs a GPU
+            from cupyx.scipy.sparse.linalg import LinearOperator
+        return LinearOperator(self.shape, matvec=self.matvec, matmat=self.matmat,
+                              rmatvec=lambda u: self.rmatmat(self._xp.asarray(u).reshape(-1)),
+                              rmatmat=self.rmatmat, dtype=np.float64)
+
+
+def _array_module(x):
+    if is_cupy(x):
+        import cupy
+
+        return cupy
+    return np

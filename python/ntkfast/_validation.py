@@ -1,0 +1,434 @@
+"""User arguments -> a checked request: the one place where ntkfast validates what it is given.
+
+:func:`gram_request` and :func:`diagonal_request` turn the arguments of ``ntkfast.gram`` /
+``ntkfast.diagonal`` (and of the CLI and ``ntkfast.predict``, which call them) into a
+:class:`GramRequest`: arrays checked (NumPy or CuPy), dtype policy applied, outputs checked
+(shape, dtype, layout, overlap, file backing), backend chosen, threads and tiles bounded. The
+backends (``_backends``) receive only such requests. Every error names the argument and says what
+was expected.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import errno
+import mmap
+import numbers
+import os
+from typing import Any, Dict, Optional, Tuple
+
+import numpy as np
+
+from ._cuda_probe import require_backend
+from ._layers import Layer, as_network
+
+__all__ = ["Kernels", "GramRequest", "gram_request", "points_request", "diagonal_request", "parse_get",
+           "check_points", "read_array", "check_real_dtype", "reject_non_finite", "result_dtype", "available_memory", "human_bytes",
+           "check_host_output", "reserve_file_backing", "is_cupy", "MAX_THREADS", "MAX_TILE"]
+
+#: The result of a multi-kernel request: ``Kernels(nngp=..., ntk=...)`` (None where not requested).
+Kernels = collections.namedtuple("Kernels", ["nngp", "ntk"])
+Kernels.__doc__ = """NNGP and NTK results (arrays, or None where not requested).
+
+Fields
+------
+nngp : array
+    Σ(x, x'), the NNGP kernel (the output covariance of the infinitely wide network at init).
+ntk : array
+    Θ(x, x'), the neural tangent kernel.
+"""
+
+KERNEL_NAMES = ("nngp", "ntk")
+BACKENDS = ("auto", "cpu", "cuda")
+#: Bounds on the performance options: far above any useful value, low enough that a typo cannot
+#: ask for millions of threads or a terabyte of tile buffers.
+MAX_THREADS = 1024
+MAX_TILE = 16384
+
+
+@dataclasses.dataclass(frozen=True)
+class GramRequest:
+    """A checked ``gram`` / ``diagonal`` call. Arrays are NumPy or CuPy, as given (validated, not
+    yet converted): the backend converts them to the layout and dtype it computes in."""
+
+    x1: Any
+    x2: Any                      # None: the symmetric Gram of x1 (always None for diagonal)
+    net: Layer
+    names: Tuple[str, ...]       # the kernels requested, 'nngp' and/or 'ntk'
+    single: bool                 # get was a string: return one array, not Kernels
+    dtype: np.dtype              # the output dtype
+    out: Dict[str, Any]          # the destinations given by the caller, by kernel name
+    backend: str                 # 'cpu' or 'cuda'
+    num_threads: int             # 0: the engine's default
+    tile: int                    # 0: the engine's default
+    progress: Any                # False, True or a callable(done, total)
+    arguments: Tuple[str, str] = ("x1", "x2")  # argument names of point sets 1 and 2, for errors
+
+    @property
+    def symmetric(self) -> bool:
+        return self.x2 is None
+
+    @property
+    def shape(self) -> Tuple[int, int]:
+        n1 = self.x1.shape[0]
+        return (n1, n1 if self.x2 is None else self.x2.shape[0])
+
+    @property
+    def n_features(self) -> int:
+        return self.x1.shape[1]
+
+    def result(self, outputs):
+        return outputs[self.names[0]] if self.single else Kernels(
+            nngp=outputs.get("nngp"), ntk=outputs.get("ntk"))
+
+
+# ----------------------------------------------------------------------------------------------
+# Single arguments.
+
+def is_cupy(x) -> bool:
+    return type(x).__module__.split(".")[0] == "cupy"
+
+
+def parse_get(get, allowed=KERNEL_NAMES, default=None):
+    """(names, single): a name gives ((name,), True), a tuple of names (names, False); None gives
+    `default` where there is one. Shared by gram/diagonal and predict (which adds 'ntkgp')."""
+    if get is None and default is not None:
+        return tuple(default), False
+    if isinstance(get, str):
+        names, single = (get.lower(),), True
+    else:
+        try:
+            names, single = tuple(g.lower() if isinstance(g, str) else g for g in get), False
+        except TypeError:
+            raise TypeError(f"get must be one of {allowed} or a tuple of them, got {get!r}") from None
+    if not names or any(g not in allowed for g in names):
+        raise ValueError(f"get must be one of {allowed} or a tuple of them, got {get!r}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"get lists a kernel twice: {get!r}")
+    return names, single
+
+
+def read_array(x, name):
+    """np.asarray(x) (CuPy arrays as given), or a ValueError naming the argument."""
+    if is_cupy(x):
+        return x
+    try:
+        return np.asarray(x)
+    except (ValueError, TypeError) as error:  # ragged lists and the like
+        raise ValueError(f"{name} could not be read as an array: {error}") from None
+
+
+def check_real_dtype(arr, name):
+    if arr.dtype.kind == "c":
+        raise TypeError(f"{name} is complex ({arr.dtype}); ntkfast's kernels and targets are real")
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must hold real numbers, got dtype {arr.dtype}")
+
+
+def check_points(x, name):
+    """A real 2-D array (NumPy, or CuPy as given; any memory layout), else an error naming it."""
+    if isinstance(x, (str, bytes)) or x is None:
+        raise TypeError(f"{name} must be a real 2-D array (n_points, n_features), got "
+                        f"{type(x).__name__}")
+    x = read_array(x, name)
+    check_real_dtype(x, name)
+    if x.ndim != 2:
+        raise ValueError(f"{name} must be 2-D (n_points, n_features), got shape {x.shape}")
+    return x
+
+
+def reject_non_finite(arr, name, hint="; pass check_finite=False to skip this check"):
+    """ValueError naming the first NaN/Inf of a NumPy or CuPy array."""
+    if arr.dtype.kind != "f" or arr.size == 0:
+        return
+    xp = _array_module(arr)
+    # min and max propagate NaN and show ±Inf: two reductions, no temporary of the array's size
+    if np.isfinite(float(arr.min())) and np.isfinite(float(arr.max())):
+        return
+    bad = ~xp.isfinite(arr)
+    count = int(bad.sum())
+    first = tuple(int(i) for i in np.unravel_index(int(xp.argmax(bad.ravel())), arr.shape))
+    where = ", ".join(map(str, first))
+    raise ValueError(f"{name} contains {count} non-finite value(s) (NaN or Inf), first at "
+                     f"{name}[{where}] = {float(arr[first])!r}{hint}")
+
+
+def _array_module(arr):
+    if is_cupy(arr):
+        import cupy
+
+        return cupy
+    return np
+
+
+def check_fits_dtype(arr, name, dtype):
+    """Inputs are converted to the output dtype; a finite value beyond its range would become Inf
+    (float64 inputs with dtype=float32)."""
+    if arr.dtype.kind != "f" or arr.dtype.itemsize <= dtype.itemsize or arr.size == 0:
+        return
+    biggest = float(abs(arr).max())
+    if np.isfinite(biggest) and biggest > float(np.finfo(dtype).max):
+        raise ValueError(f"{name} holds values up to {biggest:.3g}, beyond the range of {dtype} "
+                         f"({float(np.finfo(dtype).max):.3g}); pass dtype=float64 or rescale the inputs")
+
+
+def result_dtype(dtype, arrays):
+    """The output dtype: as asked (float32/float64), else float32 iff every input is float32."""
+    if dtype is not None:
+        try:
+            dt = np.dtype(dtype)
+        except TypeError:
+            raise TypeError(f"dtype must be float32 or float64, got {dtype!r}") from None
+        if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
+            raise ValueError(f"dtype must be float32 or float64, got {dt}")
+        return dt
+    if all(a.dtype == np.float32 for a in arrays):
+        return np.dtype(np.float32)
+    return np.dtype(np.float64)
+
+
+def _bounded_int(value, name, maximum):
+    """None -> 0 (the default); else an int in [1, maximum]."""
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 1 <= value <= maximum:
+        raise ValueError(f"{name} must be None or an integer from 1 to {maximum}, got {value!r}")
+    return int(value)
+
+
+def check_progress(progress):
+    if progress in (False, None, True) or (callable(progress) and not isinstance(progress, bool)):
+        return progress or False
+    raise TypeError(f"progress must be True, False or a callable(done, total), got {progress!r}")
+
+
+def select_backend(backend, arrays):
+    """'cpu' or 'cuda' from backend='auto' | 'cpu' | 'cuda' and where the arrays live."""
+    if not isinstance(backend, str) or backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    on_gpu = any(is_cupy(a) for a in arrays if a is not None)
+    if backend == "auto":
+        backend = "cuda" if on_gpu else "cpu"
+    if backend == "cpu" and on_gpu:
+        raise TypeError("backend='cpu' got CuPy arrays; pass NumPy arrays (cupy.asnumpy) or use "
+                        "backend='cuda'")
+    require_backend(backend)  # BackendUnavailableError now, saying why, before any work
+    return backend
+
+
+# ----------------------------------------------------------------------------------------------
+# Memory.
+
+def available_memory():
+    """Bytes of memory this process can still allocate (MemAvailable, cgroup limit), or None."""
+    candidates = []
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    candidates.append(int(line.split()[1]) * 1024)
+                    break
+    except OSError:
+        pass
+    try:
+        with open("/sys/fs/cgroup/memory.max") as f:
+            limit = f.read().strip()
+        with open("/sys/fs/cgroup/memory.current") as f:
+            used = int(f.read().strip())
+        if limit != "max":
+            candidates.append(int(limit) - used)
+    except (OSError, ValueError):
+        pass
+    if not candidates:
+        try:
+            candidates.append(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+        except (ValueError, OSError, AttributeError):
+            return None
+    return max(0, min(candidates))
+
+
+def human_bytes(n):
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
+        n /= 1000
+
+
+def check_memory(shape, dtype, count, what):
+    """MemoryError before allocating `count` arrays that would not fit in the available memory."""
+    need = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize * count
+    free = available_memory()
+    if free is not None and need > free:
+        arrays = f"{count} arrays" if count > 1 else "an array"
+        raise MemoryError(
+            f"{what} needs {arrays} of {shape[0]} x {shape[1]} {dtype} = {human_bytes(need)}, "
+            f"more than the {human_bytes(free)} of memory available; pass out= (e.g. np.memmap "
+            "arrays, to write the result to disk) or use dtype=float32")
+
+
+# ----------------------------------------------------------------------------------------------
+# Outputs.
+
+def parse_out(out, names, single):
+    """{name: array} of the destinations given (any array type)."""
+    if out is None:
+        return {}
+    if single:
+        return {names[0]: out}
+    if isinstance(out, dict):
+        unknown = set(out) - set(names)
+        if unknown:
+            raise ValueError(f"out has entries for kernels not requested: {sorted(unknown)}")
+        return dict(out)
+    if isinstance(out, Kernels):
+        return {n: getattr(out, n) for n in names if getattr(out, n) is not None}
+    if isinstance(out, (tuple, list)):
+        if len(out) != len(names):
+            raise ValueError(f"out must hold {len(names)} arrays (one per kernel in get={names}), "
+                             f"got {len(out)}")
+        return dict(zip(names, out))
+    raise TypeError("out must be an array (single kernel), or a Kernels / tuple / dict of "
+                    f"arrays (one per kernel in get), got {type(out).__name__}")
+
+
+def out_label(name, single):
+    return "out" if single else f"out ({name})"
+
+
+def check_host_output(arr, name, shape, dtype, inputs):
+    """A writable, C-contiguous NumPy array (np.memmap allowed) of the result's shape and dtype
+    that overlaps no input; a file-backed one gets its disk blocks reserved now (a full disk is an
+    OSError here, not a SIGBUS in the middle of the computation)."""
+    if not isinstance(arr, np.ndarray):
+        if is_cupy(arr):
+            raise TypeError(f"{name}: a CuPy array needs backend='cuda' with CuPy inputs")
+        raise TypeError(f"{name} must be a NumPy array (np.memmap allowed), got {type(arr).__name__}")
+    if arr.shape != tuple(shape) or arr.dtype != dtype:
+        raise ValueError(f"{name} must have shape {tuple(shape)} and dtype {dtype}, got shape "
+                         f"{arr.shape} and dtype {arr.dtype}")
+    if not arr.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous")
+    if not arr.flags.writeable:
+        raise ValueError(f"{name} is read-only")
+    if any(np.may_share_memory(arr, x) for x in inputs):
+        raise ValueError(f"{name} overlaps an input array")
+    reserve_file_backing(arr, name)
+
+
+def _file_mappings(address, size):
+    """(path, file offset, length) of the shared file mappings covering [address, address+size)."""
+    found = []
+    try:
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                fields = line.split(maxsplit=5)
+                if len(fields) < 6 or fields[1][3] != "s":  # only shared mappings reach the file
+                    continue
+                start, end = (int(v, 16) for v in fields[0].split("-"))
+                lo, hi = max(start, address), min(end, address + size)
+                if lo >= hi:
+                    continue
+                path = fields[5].rstrip("\n")
+                if not path.startswith("/") or path.endswith(" (deleted)"):
+                    continue
+                found.append((path, int(fields[2], 16) + (lo - start), hi - lo))
+    except OSError:  # no /proc (not Linux): nothing to reserve
+        pass
+    return found
+
+
+def reserve_file_backing(arr, name):
+    """Allocate the disk blocks under a file-backed output before the engine writes to it.
+
+    Writing to a memory map of a sparse file (np.lib.format.open_memmap makes one) allocates
+    blocks on the first store to each page; on a full disk the kernel answers with SIGBUS, which
+    kills the process. posix_fallocate makes that an OSError, raised here, before any work."""
+    if arr.size == 0 or not hasattr(os, "posix_fallocate"):
+        return
+    for path, offset, length in _file_mappings(arr.ctypes.data, arr.nbytes):
+        page = mmap.ALLOCATIONGRANULARITY
+        start = offset // page * page
+        try:
+            fd = os.open(path, os.O_RDWR)
+        except OSError:
+            continue  # not ours to extend (the mapping itself is writable, so this is rare)
+        try:
+            os.posix_fallocate(fd, start, offset + length - start)
+        except OSError as error:
+            if error.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                continue  # the file system cannot reserve blocks; nothing to check
+            raise OSError(error.errno, f"{name}: cannot reserve {human_bytes(length)} on disk for "
+                                       f"the output file {path}: {os.strerror(error.errno)}") from None
+        finally:
+            os.close(fd)
+
+
+# ----------------------------------------------------------------------------------------------
+# Requests.
+
+def points_request(x1, x2, *, net, get, dtype, backend, num_threads, check_finite, progress,
+                   tile_size, out=None):
+    """A checked request for the kernel of (x1, x2), outputs not yet checked (``gram_request``
+    adds them; a ``KernelOperator`` has none)."""
+    names, single = parse_get(get)
+    net = as_network(net)
+    backend = select_backend(backend, (x1, x2))
+    a1 = check_points(x1, "x1")
+    a2 = None if x2 is None else check_points(x2, "x2")
+    if a2 is not None and is_cupy(a1) != is_cupy(a2):
+        raise TypeError(f"x1 and x2 must both be CuPy arrays or both host arrays, got "
+                        f"{type(x1).__name__} and {type(x2).__name__}; convert one with "
+                        "cupy.asarray or cupy.asnumpy")
+    if a2 is not None and a2.shape[1] != a1.shape[1]:
+        raise ValueError(f"x1 and x2 must have the same number of features, got x1 {a1.shape} and "
+                         f"x2 {a2.shape}")
+    inputs = [a for a in (a1, a2) if a is not None]
+    request = GramRequest(
+        x1=a1, x2=a2, net=net, names=names, single=single, dtype=result_dtype(dtype, inputs),
+        out=parse_out(out, names, single), backend=backend,
+        num_threads=_bounded_int(num_threads, "num_threads", MAX_THREADS),
+        tile=_bounded_int(tile_size, "tile_size", MAX_TILE), progress=check_progress(progress))
+    if check_finite:
+        for a, name in zip(inputs, ("x1", "x2")):
+            reject_non_finite(a, name)
+    for a, name in zip(inputs, ("x1", "x2")):
+        check_fits_dtype(a, name, request.dtype)
+    return request
+
+
+def gram_request(x1, x2, *, net, get, dtype, out, backend, num_threads, check_finite, progress,
+                 tile_size):
+    """The checked request of ``ntkfast.gram`` (see there for the arguments)."""
+    request = points_request(x1, x2, net=net, get=get, dtype=dtype, out=out, backend=backend,
+                             num_threads=num_threads, check_finite=check_finite,
+                             progress=progress, tile_size=tile_size)
+    if request.backend == "cpu":
+        _check_cpu_outputs(request, [a for a in (request.x1, request.x2) if a is not None])
+    return request
+
+
+def _check_cpu_outputs(request, inputs):
+    shape, dtype = request.shape, request.dtype
+    for name, arr in request.out.items():
+        check_host_output(arr, out_label(name, request.single), shape, dtype, inputs)
+    if len(request.out) == 2 and np.may_share_memory(request.out["nngp"], request.out["ntk"]):
+        raise ValueError("out: the nngp and ntk arrays overlap")
+    missing = [n for n in request.names if n not in request.out]
+    if missing:
+        check_memory(shape, dtype, len(missing), "gram")
+
+
+def diagonal_request(x, *, net, get, dtype, check_finite, num_threads, backend="auto"):
+    """The checked request of ``ntkfast.diagonal`` (outputs are always allocated)."""
+    names, single = parse_get(get)
+    net = as_network(net)
+    backend = select_backend(backend, (x,))
+    a = check_points(x, "x")
+    request = GramRequest(
+        x1=a, x2=None, net=net, names=names, single=single, dtype=result_dtype(dtype, [a]),
+        out={}, backend=backend, num_threads=_bounded_int(num_threads, "num_threads", MAX_THREADS),
+        tile=0, progress=False, arguments=("x", "x"))
+    if check_finite:
+        reject_non_finite(a, "x")
+    check_fits_dtype(a, "x", request.dtype)
+    return request

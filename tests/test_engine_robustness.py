@@ -1,0 +1,336 @@
+"""The compiled CPU engine (ntkfast._core) against hostile inputs, options and callers.
+
+Non-finite inputs, variances that underflow, float32 rows whose Gram overflows the GEMM's type,
+misaligned outputs, fork(), absurd thread counts and tiles, and progress callbacks that free the
+output. Where the public API validates first, the engine is called directly with a hand-built
+program, so these tests hold whatever the Python layer checks.
+"""
+import math
+import re
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import ntkfast
+from ntkfast import _blas, _core
+from ntkfast._errors import EngineNonFinite, KernelUnderflowError
+
+RELU = ntkfast.MLP(2, "relu", W_std=1.5, b_std=0.1)
+GETS = ["nngp", "ntk", ("nngp", "ntk")]
+
+
+def _relu_program(depth=1, w_std=1.0, b_std=0.0):
+    """Raw ops: depth x (Dense under the NTK parameterization, ReLU), then a readout Dense."""
+    dense = (0, 0, 0, [w_std**2, b_std**2, 0.0, 0.0, 1.0])  # Dense
+    relu = (2, 0, 0, [1.0 / (2 * math.pi), 0.5])  # ABRelu(a=0, b=1)
+    return _core.Program([dense, relu] * depth + [dense], [])
+
+
+def _engine_gram(x, program, *, nngp=None, ntk=None, threads=0, tile=0, progress=None):
+    _blas.ensure_loaded()
+    with _blas.single_threaded():
+        _core.gram(program, x, None, nngp, ntk, threads, tile, progress)
+
+
+# ------------------------------------------------------------------------------------------------
+# NaN and Inf inputs must not vanish into a finite diagonal.
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+@pytest.mark.parametrize("get", GETS)
+def test_engine_non_finite_input_row_raises(bad, get):
+    x = np.random.default_rng(0).standard_normal((6, 4))
+    x[3, 2] = bad
+    with pytest.raises(ntkfast.NonFiniteKernelError):
+        ntkfast.gram(x, net=RELU, get=get, check_finite=False)
+
+
+@pytest.mark.parametrize("get", GETS)
+def test_engine_non_finite_input_row_raises_in_diagonal(get):
+    x = np.random.default_rng(1).standard_normal((6, 4))
+    x[4, 0] = np.nan
+    with pytest.raises(ntkfast.NonFiniteKernelError):
+        ntkfast.diagonal(x, net=RELU, get=get, check_finite=False)
+
+
+def test_engine_reports_the_input_layer_for_a_nan_row():
+    x = np.ones((3, 2))
+    x[1, 1] = np.nan
+    with pytest.raises(EngineNonFinite) as info:
+        _engine_gram(x, _relu_program(), nngp=np.empty((3, 3)))
+    assert (info.value.point_set, info.value.row, info.value.op) == (1, 1, -1)
+    assert math.isnan(info.value.value) and not info.value.underflow
+
+
+# ------------------------------------------------------------------------------------------------
+# Variances so small (or large) that q1·q2 leaves the double range: the positively homogeneous ops
+# (ReLU & co.) are computed exactly at rescaled variances; a variance that is already subnormal
+# raises KernelUnderflowError.
+
+def _relu_mlp_oracle(x, depth):
+    """ntkfast.MLP(depth) (ReLU, W_std=1, b_std=0, 'ntk'), computed at variances scaled by 2^l after
+    ReLU l (exact: ReLU is positively homogeneous), so nothing underflows; numpy only."""
+    c = x @ x.T / x.shape[1]
+    t = np.zeros_like(c)
+    for _ in range(depth):
+        t = t + c  # Dense: c unchanged, t <- t + c
+        q = np.diag(c).copy()
+        r = np.sqrt(np.maximum(np.outer(q, q) - c * c, 0.0))
+        theta = np.arctan2(r, c)
+        c_new = (r + (np.pi - theta) * c) / (2 * np.pi)
+        t = 2.0 * (np.pi - theta) / (2 * np.pi) * t
+        c = 2.0 * c_new
+        np.fill_diagonal(c, q)  # the exact diagonal: ReLU halves the variance, then x2
+    t = t + c  # the readout Dense
+    return c * 2.0**-depth, t * 2.0**-depth
+
+
+@pytest.mark.parametrize("depth", [600, 1000])
+def test_engine_deep_shrinking_relu_is_exact(depth):
+    """The all-default MLP halves the variance every layer: 2^-600 and 2^-1000 are exact."""
+    x = np.random.default_rng(3).standard_normal((5, 3))
+    want_nngp, want_ntk = _relu_mlp_oracle(x, depth)
+    got = ntkfast.gram(x, net=ntkfast.MLP(depth))
+    # The NTK's sum over 600 layers of θ's rounding near ρ = 1 is ~1e-12 at any scale (depth 499,
+    # all in range, agrees as closely); before, depth 600 was 6.7 % off.
+    np.testing.assert_allclose(got.nngp, want_nngp, rtol=1e-13, atol=0)
+    np.testing.assert_allclose(got.ntk, want_ntk, rtol=1e-10, atol=0)
+    diag = ntkfast.diagonal(x, net=ntkfast.MLP(depth))
+    np.testing.assert_array_equal(diag.nngp, np.diag(got.nngp))
+    np.testing.assert_array_equal(diag.ntk, np.diag(got.ntk))
+
+
+@pytest.mark.parametrize("scale_exp", [-340, -500, 300])
+def test_engine_extreme_inputs_are_exact_for_homogeneous_nets(scale_exp):
+    """K(2^k x) = 4^k K(x) for ReLU without biases, to the last bit, also where q1·q2 leaves the
+    double range (inputs ~1e-100 were 37 % off)."""
+    x = np.random.default_rng(4).standard_normal((6, 3))
+    for net in (ntkfast.MLP(2, "relu", W_std=1.4, b_std=0.0), ntkfast.MLP(1, "relu", W_std=1.0)):
+        scaled = ntkfast.gram(x * 2.0**scale_exp, net=net)
+        ref = ntkfast.gram(x, net=net)
+        np.testing.assert_array_equal(scaled.nngp, ref.nngp * 4.0**scale_exp)
+        np.testing.assert_array_equal(scaled.ntk, ref.ntk * 4.0**scale_exp)
+
+
+def test_engine_subnormal_variance_raises_underflow():
+    x = np.random.default_rng(2).standard_normal((5, 3)) * 1e-160  # variance ~1e-320: subnormal
+    with pytest.raises(KernelUnderflowError):
+        ntkfast.gram(x, net=ntkfast.MLP(1, "relu"))
+    with pytest.raises(EngineNonFinite) as info:
+        _engine_gram(x, _relu_program(), nngp=np.empty((5, 5)))
+    assert info.value.underflow and info.value.op == -1 and 0 < info.value.value < 2.0**-1022
+    # 2^-1023 after 1023 ReLUs, entering the next one
+    ops = [(0, 0, 0, [1.0, 0.0, 0.0, 0.0, 1.0]), (2, 0, 0, [1.0 / (2 * math.pi), 0.5])] * 1100
+    with pytest.raises(EngineNonFinite) as info:
+        _engine_gram(np.ones((2, 3)), _core.Program(ops, []), nngp=np.empty((2, 2)))
+    assert info.value.underflow and info.value.op == 2 * 1023 and info.value.value == 2.0**-1023
+    with pytest.raises(KernelUnderflowError):
+        ntkfast.diagonal(np.ones((2, 3)), net=ntkfast.MLP(1100))
+
+
+def test_engine_zero_variance_rows_still_work():
+    x = np.random.default_rng(5).standard_normal((4, 3))
+    x[2] = 0.0
+    k = ntkfast.gram(x, net=ntkfast.MLP(3, "relu", W_std=1.4, b_std=0.0))
+    assert np.all(np.isfinite(k.nngp)) and np.all(np.isfinite(k.ntk))
+    assert np.all(k.nngp[2] == 0.0) and np.all(k.nngp[:, 2] == 0.0)
+
+
+# ------------------------------------------------------------------------------------------------
+# float32 rows whose Gram overflows (or turns subnormal) in the float32 GEMM.
+
+@pytest.mark.parametrize("scale, w_std, mixed", [(1e19, 0.5, True), (1e-22, 1e20, False)])
+def test_engine_float32_rows_out_of_gemm_range(scale, w_std, mixed):
+    """x·x' overflows float32 at 1e19 (NaN, or ρ snapped to 1) and is subnormal at 1e-22, while
+    the kernels (W_std chosen so) fit float32 comfortably."""
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((40, 16)) * scale
+    if mixed:
+        x[::3] /= scale  # ordinary rows among the scaled ones
+    x32 = x.astype(np.float32)
+    net = ntkfast.MLP(1, "relu", W_std=w_std, b_std=0.0)
+    got = ntkfast.gram(x32, net=net)
+    ref = ntkfast.gram(x32.astype(np.float64), net=net)
+    for name in ("nngp", "ntk"):
+        g, r = getattr(got, name), getattr(ref, name)
+        assert g.dtype == np.float32 and np.all(np.isfinite(g))
+        scale_ij = np.sqrt(np.outer(np.diag(r), np.diag(r)))
+        assert np.max(np.abs(g - r) / scale_ij) <= 2e-6
+
+
+def test_engine_float32_scaling_leaves_in_range_rows_bit_identical():
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((30, 16)).astype(np.float32)
+    huge = np.vstack([x, (rng.standard_normal((1, 16)) * 1e19).astype(np.float32)])
+    net = ntkfast.MLP(2, "relu", W_std=0.5, b_std=0.1)
+    plain = ntkfast.gram(x, net=net)
+    mixed = ntkfast.gram(huge, net=net)
+    np.testing.assert_array_equal(mixed.nngp[:30, :30], plain.nngp)
+    np.testing.assert_array_equal(mixed.ntk[:30, :30], plain.ntk)
+
+
+# ------------------------------------------------------------------------------------------------
+# Outputs that are not element-aligned (streaming stores need alignment).
+
+def test_engine_misaligned_large_output(tmp_path):
+    n = 3000  # two float64 kernels of 72 MB each: above the streaming-store threshold
+    x = np.random.default_rng(8).standard_normal((n, 4))
+    nbytes = n * n * 8
+    mm = np.memmap(tmp_path / "out.bin", dtype=np.uint8, mode="w+", shape=(2 * nbytes + 8,))
+    nngp = np.ndarray((n, n), dtype=np.float64, buffer=mm, offset=4)
+    ntk = np.ndarray((n, n), dtype=np.float64, buffer=mm, offset=4 + nbytes)
+    assert nngp.ctypes.data % 8 == 4 and nngp.flags.c_contiguous
+    program = _relu_program(2, 1.4, 0.1)
+    _engine_gram(x, program, nngp=nngp, ntk=ntk)
+    ref_nngp, ref_ntk = np.empty((200, 200)), np.empty((200, 200))
+    _engine_gram(np.ascontiguousarray(x[:200]), program, nngp=ref_nngp, ntk=ref_ntk)
+    np.testing.assert_array_equal(nngp[:200, :200], ref_nngp)
+    np.testing.assert_array_equal(ntk[:200, :200], ref_ntk)
+    assert np.array_equal(nngp, nngp.T)
+    del nngp, ntk, mm
+
+
+# ------------------------------------------------------------------------------------------------
+# fork(): libgomp's pool does not survive it; the child must not hang.
+
+def test_engine_gram_in_forked_child():
+    """multiprocessing's 'fork' workers after a multi-threaded gram in the parent (hung forever)."""
+    script = textwrap.dedent("""
+        import multiprocessing, sys
+        import numpy as np
+        import ntkfast
+        from ntkfast import _core
+        x = np.random.default_rng(9).standard_normal((700, 20))
+        net = ntkfast.MLP(2, "relu", W_std=1.4, b_std=0.1)
+        def work(_):
+            k = ntkfast.gram(x, net=net, num_threads=2)
+            return _core.in_forked_child(), k.nngp, k.ntk
+        if __name__ == "__main__":
+            parent = work(0)
+            assert not parent[0]
+            with multiprocessing.get_context("fork").Pool(2) as pool:
+                children = pool.map(work, [0, 1])
+            for forked, nngp, ntk in children:
+                assert forked
+                assert np.array_equal(nngp, parent[1]) and np.array_equal(ntk, parent[2])
+            print("ok")
+    """)
+    result = subprocess.run([sys.executable, "-W", "ignore", "-c", script], timeout=120,
+                            capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
+
+
+# ------------------------------------------------------------------------------------------------
+# Thread counts and tiles: reject the absurd, clamp the oversized, never abort.
+
+def test_engine_rejects_absurd_thread_counts():
+    x = np.random.default_rng(10).standard_normal((8, 3))
+    with pytest.raises(ValueError, match="num_threads"):
+        _engine_gram(x, _relu_program(), nngp=np.empty((8, 8)), threads=100000)
+
+
+@pytest.mark.parametrize("tile", [2**20, 2**31 - 1])
+def test_engine_clamps_huge_tiles(tile):
+    x = np.random.default_rng(11).standard_normal((8, 3))
+    got, ref = np.empty((8, 8)), np.empty((8, 8))
+    _engine_gram(x, _relu_program(), nngp=got, tile=tile)
+    _engine_gram(x, _relu_program(), nngp=ref)
+    np.testing.assert_array_equal(got, ref)
+
+
+# ------------------------------------------------------------------------------------------------
+# A progress callback that frees the output must stop the engine, not let it write freed memory.
+
+def test_engine_progress_callback_resizing_output_is_caught():
+    x = np.random.default_rng(12).standard_normal((1200, 8))
+    out = np.zeros((1200, 1200))
+    calls = []
+
+    def progress(done, total):
+        calls.append(done)
+        if len(calls) == 1:
+            out.resize((0,), refcheck=False)
+
+    _blas.ensure_loaded()
+    with pytest.raises(RuntimeError, match="resized or reallocated"):
+        with _blas.single_threaded():
+            # tile 16: many tiles, so the first poll (after 0.1 s or at the end) comes mid-way or last
+            _core.gram(_relu_program(40), x, None, out, None, 0, 16, progress)
+    assert calls and out.shape == (0,)
+
+
+# ------------------------------------------------------------------------------------------------
+# What the extension exports for the Python side's consistency checks.
+
+def test_engine_exports_op_kinds_and_limits():
+    assert _core.OP_KINDS == {
+        "Dense": 0, "Identity": 1, "ABRelu": 2, "Erf": 3, "Gelu": 4, "Sin": 5, "Rbf": 6, "Exp": 7,
+        "ExpNormalized": 8, "Gaussian": 9, "Gabor": 10, "Sign": 11, "RectifiedMonomial": 12,
+        "Polynomial": 13, "Hermite": 14}
+    assert _core.MAX_DEGREE == 24 and isinstance(_core.MAX_DEGREE, int)
+    assert _core.in_forked_child() is False
+
+
+def test_engine_relu_at_zero_variance_is_uncorrelated():
+    """θ = π/2 where q1 q2 = 0 (the uncorrelated limit, as Sign and RectifiedMonomial): ReLU's
+    E[φ'φ'] is 1/4 there, also for a point with itself (it was 1/2, θ = atan2(0, 0) = 0)."""
+    x = np.array([[0.3, 1.0], [1.0, -0.2]])
+    ops = [(0, 0, 0, [0.0, 0.0, 2.0, 0.0, 0.0]),  # Dense 'standard', W = b = 0: t <- 2·c_old
+           (2, 0, 0, [1.0 / (2 * math.pi), 0.5])]
+    ntk, nngp = np.empty((2, 2)), np.empty((2, 2))
+    _engine_gram(x, _core.Program(ops, []), nngp=nngp, ntk=ntk)
+    np.testing.assert_array_equal(nngp, 0.0)
+    np.testing.assert_allclose(ntk, 2.0 * (x @ x.T / 2) * 0.25, rtol=1e-15)
+
+
+def test_engine_cuda_binding_takes_scale_tables():
+    """The CUDA module's optional GEMM scale tables (keyword arguments with defaults, so the
+    positional 29-argument gram_tile call keeps working)."""
+    _cuda = pytest.importorskip("ntkfast._cuda", reason="the CUDA extension is not part of this build")
+    assert re.search(r"stream: [^,]*, scale_exp: [^,)]* = 0\)", _cuda.row_stats.__doc__)
+    assert re.search(r"stream: [^,]*, scale_exp1: [^,]* = 0, scale_exp2: [^,)]* = 0\)",
+                     _cuda.gram_tile.__doc__)
+
+
+@pytest.mark.parametrize("op, degree", [
+    ((2, 0, 0, [0.3 / (2 * math.pi), 0.6]), 1),      # ABRelu, a leaky one
+    ((11, 0, 0, []), 0),                               # Sign
+    ((12, 2, 0, []), 2),                               # RectifiedMonomial(2)
+    ((12, 0, 0, []), 0),                               # RectifiedMonomial(0)
+    ((8, 1, 0, [0.7, -0.2]), 1),                       # ExpNormalized (clipped)
+])
+@pytest.mark.parametrize("k", [-260, 240])
+def test_engine_homogeneous_ops_rescale_exactly(op, degree, k):
+    """K(2^k x) = 4^(k·degree) K(x) bit for bit, where 2^k puts q1·q2 out of the double range."""
+    x = np.random.default_rng(13).standard_normal((7, 3))
+    dense = (0, 0, 0, [1.0, 0.0, 0.0, 0.0, 1.0])
+    program = _core.Program([dense, op, dense], [])
+    results = []
+    for arr in (x * 2.0**k, x):
+        nngp, ntk = np.empty((7, 7)), np.empty((7, 7))
+        _engine_gram(arr, program, nngp=nngp, ntk=ntk)
+        results.append((nngp, ntk))
+    (nngp_s, ntk_s), (nngp, ntk) = results
+    np.testing.assert_array_equal(nngp_s, nngp * 4.0 ** (k * degree))
+    # the NTK: t = Σ (W² ... c_l) over the layers, each of its own degree; compare the
+    # readout's share t - c (the op's E[φ'φ'] t_in, degree - 1 + 1 = degree for t_in ~ c_in)
+    np.testing.assert_array_equal(ntk_s - nngp_s, (ntk - nngp) * 4.0 ** (k * degree))
+
+
+@pytest.mark.parametrize("tiny", [1.6e-308, 1e-160])
+def test_engine_unrepresentable_input_variance_raises(tiny):
+    """A nonzero row whose variance underflows (to 0 or a subnormal) would be taken for a zero row
+    (its Gram entries, 3.7e-308 here, were snapped to 0); an all-zero row is fine."""
+    x = np.random.default_rng(14).standard_normal((5, 2))
+    x[3] = [-tiny, 0.0]
+    net = ntkfast.serial(ntkfast.Dense(1, 2.0, None, "standard"))
+    with pytest.raises(KernelUnderflowError):
+        ntkfast.gram(x, net=net, get="nngp")
+    with pytest.raises(EngineNonFinite) as info:
+        _engine_gram(x, _relu_program(), nngp=np.empty((5, 5)))
+    assert info.value.underflow and (info.value.row, info.value.op) == (3, -1)
+    x[3] = 0.0
+    k = ntkfast.gram(x, net=net, get="nngp")
+    assert np.all(k[3] == 0.0) and np.all(np.isfinite(k))

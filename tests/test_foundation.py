@@ -1,0 +1,180 @@
+"""The package's structure and process-wide behaviour: no import cycle, every module imports on
+its own, one validation path for every backend, BLAS thread limits restored after overlapping
+calls, file-backed outputs on a full disk."""
+import ast
+import pathlib
+import shutil
+import subprocess
+import sys
+import textwrap
+import threading
+
+import numpy as np
+import pytest
+
+import ntkfast as nf
+from ntkfast import _backends, _cuda_probe, _validation
+
+PACKAGE = pathlib.Path(nf.__file__).parent
+MODULES = sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem != "__init__")
+NET = nf.MLP(2, "relu", W_std=1.5, b_std=0.05)
+
+
+def _imports_of(path):
+    """ntkfast modules that `path` imports anywhere (top level or inside functions)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            if node.module:
+                found.add(node.module.split(".")[0])
+            else:
+                found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("ntkfast."):
+            found.add(node.module.split(".")[1])
+        elif isinstance(node, ast.Import):
+            found.update(a.name.split(".")[1] for a in node.names if a.name.startswith("ntkfast."))
+    return found
+
+
+def test_no_import_cycle_between_modules():
+    """Counting imports inside functions too: a lazy import is still a dependency."""
+    graph = {m: {d for d in _imports_of(PACKAGE / f"{m}.py") if d in MODULES} for m in MODULES}
+    state = {}
+
+    def visit(module, path):
+        if state.get(module) == "done":
+            return
+        assert state.get(module) != "active", f"import cycle: {' -> '.join(path + [module])}"
+        state[module] = "active"
+        for dep in sorted(graph[module]):
+            visit(dep, path + [module])
+        state[module] = "done"
+
+    for module in MODULES:
+        visit(module, [])
+
+
+@pytest.mark.parametrize("module", [m for m in MODULES if m not in ("__main__",)])
+def test_each_module_imports_alone(module):
+    """In a fresh interpreter, importing one module first (before the package's __init__ has
+    imported the others in its own order) works."""
+    code = f"import importlib; importlib.import_module('ntkfast.{module}')"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_cuda_probe_runs_once():
+    probe = _cuda_probe.cuda_unavailable_reason
+    probe.cache_clear()
+    x = np.ones((3, 2))
+    for _ in range(3):
+        nf.gram(x, net=NET)
+        nf.get_config()
+        try:
+            nf.gram(x, net=NET, backend="cuda")
+        except nf.BackendUnavailableError:
+            pass
+    assert probe.cache_info().misses == 1
+
+
+def test_backends_receive_checked_requests(monkeypatch):
+    """The CPU backend gets a GramRequest whose arrays and options are already checked."""
+    seen = []
+    cpu = _backends.CpuBackend
+    original = cpu.gram
+
+    def spy(self, request):
+        seen.append(request)
+        return original(self, request)
+
+    monkeypatch.setattr(cpu, "gram", spy)
+    nf.gram([[1, 2], [3, 4]], net=NET, get="ntk", num_threads=1, tile_size=8)
+    (request,) = seen
+    assert isinstance(request, _validation.GramRequest)
+    assert request.x1.dtype == np.int64 and request.dtype == np.float64
+    assert request.names == ("ntk",) and request.single and request.symmetric
+    assert (request.num_threads, request.tile, request.backend) == (1, 8, "cpu")
+
+
+# ----------------------------------------------------------------------------------------------
+# BLAS thread limits.
+
+def _blas_threads():
+    from threadpoolctl import threadpool_info
+
+    return sorted((lib["filepath"], lib["num_threads"]) for lib in threadpool_info()
+                  if lib["user_api"] == "blas")
+
+
+def test_overlapping_calls_restore_the_blas_thread_limits(rng):
+    """Two Python threads whose gram calls overlap used to leave NumPy's and SciPy's BLAS at one
+    thread for the rest of the process (limits saved and restored out of order)."""
+    from threadpoolctl import threadpool_limits
+
+    x = rng.standard_normal((600, 40))
+    with threadpool_limits(limits=2, user_api="blas"):
+        before = _blas_threads()
+        barrier = threading.Barrier(4)
+        errors = []
+
+        def work():
+            try:
+                barrier.wait(timeout=30)
+                for _ in range(5):
+                    nf.gram(x, net=NET, tile_size=64)
+            except Exception as error:  # noqa: BLE001 - reported below
+                errors.append(error)
+
+        threads = [threading.Thread(target=work) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors
+        assert _blas_threads() == before
+        assert all(n == 2 for _, n in before)
+
+
+# ----------------------------------------------------------------------------------------------
+# File-backed outputs.
+
+def test_memmap_output_reserves_its_disk_blocks(tmp_path, rng):
+    """open_memmap makes a sparse file; the output's blocks are allocated before the engine runs."""
+    x = rng.standard_normal((300, 4))
+    path = tmp_path / "k.npy"
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float64, shape=(300, 300))
+    assert path.stat().st_blocks * 512 < out.nbytes  # sparse
+    nf.gram(x, net=NET, get="ntk", out=out)
+    assert path.stat().st_blocks * 512 >= out.nbytes
+    np.testing.assert_array_equal(out, nf.gram(x, net=NET, get="ntk"))
+
+
+_FULL_DISK = textwrap.dedent("""
+    import subprocess, sys, numpy as np, ntkfast as nf
+    mount = sys.argv[1]
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", mount], check=True)
+    x = np.random.default_rng(0).standard_normal((1000, 5))
+    out = np.lib.format.open_memmap(mount + "/k.npy", mode="w+", dtype=np.float64, shape=(1000, 1000))
+    try:
+        nf.gram(x, net=nf.MLP(2), get="ntk", out=out)
+    except OSError as error:
+        print("OSError:", error)
+        sys.exit(0)
+    print("no error")
+""")
+
+
+def test_memmap_output_on_a_full_disk_is_an_oserror(tmp_path):
+    """8 MB of output on a 1 MB file system: an OSError before computing, not SIGBUS."""
+    if not shutil.which("unshare"):
+        pytest.skip("needs unshare(1) to mount a small tmpfs in a private namespace")
+    probe = subprocess.run(["unshare", "-rm", "true"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip(f"cannot create a user+mount namespace here: {probe.stderr.decode().strip()}")
+    mount = tmp_path / "small"
+    mount.mkdir()
+    proc = subprocess.run(["unshare", "-rm", sys.executable, "-c", _FULL_DISK, str(mount)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, f"exit {proc.returncode} (SIGBUS is -7): {proc.stderr}"
+    assert "OSError:" in proc.stdout and "No space left on device" in proc.stdout, proc.stdout
+    assert "out: cannot reserve 8.0 MB on disk for the output file" in proc.stdout, proc.stdout
