@@ -1,6 +1,7 @@
 """The CUDA backend on a GPU: against the CPU backend for every activation, symmetric and cross,
 ragged tiles, exact symmetry and diagonal, CuPy in -> CuPy out on the same device, NumPy in ->
-NumPy out, outputs streamed to host arrays and np.memmap, CuPy stream semantics, errors.
+NumPy out, outputs streamed to host arrays and np.memmap, CuPy stream semantics, cuBLAS handle
+state (stream, math mode) restored, scaled GEMM rows and rescaled variances, Ctrl-C, errors.
 
 Skipped without CuPy or without a usable GPU (the reason is shown). The no-GPU side of the backend
 is tested in test_cuda_build.py and test_errors.py.
@@ -24,7 +25,7 @@ import numpy as np
 import pytest
 
 import ntkfast as nf
-from ntkfast import _cuda_backend, _cuda_probe
+from ntkfast import _cuda_probe
 from test_numerics import ALL
 
 cp = pytest.importorskip("cupy", reason="CuPy is not installed (pip install 'ntkfast[cuda]')")
@@ -452,3 +453,77 @@ def test_output_too_large_is_memory_error_before_allocating():
     assert pool.used_bytes() == used
     with pytest.raises(MemoryError, match=r"an array of 400000 x 400000 float32"):
         nf.gram(big.astype(cp.float32), net=RELU, get="ntk")
+
+
+# ----------------------------------------------------------------------------------------------
+# The engine's own GEMMs and range handling (GramPlan, src/cuda/gram_plan.cu).
+
+def test_cublas_handle_state_is_restored(rng):
+    """The engine sets CuPy's cuBLAS handle to its stream, CUBLAS_DEFAULT_MATH and host pointer
+    mode for its GEMMs, and restores what it found (CuPy shares the handle)."""
+    from cupy_backends.cuda.libs import cublas
+
+    handle = cp.cuda.device.get_cublas_handle()
+    x = _points(rng, 64, d=256, dtype=np.float32)
+    stream = cp.cuda.Stream(non_blocking=True)
+    other = cp.cuda.Stream(non_blocking=True)
+    cublas.setStream(handle, other.ptr)
+    previous = cublas.getMathMode(handle)
+    cublas.setMathMode(handle, cublas.CUBLAS_TF32_TENSOR_OP_MATH)
+    try:
+        with stream:
+            got = nf.gram(cp.asarray(x), net=nf.MLP(1, "erf"), get="nngp")
+        stream.synchronize()
+        assert cublas.getMathMode(handle) == cublas.CUBLAS_TF32_TENSOR_OP_MATH
+        assert cublas.getStream(handle) == other.ptr
+    finally:
+        cublas.setMathMode(handle, previous)
+        cublas.setStream(handle, cp.cuda.get_current_stream().ptr)
+    want = nf.gram(x.astype(np.float64), net=nf.MLP(1, "erf"), get="nngp", backend="cpu")
+    np.testing.assert_allclose(_host(got), want, rtol=0, atol=2e-6 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("scale", [1e-15, 1e15])
+@pytest.mark.parametrize("host_out", [False, True])
+def test_float32_rows_outside_the_gemm_range(rng, scale, host_out):
+    """Rows with |x|² outside [2^-60, 2^60] are GEMMed as exact x·2^-e copies (as on the CPU)."""
+    x = _points(rng, 70, d=9, dtype=np.float32)
+    x[::3] *= np.float32(scale)  # a mix of scaled and unscaled rows
+    y = _points(rng, 33, d=9, dtype=np.float32)
+    for b in (None, y):
+        want = nf.gram(x, b, net=RELU, backend="cpu")
+        n2 = 70 if b is None else 33
+        out = nf.Kernels(np.empty((70, n2), np.float32), np.empty((70, n2), np.float32)) if host_out else None
+        got = nf.gram(cp.asarray(x), None if b is None else cp.asarray(b), net=RELU, tile_size=32, out=out)
+        for name in ("nngp", "ntk"):
+            value = getattr(got, name)
+            value = value if host_out else _host(value)
+            _assert_close32(value, getattr(want, name), name)
+
+
+def test_tiny_and_huge_variances_rescaled_exactly(rng):
+    """Homogeneous ops take variances outside [2^-500, 2^500] through exact rescaling, as on the
+    CPU (where it is bit-exact: K(2^k x) = 4^k K(x) for ReLU)."""
+    x = _points(rng, 40, d=6)
+    for k in (-300, 280):
+        xs = x * 2.0 ** k
+        want = nf.gram(xs, net=RELU, backend="cpu")
+        got = nf.gram(cp.asarray(xs), net=RELU, tile_size=16)
+        for name in ("nngp", "ntk"):
+            _assert_close64(_host(getattr(got, name)), getattr(want, name), name)
+
+
+def test_interrupt_from_progress_stops_between_tiles(rng):
+    x = cp.asarray(_points(rng, 512, d=8))
+    calls = []
+
+    def interrupt(done, total):
+        calls.append(done)
+        raise KeyboardInterrupt
+
+    for out in (None, nf.Kernels(np.empty((512, 512)), np.empty((512, 512)))):
+        with pytest.raises(KeyboardInterrupt):
+            nf.gram(x, net=RELU, tile_size=16, progress=interrupt, out=out)
+    # the device and the handle are usable afterwards
+    _assert_close64(_host(nf.gram(x, net=RELU, get="ntk", tile_size=64)),
+                    nf.gram(x.get(), net=RELU, get="ntk", backend="cpu"))

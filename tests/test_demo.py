@@ -73,3 +73,21 @@ def test_digits_split_is_normalised():
     np.testing.assert_allclose((x_train ** 2).sum(axis=1) / 64, 1.0, rtol=1e-12)
     np.testing.assert_allclose(y_train.sum(axis=1), 0.0, atol=1e-12)
     assert (y_train.argmax(axis=1) == labels).all()
+
+
+def test_demo_large_runs_the_iterative_path():
+    """`ntkfast demo --large N` (generated data, no extra needed): CG and Lanczos reports, the
+    train error falling with training time and reaching ~0 at t = inf."""
+    proc = _demo("--large", "600", "--times", "8", "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "KernelOperator(ntk, 600 x 600" in out and "storage=" in out
+    assert re.search(r"preconditioned CG, \d+ iterations, relative residual [0-9.e+-]+", out)
+    assert re.search(r"8 times: Lanczos, \d+ steps", out)
+    rows = [line.split() for line in out.splitlines() if re.match(r"^\s+(inf|[0-9.e+-]+)\s+\d", line)]
+    train = [float(r[1]) for r in rows]
+    assert rows[-1][0] == "inf" and train[-1] == 0.0
+    assert train[0] > 10 * train[-2] and all(a >= b - 1e-12 for a, b in zip(train, train[1:]))
+    proc = _demo("--large", "1")
+    assert proc.returncode != 0 and "--large must be at least 2" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -285,15 +285,6 @@ def test_engine_relu_at_zero_variance_is_uncorrelated():
     np.testing.assert_allclose(ntk, 2.0 * (x @ x.T / 2) * 0.25, rtol=1e-15)
 
 
-def test_engine_cuda_binding_takes_scale_tables():
-    """The CUDA module's optional GEMM scale tables (keyword arguments with defaults, so the
-    positional 29-argument gram_tile call keeps working)."""
-    _cuda = pytest.importorskip("ntkfast._cuda", reason="the CUDA extension is not part of this build")
-    assert re.search(r"stream: [^,]*, scale_exp: [^,)]* = 0\)", _cuda.row_stats.__doc__)
-    assert re.search(r"stream: [^,]*, scale_exp1: [^,]* = 0, scale_exp2: [^,)]* = 0\)",
-                     _cuda.gram_tile.__doc__)
-
-
 @pytest.mark.parametrize("op, degree", [
     ((2, 0, 0, [0.3 / (2 * math.pi), 0.6]), 1),      # ABRelu, a leaky one
     ((11, 0, 0, []), 0),                               # Sign

@@ -1,10 +1,18 @@
 """Type stub of ntkfast._cuda, the compiled CUDA engine (src/cuda/bindings_cuda.cpp).
 
-Private: python/ntkfast/_cuda_backend.py is its only caller. Device buffers are CuPy's, passed
-as raw addresses (``array.data.ptr``) with the device ordinal and the ``cudaStream_t`` of the
-caller's current CuPy stream (``stream.ptr``); nothing here allocates device memory.
+Private: python/ntkfast/_cuda_backend.py is its only caller. One class, GramPlan, runs a Gram
+computation on one device (src/cuda/gram_plan.hpp): device memory is CuPy's, passed as raw
+addresses (``array.data.ptr``) with the ``cudaStream_t`` of the caller's current CuPy stream
+(``stream.ptr``) and CuPy's cuBLAS handle; nothing here allocates device memory.
 """
-from typing import Iterable, Sequence, Tuple
+from typing import Callable, Iterable, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+DEVICE_TILE: int
+STAGING_SLOT_BYTES: int
+
+class Cancelled(KeyboardInterrupt): ...
 
 def probe(device: int) -> str:
     """An empty string if the kernels can run on `device`, else why not."""
@@ -16,14 +24,36 @@ def driver_version() -> int: ...
 def pack_program(ops: Iterable[Tuple[int, int, int, Sequence[float]]]) -> bytes:
     """The LayerOp array (program.hpp layout, 64 bytes per op) of a lowered program."""
 
-def row_stats(*, dtype: str, x: int, n: int, d: int, ld_x: int, ops: int, n_ops: int, pool: int,
-              q: int, sq: int, stride: int, ntk_diag: int, status: int, point_set: int,
-              device: int, stream: int) -> None:
-    """Per-row tables of one point set; synchronizes `stream`; raises EngineNonFinite."""
+class GramPlan:
+    """The workspace layout, the per-row pass and the tile loop of one computation."""
 
-def gram_tile(*, dtype: str, gram: int, ld_gram: int, rows: int, cols: int, inv_d: float,
-              snap_tol: float, ops: int, n_ops: int, pool: int, q1: int, sq1: int, stride1: int,
-              q2: int, sq2: int, stride2: int, nngp: int, ld_nngp: int, nngp_mirror: int,
-              ld_nngp_mirror: int, ntk: int, ld_ntk: int, ntk_mirror: int, ld_ntk_mirror: int,
-              diagonal: bool, diag_nngp: int, diag_ntk: int, device: int, stream: int) -> None:
-    """One tile's epilogue, enqueued on `stream` (does not wait)."""
+    def __init__(self, *, ops: Iterable[Tuple[int, int, int, Sequence[float]]], pool: Sequence[float],
+                 dtype: str, n1: int, n2: int, d: int, symmetric: bool, nngp: bool, ntk: bool,
+                 tile: int, outputs: str, device: int, free_bytes: int, snap_tol: float) -> None:
+        """outputs: 'device' (CuPy arrays), 'host' (NumPy arrays, streamed) or 'none' (tables
+        only, for write_diagonal). tile 0: the default. No CUDA call."""
+    @property
+    def tile(self) -> int: ...
+    @property
+    def tiles_total(self) -> int: ...
+    @property
+    def workspace_bytes(self) -> int: ...
+    @property
+    def pinned_bytes(self) -> int: ...
+    @property
+    def scaled_bytes(self) -> int: ...
+    def row_stats(self, *, x1: int, x2: int, workspace: int, stream: int) -> int:
+        """Per-row tables; synchronizes `stream`; raises EngineNonFinite. Returns scaled_bytes."""
+    def run(self, *, x1: int, x2: int, workspace: int, scaled: int, nngp: object, ntk: object,
+            pinned: int, stream: int, cublas: int,
+            progress: Optional[Callable[[int, int], None]]) -> None:
+        """Every tile; outputs are device addresses ('device') or NumPy arrays ('host')."""
+    def write_diagonal(self, *, workspace: int, nngp: int, ntk: int, stream: int) -> None: ...
+
+# Test hooks (tests/test_cuda_driver.py).
+def _choose_tile(requested: int, n1: int, n2: int, itemsize: int, outputs: str, n_outputs: int,
+                 symmetric: bool, free_bytes: int) -> int: ...
+def _schedule(n1: int, n2: int, tile: int, symmetric: bool, outputs: str, n_outputs: int) -> List[dict]: ...
+def _simulate(n1: int, n2: int, tile: int, symmetric: bool, outputs: str, out: List[np.ndarray],
+              progress: Optional[Callable[[int, int], None]] = None, poll_interval: float = 0.0) -> dict: ...
+def _load_cublas() -> str: ...

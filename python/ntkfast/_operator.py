@@ -24,7 +24,7 @@ from ._gram import gram as _gram
 from ._progress import Progress
 from ._validation import available_memory, human_bytes, is_cupy, points_request
 
-__all__ = ["KernelOperator", "STORAGES"]
+__all__ = ["KernelOperator", "STORAGES", "as_vectors"]
 
 STORAGES = ("auto", "recompute", "memory", "file")
 #: Bytes of one kernel block in the recompute path: large enough that each engine call runs
@@ -176,14 +176,7 @@ class KernelOperator:
     # Products.
 
     def _vectors(self, v, rows, name):
-        xp = self._xp
-        v = xp.asarray(v, dtype=np.float64)
-        one = v.ndim == 1
-        if one:
-            v = v[:, None]
-        if v.ndim != 2 or v.shape[0] != rows:
-            raise ValueError(f"{name} must have shape ({rows},) or ({rows}, k), got {v.shape}")
-        return v, one
+        return as_vectors(v, rows, name, self._xp)
 
     def _block(self, i0, i1, j0, j1):
         xa = self.x[i0:i1]
@@ -303,6 +296,18 @@ class KernelOperator:
         return LinearOperator(self.shape, matvec=self.matvec, matmat=self.matmat,
                               rmatvec=lambda u: self.rmatmat(self._xp.asarray(u).reshape(-1)),
                               rmatmat=self.rmatmat, dtype=np.float64)
+
+
+def as_vectors(v, rows, name, xp=np):
+    """(V as a float64 (rows, k) array, whether it came as one vector): the product argument of
+    every operator."""
+    v = xp.asarray(v, dtype=np.float64)
+    one = v.ndim == 1
+    if one:
+        v = v[:, None]
+    if v.ndim != 2 or v.shape[0] != rows:
+        raise ValueError(f"{name} must have shape ({rows},) or ({rows}, k), got {v.shape}")
+    return v, one
 
 
 def _array_module(x):

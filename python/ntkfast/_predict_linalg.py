@@ -148,6 +148,35 @@ def _cpu_working_copy(a, shift):
     return work
 
 
+#: Above this order the LAPACK factorisations run with single-threaded BLAS where OpenBLAS uses its
+#: AVX-512 ('SkylakeX' family) kernels: its multithreaded ?syrk writes out of bounds for large
+#: outputs there (measured with scipy-openblas 0.3.30 and NumPy's 0.3.31 on an AVX-512 EPYC:
+#: x @ x.T at N = 16000, d = 784, and scipy.linalg.cholesky at N = 16000 die with SIGSEGV; N = 12000
+#: and 1 thread are fine). ?potrf calls ?syrk, so a dense Cholesky of a 16000-point kernel crashed.
+_SYRK_SAFE_ORDER = 12000
+_AVX512_OPENBLAS = ("skylakex", "cooperlake", "sapphirerapids")
+
+
+def _threaded_syrk_is_unsafe():
+    from threadpoolctl import threadpool_info
+
+    return any(lib.get("internal_api") == "openblas"
+               and str(lib.get("architecture", "")).lower() in _AVX512_OPENBLAS
+               for lib in threadpool_info())
+
+
+def _lapack_threads(n):
+    """A context for a LAPACK factorisation of order n: single-threaded BLAS where the threaded
+    ?syrk of this OpenBLAS is known to crash at this size, else nothing."""
+    import contextlib
+
+    if n > _SYRK_SAFE_ORDER and _threaded_syrk_is_unsafe():
+        from . import _blas
+
+        return _blas.single_threaded()
+    return contextlib.nullcontext()
+
+
 def _cpu_eigh(a, shift, overwrite=False):
     import scipy.linalg
 
@@ -156,8 +185,9 @@ def _cpu_eigh(a, shift, overwrite=False):
         work = a if a.flags.f_contiguous else a.T  # symmetric: the transpose is the same matrix
     else:
         work = _cpu_working_copy(a, shift)
-    return scipy.linalg.eigh(work, lower=True, overwrite_a=True, check_finite=False,
-                             driver=cpu_eigh_driver(n))
+    with _lapack_threads(n):
+        return scipy.linalg.eigh(work, lower=True, overwrite_a=True, check_finite=False,
+                                 driver=cpu_eigh_driver(n))
 
 
 def _cpu_cholesky(a, shift):
@@ -167,7 +197,8 @@ def _cpu_cholesky(a, shift):
     work = _cpu_working_copy(a, shift)
     anorm = _one_norm_symmetric(np, work)
     try:
-        factor = scipy.linalg.cholesky(work, lower=True, overwrite_a=True, check_finite=False)
+        with _lapack_threads(work.shape[0]):
+            factor = scipy.linalg.cholesky(work, lower=True, overwrite_a=True, check_finite=False)
     except np.linalg.LinAlgError:
         return None, 0.0
     pocon = lapack.get_lapack_funcs("pocon", (factor,))

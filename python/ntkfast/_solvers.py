@@ -364,10 +364,13 @@ def nystrom_preconditioner(op, rank, shift, *, rng=None, method="rpcholesky", bl
             k += added
     f = factor[:, :k]
     if k:
-        u, sigma, _ = np.linalg.svd(f, full_matrices=False)
-        lam = sigma ** 2
-        keep = lam > floor
-        u, lam = u[:, keep], lam[keep]
+        # K̂ = F Fᵀ = U Λ Uᵀ from the r×r Gram FᵀF = W Λ Wᵀ, U = F W Λ^{-1/2}: two GEMMs and an
+        # r×r eigh instead of an n×r SVD (5 s → 0.5 s at n = 5000, r = 1000 here). Squaring
+        # the condition number is harmless: eigenvalues below the floor are dropped anyway.
+        lam, w = np.linalg.eigh(f.T @ f)
+        keep = lam > max(floor, lam.max(initial=0.0) * f.shape[0] * np.finfo(float).eps)
+        lam, w = lam[keep], w[:, keep]
+        u = (f @ w) / np.sqrt(lam)
     else:
         u, lam = np.zeros((n, 0)), np.zeros(0)
     residual_max = float(residual.max())

@@ -45,6 +45,7 @@ from ._predict_checks import (GRAM_OPTIONS, as_array, check_points, check_trace_
                               targets, times_array, train_kernel, unflatten)
 from ._predict_core import KernelSystem, batched_products, check_psd, psd_tolerance, symmetrize
 from ._predict_linalg import is_cupy
+from ._validation import Kernels
 
 __all__ = ["Gaussian", "gradient_descent_mse", "gradient_descent_mse_ensemble", "gp_inference",
            "max_learning_rate"]
@@ -523,7 +524,8 @@ class _LazySystems(dict):
 
 def gradient_descent_mse_ensemble(net, x_train, y_train, learning_rate=1.0, diag_reg=0.0,
                                   diag_reg_absolute_scale=False, trace_axes=(-1,), *,
-                                  loss_scale="mean", **gram_options):
+                                  loss_scale="mean", solver="auto", tol=None, maxiter=None,
+                                  preconditioner_rank=None, **gram_options):
     r"""Mean and covariance of an infinite ensemble of wide networks trained by gradient flow.
 
     The outputs at initialisation are a GP with the NNGP kernel K; training with kernel
@@ -554,6 +556,14 @@ def gradient_descent_mse_ensemble(net, x_train, y_train, learning_rate=1.0, diag
     y_train : array, shape (n_train, n_outputs) or (n_train,)
     learning_rate, diag_reg, diag_reg_absolute_scale, trace_axes, loss_scale
         As for :func:`gradient_descent_mse`.
+    solver, tol, maxiter, preconditioner_rank
+        As for :func:`gradient_descent_mse`. The iterative path ('cg' or 'lanczos') never forms
+        the train kernels: they are :class:`ntkfast.KernelOperator` objects (storage chosen from
+        the available memory), test kernels are computed as (n_test, n_train) arrays. It gives
+        means at any t, and covariances at t = None (one CG right-hand side per test point);
+        ``compute_cov=True`` at finite t is a ValueError there (it needs the N×N
+        eigendecomposition). 'auto' (default) takes the exact path when the kernels and their
+        eigendecomposition fit in half the available memory, else the iterative one.
     **gram_options
         Passed to :func:`ntkfast.gram`: ``dtype``, ``backend``, ``num_threads``,
         ``check_finite``, ``progress``, ``tile_size``.
@@ -600,6 +610,13 @@ def gradient_descent_mse_ensemble(net, x_train, y_train, learning_rate=1.0, diag
     eta = real_scalar(learning_rate, "learning_rate", strictly_positive=True)
     diag_reg = real_scalar(diag_reg, "diag_reg", minimum=0.0)
     scale = loss_scale_value(loss_scale, int(np.prod(y_shape)))
+    if _ensemble_is_iterative(solver, net, n):
+        return _iterative_ensemble(net, x_train_checked, y_train, eta, diag_reg,
+                                   bool(diag_reg_absolute_scale), loss_scale, check_finite,
+                                   dict(tol=tol, maxiter=maxiter,
+                                        preconditioner_rank=preconditioner_rank,
+                                        progress=bool(gram_options.get("progress", False))),
+                                   gram_options)
     state = _EnsembleState(kernel_fn, x_train_checked, y_train, diag_reg,
                            bool(diag_reg_absolute_scale))
 
@@ -638,6 +655,89 @@ def gradient_descent_mse_ensemble(net, x_train, y_train, learning_rate=1.0, diag
                 values[g] = Gaussian(mean, cov.reshape(t_shape + cov.shape[1:]))
             else:
                 values[g] = mean
+        return package(names, single, values)
+
+    return predict_fn
+
+
+def _ensemble_is_iterative(solver, net, n):
+    """'cg'/'lanczos' ask for it; 'auto' takes it when two n×n kernels plus an eigh workspace
+    (~6 n² doubles) would not fit in half the available memory."""
+    from ._layers import Layer
+    from ._validation import available_memory
+
+    solver = _predict_iterative.check_solver(solver)
+    if solver == "eigh":
+        return False
+    if solver == "auto":
+        free = available_memory()
+        if free is None or 6 * 8 * n * n <= 0.5 * free:
+            return False
+    if not isinstance(net, Layer):
+        raise ValueError("the iterative path needs an ntkfast network (it computes kernels as "
+                         "operators), not a kernel_fn callable; pass solver='eigh'")
+    return True
+
+
+def _iterative_ensemble(net, x_train, y_train, eta, diag_reg, absolute, loss_scale,
+                        check_finite, solver_options, gram_options):
+    """gradient_descent_mse_ensemble's predict_fn on the iterative path (docstring there)."""
+    from ._operator import KernelOperator
+
+    options = {k: v for k, v in gram_options.items() if k != "progress"}
+    ops = {}
+
+    def train_operator(g):
+        if g not in ops:
+            ops[g] = KernelOperator(x_train, net=net, get=g, **options)
+        return ops[g]
+
+    def test_kernel(x_test, g):
+        return KernelOperator(x_test, x_train, net=net, get=g, storage="recompute", **options)
+
+    gd_fns = {}
+
+    def predict_fn(t=None, x_test=None, get=None, compute_cov=False):
+        names, single = parse_get(get, ("nngp", "ntk"))
+        x_test_checked = None
+        if x_test is not None:
+            x_test_checked = check_points(x_test, "x_test", check_finite)
+            if x_test_checked.shape[1] != x_train.shape[1]:
+                raise ValueError(f"x_test must have the {x_train.shape[1]} features of x_train, "
+                                 f"got shape {tuple(x_test_checked.shape)}")
+        if t is None:
+            needed = _gp_dependencies(names, compute_cov and x_test is not None)
+            trains = Kernels(**{g: train_operator(g) if g in needed else None
+                                for g in ("nngp", "ntk")})
+            fn = gp_inference(trains, y_train, diag_reg, absolute, solver="cg", **solver_options)
+            k_td = k_tt = None
+            if x_test_checked is not None:
+                from ._gram import gram
+
+                if compute_cov:
+                    k_td = gram(x_test_checked, x_train, net=net, get=tuple(needed), **options)
+                    k_tt = gram(x_test_checked, net=net, get=("nngp", "ntk"), **options)
+                else:
+                    k_td = Kernels(**{g: test_kernel(x_test_checked, g) if g in needed else None
+                                      for g in ("nngp", "ntk")})
+            result = fn(get=names, k_test_train=k_td,
+                        k_test_test=(k_tt if x_test is not None else True) if compute_cov else None)
+            return result[0] if single else result
+        if compute_cov:
+            raise ValueError("compute_cov=True at finite t needs the N×N eigendecomposition; on "
+                             "the iterative path covariances are available at t=None, or pass "
+                             "solver='eigh'")
+        values = {}
+        for g in names:
+            if g not in gd_fns:
+                gd_fns[g] = gradient_descent_mse(train_operator(g), y_train, eta, diag_reg, absolute,
+                                                 loss_scale=loss_scale, solver="lanczos",
+                                                 **solver_options)
+            if x_test_checked is None:
+                values[g] = gd_fns[g](t=t, fx_train_0=0.0)
+            else:
+                values[g] = gd_fns[g](t=t, fx_train_0=None, fx_test_0=0.0,
+                                      k_test_train=test_kernel(x_test_checked, g))
         return package(names, single, values)
 
     return predict_fn

@@ -2,17 +2,29 @@
 //
 // A separate extension module so that `import ntkfast` works where CUDA is missing; it is imported
 // only when the CUDA backend is asked for. Like the CPU binding it only unpacks arguments, releases
-// the GIL around the calls and turns C++ failures into Python exceptions. Buffers are CuPy's:
-// they arrive as raw device addresses (int), with the device ordinal and the cudaStream_t of the
-// caller's current CuPy stream; validation and the tile loop live in python/ntkfast/_cuda_backend.py.
+// the GIL around the engine and turns C++ failures into Python exceptions. The engine's Python face
+// is one class, GramPlan (gram_plan.hpp): device memory is CuPy's and arrives as raw addresses
+// (ints) with the caller's cudaStream_t and CuPy's cuBLAS handle; host outputs arrive as NumPy
+// arrays. _schedule and _simulate are test hooks: the tile schedule and the tile loop
+// (tile_schedule.hpp) run on the CPU against an emulation of the kernels' contract.
+#include <pybind11/functional.h>
+#include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <memory>
+#include <optional>
 #include <string>
 #include <tuple>
 #include <vector>
 
+#include "cublas_runtime.hpp"
 #include "cuda_engine.hpp"
+#include "gram_plan.hpp"
+#include "tile_schedule.hpp"
 
 namespace py = pybind11;
 namespace nc = ntkfast::cuda;
@@ -26,10 +38,12 @@ namespace nc = ntkfast::cuda;
 
 namespace {
 
+using OpTuple = std::tuple<int, int, int, std::vector<double>>;
+
 // The ops in the CPU binding's format, (kind, degree, offset, params), validated by the caller
 // through ntkfast._core.Program (the pool offsets of polynomial tables included) before they
 // reach the device; only what keeps this packing well-formed is checked here.
-py::bytes pack_program(const std::vector<std::tuple<int, int, int, std::vector<double>>>& ops) {
+std::string pack(const std::vector<OpTuple>& ops) {
   std::vector<ntkfast::LayerOp> out;
   out.reserve(ops.size());
   for (const auto& [kind, degree, offset, params] : ops) {
@@ -43,7 +57,347 @@ py::bytes pack_program(const std::vector<std::tuple<int, int, int, std::vector<d
     for (size_t k = 0; k < params.size(); ++k) op.p[k] = params[k];
     out.push_back(op);
   }
-  return py::bytes(nc::pack_ops(out));
+  return nc::pack_ops(out);
+}
+
+nc::OutputKind parse_outputs(const std::string& name) {
+  if (name == "device") return nc::OutputKind::kDevice;
+  if (name == "host") return nc::OutputKind::kHost;
+  if (name == "none") return nc::OutputKind::kNone;
+  throw std::invalid_argument("outputs must be 'device', 'host' or 'none', got '" + name + "'");
+}
+
+// What must not change while the engine writes into a host output (as in the CPU binding).
+struct OutputLayout {
+  const void* data = nullptr;
+  std::vector<py::ssize_t> shape, strides;
+  bool operator!=(const OutputLayout& other) const {
+    return data != other.data || shape != other.shape || strides != other.strides;
+  }
+};
+
+OutputLayout layout_of(const py::array& a) {
+  OutputLayout layout;
+  layout.data = a.data();
+  layout.shape.assign(a.shape(), a.shape() + a.ndim());
+  layout.strides.assign(a.strides(), a.strides() + a.ndim());
+  return layout;
+}
+
+// A writable, C-contiguous n1 x n2 NumPy array (np.memmap included) of the storage type.
+py::array host_output(const py::object& obj, int64_t n1, int64_t n2, int itemsize, const char* name) {
+  if (!py::isinstance<py::array>(obj))
+    throw std::invalid_argument(std::string(name) + ": host outputs must be NumPy arrays");
+  py::array a = py::reinterpret_borrow<py::array>(obj);
+  const int want = itemsize == 4 ? py::dtype::of<float>().normalized_num()
+                                 : py::dtype::of<double>().normalized_num();
+  if (a.ndim() != 2 || a.shape(0) != n1 || a.shape(1) != n2 || a.dtype().normalized_num() != want ||
+      a.dtype().byteorder() == '>' || !(a.flags() & py::array::c_style))
+    throw std::invalid_argument(std::string(name) +
+                                ": must be a C-contiguous native array of the plan's shape and dtype");
+  a.mutable_data();  // raises if read-only
+  return a;
+}
+
+// The poll of a run (between tiles, GIL taken): Ctrl-C, the progress callback, and the check that
+// the callback left the host outputs where they were. The CPU binding's poll (src/cpp/bindings.cpp)
+// with the same semantics: an exception is kept in `pending` and the loop stopped.
+struct Poll {
+  std::optional<py::function> progress;
+  std::vector<py::array> outputs;
+  std::vector<OutputLayout> layouts;
+  std::shared_ptr<py::error_already_set> pending;
+
+  // Takes the Python error just raised (the current one) and stops the loop.
+  bool stop() {
+    pending = std::make_shared<py::error_already_set>();
+    return false;
+  }
+
+  bool operator()(int64_t done, int64_t total) {
+    py::gil_scoped_acquire gil;
+    if (PyErr_CheckSignals() != 0) return stop();
+    if (!progress) return true;
+    try {
+      (*progress)(done, total);
+    } catch (py::error_already_set& e) {
+      e.restore();
+      return stop();
+    }
+    for (size_t k = 0; k < outputs.size(); ++k) {
+      if (!(layout_of(outputs[k]) != layouts[k])) continue;
+      PyErr_SetString(PyExc_RuntimeError,
+                      "progress callback resized or reallocated the output array; the "
+                      "computation was stopped and the output is incomplete");
+      return stop();
+    }
+    return true;
+  }
+
+  nc::PollFn fn() {
+    for (const py::array& a : outputs) layouts.push_back(layout_of(a));
+    return [this](int64_t done, int64_t total) { return (*this)(done, total); };
+  }
+};
+
+// Runs `body` with the GIL released; a cancellation caused by the poll re-raises its exception.
+template <class F>
+void run_polled(Poll& poll, F&& body) {
+  try {
+    py::gil_scoped_release release;
+    body();
+  } catch (const nc::Cancelled&) {
+    if (poll.pending) throw *poll.pending;
+    throw;
+  }
+}
+
+std::unique_ptr<nc::GramPlan> make_plan(const std::vector<OpTuple>& ops, std::vector<double> pool,
+                                        const std::string& dtype, int64_t n1, int64_t n2, int64_t d,
+                                        bool symmetric, bool nngp, bool ntk, int64_t tile,
+                                        const std::string& outputs, int device, int64_t free_bytes,
+                                        double snap_tol) {
+  nc::PlanSpec spec;
+  spec.ops = pack(ops);
+  spec.pool = std::move(pool);
+  spec.dtype = nc::parse_dtype(dtype);
+  spec.n1 = n1;
+  spec.n2 = n2;
+  spec.d = d;
+  spec.symmetric = symmetric;
+  spec.nngp = nngp;
+  spec.ntk = ntk;
+  spec.tile = tile;
+  spec.outputs = parse_outputs(outputs);
+  spec.device = device;
+  spec.free_bytes = free_bytes;
+  spec.snap_tol = snap_tol;
+  return std::make_unique<nc::GramPlan>(std::move(spec));
+}
+
+void plan_run(nc::GramPlan& plan, uintptr_t x1, uintptr_t x2, uintptr_t workspace, uintptr_t scaled,
+              const py::object& nngp, const py::object& ntk, uintptr_t pinned, uintptr_t stream,
+              uintptr_t cublas, std::optional<py::function> progress) {
+  const nc::PlanSpec& spec = plan.spec();
+  const bool host = plan.schedule().kind() == nc::OutputKind::kHost;
+  const int itemsize = spec.dtype == nc::Dtype::kFloat32 ? 4 : 8;
+  nc::RunArgs args;
+  args.x1 = x1;
+  args.x2 = x2;
+  args.workspace = workspace;
+  args.scaled = scaled;
+  args.pinned = pinned;
+  args.stream = stream;
+  args.cublas = cublas;
+  Poll poll;
+  poll.progress = std::move(progress);
+  int o = 0;
+  const std::tuple<bool, const py::object*, const char*> outs[] = {{spec.nngp, &nngp, "nngp"},
+                                                                   {spec.ntk, &ntk, "ntk"}};
+  for (const auto& [wanted, obj, name] : outs) {
+    if (!wanted) {
+      if (!obj->is_none()) throw std::invalid_argument(std::string(name) + ": not part of the plan");
+      continue;
+    }
+    if (host) {
+      py::array a = host_output(*obj, plan.schedule().n1(), plan.schedule().n2(), itemsize, name);
+      args.out[o] = reinterpret_cast<uintptr_t>(a.mutable_data());
+      poll.outputs.push_back(a);
+    } else {
+      args.out[o] = obj->cast<uintptr_t>();
+    }
+    ++o;
+  }
+  args.loop.wait_at_end = poll.progress.has_value();
+  args.loop.poll = poll.fn();
+  run_polled(poll, [&] { plan.run(args); });
+}
+
+// ------------------------------------------------------------------------------------------------
+// Test hooks.
+
+py::dict step_record(const nc::TileStep& s, int n_outputs) {
+  py::dict r;
+  r["index"] = s.index;
+  r["ti"] = s.ti;
+  r["tj"] = s.tj;
+  r["i0"] = s.i0;
+  r["j0"] = s.j0;
+  r["rows"] = s.rows;
+  r["cols"] = s.cols;
+  r["diagonal"] = s.diagonal;
+  r["slot"] = s.slot;
+  py::list targets, staged;
+  for (int o = 0; o < n_outputs; ++o) {
+    const nc::TileTarget& t = s.target[o];
+    targets.append(py::make_tuple(t.offset, t.ld, t.mirror_offset, t.mirror_ld));
+    py::list blocks;
+    for (int b = 0; b < s.n_staged; ++b) {
+      const nc::StagedBlock& k = s.staged[o][b];
+      blocks.append(py::make_tuple(k.offset, k.rows, k.cols, k.row0, k.col0));
+    }
+    staged.append(blocks);
+  }
+  r["targets"] = targets;
+  r["staged"] = staged;
+  return r;
+}
+
+py::list schedule_records(int64_t n1, int64_t n2, int64_t tile, bool symmetric,
+                          const std::string& outputs, int n_outputs) {
+  const nc::TileSchedule s(n1, n2, tile, symmetric, parse_outputs(outputs), n_outputs);
+  py::list out;
+  s.for_each([&](const nc::TileStep& step) { out.append(step_record(step, n_outputs)); });
+  return out;
+}
+
+// An executor that emulates the device side in host memory, eagerly: the "kernel" writes code(i, j)
+// = sign · (1 + i·n2 + j) (sign + for output 0, - for output 1) where cuda_engine.hpp's contract
+// puts entry (i, j) (direct and mirror writes, a diagonal tile's j > i only and j == i from the
+// "per-row table"), the "D2H copy" moves the staged blocks to the pinned slot at once, and retire
+// copies the pinned blocks into the outputs. Every write is bounds-checked and counted, so a wrong
+// offset, a slot reused too early or a tile written twice shows in the outputs or the counts.
+class SimulatedExecutor final : public nc::TileExecutor {
+ public:
+  SimulatedExecutor(const nc::TileSchedule& s, std::vector<double*> out, std::vector<int32_t*> writes)
+      : s_(s), out_(std::move(out)), writes_(std::move(writes)),
+        host_(s.kind() == nc::OutputKind::kHost) {
+    for (int slot = 0; slot < 2; ++slot) {
+      staging_[slot].assign(size_t(s.slot_elements()), std::nan(""));
+      pinned_[slot].assign(size_t(s.slot_elements()), std::nan(""));
+    }
+  }
+
+  void enqueue(const nc::TileStep& step) override {
+    log.push_back({"enqueue", step.index});
+    if (step.index != enqueued_) throw std::logic_error("tiles enqueued out of order");
+    ++enqueued_;
+    if (host_) {
+      if (last_in_slot_[step.slot] >= 0 && last_in_slot_[step.slot] >= retired_)
+        throw std::logic_error("a staging slot was reused before its previous tile was retired");
+      last_in_slot_[step.slot] = step.index;
+    }
+    max_queued = std::max(max_queued, enqueued_ - retired_);
+    const int64_t n2 = s_.n2();
+    for (int o = 0; o < s_.n_outputs(); ++o) {
+      const nc::TileTarget& t = step.target[o];
+      const double sign = o == 0 ? 1.0 : -1.0;
+      for (int64_t i = 0; i < step.rows; ++i)
+        for (int64_t j = 0; j < step.cols; ++j) {
+          if (step.diagonal && j < i) continue;
+          const int64_t gi = step.i0 + i, gj = step.j0 + j;
+          const double v = sign * double(1 + gi * n2 + gj);
+          put(o, step, t.offset + i * t.ld + j, v);
+          if (t.mirror_offset >= 0 && !(step.diagonal && j == i))
+            put(o, step, t.mirror_offset + j * t.mirror_ld + i, v);
+        }
+      if (host_)
+        for (int b = 0; b < step.n_staged; ++b) {
+          const nc::StagedBlock& k = step.staged[o][b];
+          check_range(k.offset, k.rows * k.cols, s_.slot_elements(), "staged block");
+          std::copy_n(staging_[step.slot].begin() + k.offset, k.rows * k.cols,
+                      pinned_[step.slot].begin() + k.offset);
+        }
+    }
+  }
+
+  void retire(const nc::TileStep& step) override {
+    log.push_back({"retire", step.index});
+    if (step.index != retired_) throw std::logic_error("tiles retired out of order");
+    ++retired_;
+    if (!host_) return;
+    const int64_t n1 = s_.n1(), n2 = s_.n2();
+    for (int o = 0; o < s_.n_outputs(); ++o)
+      for (int b = 0; b < step.n_staged; ++b) {
+        const nc::StagedBlock& k = step.staged[o][b];
+        for (int64_t r = 0; r < k.rows; ++r)
+          for (int64_t c = 0; c < k.cols; ++c) {
+            const int64_t row = k.row0 + r, col = k.col0 + c;
+            if (row < 0 || row >= n1 || col < 0 || col >= n2)
+              throw std::logic_error("a staged block lands outside the output");
+            out_[o][row * n2 + col] = pinned_[step.slot][size_t(k.offset + r * k.cols + c)];
+            ++writes_[o][row * n2 + col];
+          }
+      }
+  }
+
+  void synchronize() noexcept override { log.push_back({"synchronize", -1}); }
+
+  std::vector<std::pair<std::string, int64_t>> log;
+  int64_t max_queued = 0;
+
+ private:
+  static void check_range(int64_t offset, int64_t count, int64_t size, const char* what) {
+    if (offset < 0 || count < 0 || offset + count > size)
+      throw std::logic_error(std::string(what) + " outside its buffer");
+  }
+
+  void put(int o, const nc::TileStep& step, int64_t offset, double v) {
+    if (host_) {
+      check_range(offset, 1, s_.slot_elements(), "a write into the staging slot");
+      staging_[step.slot][size_t(offset)] = v;
+    } else {
+      check_range(offset, 1, s_.n1() * s_.n2(), "a write into the output");
+      out_[o][offset] = v;
+      ++writes_[o][offset];
+    }
+  }
+
+  const nc::TileSchedule& s_;
+  std::vector<double*> out_;
+  std::vector<int32_t*> writes_;
+  bool host_;
+  std::vector<double> staging_[2], pinned_[2];
+  int64_t last_in_slot_[2] = {-1, -1};
+  int64_t enqueued_ = 0, retired_ = 0;
+};
+
+py::dict simulate(int64_t n1, int64_t n2, int64_t tile, bool symmetric, const std::string& outputs,
+                  const std::vector<py::object>& out,
+                  std::optional<py::function> progress, double poll_interval) {
+  const nc::TileSchedule s(n1, n2, tile, symmetric, parse_outputs(outputs), int(out.size()));
+  std::vector<double*> ptrs;
+  std::vector<py::array_t<int32_t>> writes;
+  std::vector<int32_t*> write_ptrs;
+  Poll poll;
+  poll.progress = std::move(progress);
+  for (const auto& a : out) {
+    py::array arr = host_output(a, s.n1(), s.n2(), 8, "out");
+    ptrs.push_back(static_cast<double*>(arr.mutable_data()));
+    if (s.kind() == nc::OutputKind::kHost) poll.outputs.push_back(arr);
+    py::array_t<int32_t> w({s.n1(), s.n2()});
+    std::fill_n(w.mutable_data(), s.n1() * s.n2(), 0);
+    write_ptrs.push_back(w.mutable_data());
+    writes.push_back(w);
+  }
+  SimulatedExecutor executor(s, ptrs, write_ptrs);
+  nc::LoopOptions options;
+  options.poll_interval = poll_interval;
+  options.wait_at_end = poll.progress.has_value();
+  options.poll = poll.fn();
+  py::dict result;
+  result["total"] = s.total();
+  result["writes"] = writes;
+  auto finish = [&] {
+    py::list log;
+    for (const auto& [what, index] : executor.log) log.append(py::make_tuple(what, index));
+    result["log"] = log;
+    result["max_queued"] = executor.max_queued;
+  };
+  // An exception (a cancellation by the poll, a logic error of the loop) is returned as
+  // result["error"], with the log up to it.
+  result["error"] = py::none();
+  try {
+    run_polled(poll, [&] { nc::run_tile_loop(s, executor, options); });
+  } catch (py::error_already_set& e) {
+    result["error"] = e.value();
+  } catch (const nc::Cancelled&) {
+    result["error"] = py::str("Cancelled");
+  } catch (const std::logic_error& e) {
+    result["error"] = py::str(std::string("logic error: ") + e.what());
+  }
+  finish();
+  return result;
 }
 
 }  // namespace
@@ -61,80 +415,58 @@ PYBIND11_MODULE(_cuda, m) {
     info["toolkit"] = std::string(NTKFAST_CUDA_TOOLKIT);
     info["runtime_version"] = nc::runtime_version();
     info["runtime"] = "static";
+    info["cublas"] = nc::cublas_soname() + " (resolved at run time)";
     return info;
   });
   m.def("driver_version", &nc::driver_version, py::call_guard<py::gil_scoped_release>());
-  m.def("pack_program", &pack_program, py::arg("ops"));
+  m.def("pack_program", [](const std::vector<OpTuple>& ops) { return py::bytes(pack(ops)); },
+        py::arg("ops"), "The LayerOp array (program.hpp layout, 64 bytes per op) of a lowered program.");
 
-  m.def(
-      "row_stats",
-      [](const std::string& dtype, uintptr_t x, int64_t n, int64_t d, int64_t ld_x, uintptr_t ops,
-         int32_t n_ops, uintptr_t pool, uintptr_t q, uintptr_t sq, int64_t stride, uintptr_t ntk_diag,
-         uintptr_t status, int point_set, int device, uintptr_t stream, uintptr_t scale_exp,
-         uintptr_t rescale) {
-        const nc::Dtype dt = nc::parse_dtype(dtype);
-        nc::DeviceProgram prog{ops, n_ops, pool};
-        nc::DeviceRowTables tables{q, sq, stride, ntk_diag, scale_exp, rescale};
-        py::gil_scoped_release release;
-        nc::row_stats(dt, x, n, d, ld_x, prog, tables, status, point_set, device, stream);
-      },
-      py::arg("dtype"), py::arg("x"), py::arg("n"), py::arg("d"), py::arg("ld_x"), py::arg("ops"),
-      py::arg("n_ops"), py::arg("pool"), py::arg("q"), py::arg("sq"), py::arg("stride"),
-      py::arg("ntk_diag"), py::arg("status"), py::arg("point_set"), py::arg("device"),
-      py::arg("stream"), py::arg("scale_exp") = uintptr_t(0), py::arg("rescale") = uintptr_t(0));
+  py::class_<nc::GramPlan>(m, "GramPlan",
+                           "One Gram (or per-row) computation on one device: the workspace layout, "
+                           "the per-row pass and the tile loop (src/cuda/gram_plan.hpp).")
+      .def(py::init(&make_plan), py::kw_only(), py::arg("ops"), py::arg("pool"), py::arg("dtype"),
+           py::arg("n1"), py::arg("n2"), py::arg("d"), py::arg("symmetric"), py::arg("nngp"),
+           py::arg("ntk"), py::arg("tile"), py::arg("outputs"), py::arg("device"),
+           py::arg("free_bytes"), py::arg("snap_tol"))
+      .def_property_readonly("tile", &nc::GramPlan::tile)
+      .def_property_readonly("tiles_total", [](const nc::GramPlan& p) { return p.schedule().total(); })
+      .def_property_readonly("workspace_bytes", &nc::GramPlan::workspace_bytes)
+      .def_property_readonly("pinned_bytes", &nc::GramPlan::pinned_bytes)
+      .def_property_readonly("scaled_bytes", &nc::GramPlan::scaled_bytes)
+      .def("row_stats", &nc::GramPlan::row_stats, py::kw_only(), py::arg("x1"), py::arg("x2"),
+           py::arg("workspace"), py::arg("stream"), py::call_guard<py::gil_scoped_release>(),
+           "Per-row tables of both point sets; synchronizes the stream; raises EngineNonFinite. "
+           "Returns the bytes of device memory the scaled GEMM copies need (usually 0).")
+      .def("run", &plan_run, py::kw_only(), py::arg("x1"), py::arg("x2"), py::arg("workspace"),
+           py::arg("scaled"), py::arg("nngp"), py::arg("ntk"), py::arg("pinned"), py::arg("stream"),
+           py::arg("cublas"), py::arg("progress"),
+           "Every tile. Outputs: device addresses (outputs='device') or NumPy arrays ('host').")
+      .def("write_diagonal", &nc::GramPlan::write_diagonal, py::kw_only(), py::arg("workspace"),
+           py::arg("nngp"), py::arg("ntk"), py::arg("stream"),
+           py::call_guard<py::gil_scoped_release>());
 
-  m.def(
-      "gram_tile",
-      [](const std::string& dtype, uintptr_t gram, int64_t ld_gram, int64_t rows, int64_t cols,
-         double inv_d, double snap_tol, uintptr_t ops, int32_t n_ops, uintptr_t pool, uintptr_t q1,
-         uintptr_t sq1, int64_t stride1, uintptr_t q2, uintptr_t sq2, int64_t stride2, uintptr_t nngp,
-         int64_t ld_nngp, uintptr_t nngp_mirror, int64_t ld_nngp_mirror, uintptr_t ntk,
-         int64_t ld_ntk, uintptr_t ntk_mirror, int64_t ld_ntk_mirror, bool diagonal,
-         uintptr_t diag_nngp, uintptr_t diag_ntk, int device, uintptr_t stream,
-         uintptr_t scale_exp1, uintptr_t scale_exp2, uintptr_t rescale1, uintptr_t rescale2) {
-        const nc::Dtype dt = nc::parse_dtype(dtype);
-        nc::TileArgs a;
-        a.gram = gram;
-        a.ld_gram = ld_gram;
-        a.rows = rows;
-        a.cols = cols;
-        a.inv_d = inv_d;
-        a.snap_tol = snap_tol;
-        a.prog = nc::DeviceProgram{ops, n_ops, pool};
-        a.q1 = q1;
-        a.sq1 = sq1;
-        a.stride1 = stride1;
-        a.q2 = q2;
-        a.sq2 = sq2;
-        a.stride2 = stride2;
-        a.nngp = nngp;
-        a.ld_nngp = ld_nngp;
-        a.nngp_mirror = nngp_mirror;
-        a.ld_nngp_mirror = ld_nngp_mirror;
-        a.ntk = ntk;
-        a.ld_ntk = ld_ntk;
-        a.ntk_mirror = ntk_mirror;
-        a.ld_ntk_mirror = ld_ntk_mirror;
-        a.diagonal = diagonal;
-        a.diag_nngp = diag_nngp;
-        a.diag_ntk = diag_ntk;
-        a.scale_exp1 = scale_exp1;
-        a.scale_exp2 = scale_exp2;
-        a.rescale1 = rescale1;
-        a.rescale2 = rescale2;
-        py::gil_scoped_release release;
-        nc::gram_tile(dt, a, device, stream);
-      },
-      py::arg("dtype"), py::arg("gram"), py::arg("ld_gram"), py::arg("rows"), py::arg("cols"),
-      py::arg("inv_d"), py::arg("snap_tol"), py::arg("ops"), py::arg("n_ops"), py::arg("pool"),
-      py::arg("q1"), py::arg("sq1"), py::arg("stride1"), py::arg("q2"), py::arg("sq2"),
-      py::arg("stride2"), py::arg("nngp"), py::arg("ld_nngp"), py::arg("nngp_mirror"),
-      py::arg("ld_nngp_mirror"), py::arg("ntk"), py::arg("ld_ntk"), py::arg("ntk_mirror"),
-      py::arg("ld_ntk_mirror"), py::arg("diagonal"), py::arg("diag_nngp"), py::arg("diag_ntk"),
-      py::arg("device"), py::arg("stream"), py::arg("scale_exp1") = uintptr_t(0),
-      py::arg("scale_exp2") = uintptr_t(0), py::arg("rescale1") = uintptr_t(0),
-      py::arg("rescale2") = uintptr_t(0));
+  m.def("_choose_tile",
+        [](int64_t requested, int64_t n1, int64_t n2, int itemsize, const std::string& outputs,
+           int n_outputs, bool symmetric, int64_t free_bytes) {
+          return nc::choose_tile(requested, n1, n2, itemsize, parse_outputs(outputs), n_outputs,
+                                 symmetric, free_bytes, nc::max_tile_rows());
+        },
+        py::arg("requested"), py::arg("n1"), py::arg("n2"), py::arg("itemsize"), py::arg("outputs"),
+        py::arg("n_outputs"), py::arg("symmetric"), py::arg("free_bytes"));
+  m.def("_schedule", &schedule_records, py::arg("n1"), py::arg("n2"), py::arg("tile"),
+        py::arg("symmetric"), py::arg("outputs"), py::arg("n_outputs"),
+        "Test hook: the tile records of a schedule (tile_schedule.hpp), in order.");
+  m.def("_simulate", &simulate, py::arg("n1"), py::arg("n2"), py::arg("tile"), py::arg("symmetric"),
+        py::arg("outputs"), py::arg("out"), py::arg("progress") = py::none(),
+        py::arg("poll_interval") = 0.0,
+        "Test hook: the tile loop on the CPU with an emulated device (bindings_cuda.cpp).");
+  m.def("_load_cublas", []() { return nc::cublas_api().library; },
+        "Test hook: the file cuBLAS is resolved from (RuntimeError if it cannot be).");
+  m.attr("DEVICE_TILE") = nc::kDeviceTile;
+  m.attr("STAGING_SLOT_BYTES") = nc::kStagingSlotBytes;
 
+  py::register_exception<nc::Cancelled>(m, "Cancelled", PyExc_KeyboardInterrupt);
   // CUDA failures: RuntimeError (the default for std::runtime_error) with the call and file:line;
   // out of device memory: MemoryError. Non-finite per-row variances: the CPU engine's
   // ntkfast._errors.EngineNonFinite, which the Python layer turns into NonFiniteKernelError.

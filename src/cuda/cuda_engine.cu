@@ -4,13 +4,15 @@
 // V = double. Every entry carries (c, t) = (NNGP, NTK) through the whole program in registers;
 // float32 and float64 storage alike are computed in double and rounded once, at the end.
 //
-// Work (driven from python/ntkfast/_cuda_backend.py, all on the caller's stream):
+// Work (driven by gram_plan.cu's GramPlan, all on the caller's stream):
 //   row_stats     per point set, once: q[k][i], sq[k][i] (the variance of row i entering op k and
 //                 its square root) and Θ(x_i, x_i), by row_step.hpp's row_step (shared with the
 //                 CPU engine); the layer-0 variance ||x_i||²/d is summed in double. Rows outside
 //                 row_step.hpp's range policy are reported (in the CPU engine's order) before any
-//                 tile is computed. Optionally the GEMM scale exponent of each row.
-//   gram_tile     per tile, after the caller's cuBLAS GEMM of x_I · x_Jᵀ (of rows x·2^-e when
+//                 tile is computed. Optionally the GEMM scale exponent of each row, and flags
+//                 (any row scaled / rescaled) so that the tiles can skip those tables.
+//   scale_rows    the GEMM's x·2^-e copy of a point set with rows outside the safe range.
+//   gram_tile     per tile, after the plan's cuBLAS GEMM of x_I · x_Jᵀ (of rows x·2^-e when
 //                 scale exponents are given, multiplied back here): c = (x_i · x_j)/d snapped
 //                 to ±√(q1 q2) when |ρ| is within snap_tol of 1, t = 0, then every op.
 //
@@ -26,6 +28,7 @@
 // root; never --use_fast_math (the guards rely on NaN/Inf semantics).
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cfloat>
 #include <climits>
 #include <cmath>
@@ -59,7 +62,9 @@ constexpr int kRowPassThreads = 128;        // row_pass: one thread per row
 constexpr int kTileDim = 32;                // tile_kernel: a block owns kTileDim x kTileDim entries
 constexpr int kBlockRows = 8;               //   with kTileDim x kBlockRows threads,
 constexpr int kRowsPerThread = kTileDim / kBlockRows;  // each computing this many rows
-constexpr unsigned long long kNoFailure = ~0ull;
+constexpr unsigned long long kNoFailure = ~0ull;  // status[0]: the first failure's key
+constexpr unsigned long long kAnyScaled = 1ull;    // status[1]: flags (RowStatsFlags)
+constexpr unsigned long long kAnyRescaled = 2ull;
 constexpr int64_t kMaxGridY = 65535;
 
 // ------------------------------------------------------------------------------------------------
@@ -90,7 +95,11 @@ __global__ void __launch_bounds__(kNormThreads)
     const double v = sum * inv_d;
     q[row] = v;
     sq[row] = sqrt(v);
-    if (scale_exp) scale_exp[row] = gemm_scale_exponent<T>(sum);
+    if (scale_exp) {
+      const int32_t e = gemm_scale_exponent<T>(sum);
+      scale_exp[row] = e;
+      if (e != 0) atomicOr(status + 1, kAnyScaled);
+    }
     // Category 0 of row_pass_kernel's failure key (the input variance): key = row.
     if (input_variance_underflows(v, nonzero)) atomicMin(status, (unsigned long long)row);
   }
@@ -114,6 +123,7 @@ __global__ void __launch_bounds__(kRowPassThreads)
   const unsigned long long un = (unsigned long long)n, row = (unsigned long long)i;
   const bool rescaling = rescale != nullptr;
   unsigned long long first = kNoFailure;
+  bool any_rescaled = false;
   if (check_row_variance(q[i], n_ops > 0 ? &ops[0] : nullptr, storage_max, rescaling) != kRowInRange)
     first = row;
   double t = 0.0;
@@ -122,6 +132,7 @@ __global__ void __launch_bounds__(kRowPassThreads)
     const double qk = q[k * stride + i], sqk = sq[k * stride + i];
     const int32_t e = rescaling && homogeneous_degree(op) >= 0 ? rescale_exponent(qk) : 0;
     if (rescaling) rescale[k * stride + i] = e;
+    any_rescaled = any_rescaled || e != 0;
     double q_next, sq_next;
     if (e != 0)
       row_step_rescaled<WithNtk>(op, pool, qk, sqk, e, t, q_next, sq_next);
@@ -140,6 +151,24 @@ __global__ void __launch_bounds__(kRowPassThreads)
       first = (unsigned long long)(n_ops + 1) * un + row;
   }
   if (first != kNoFailure) atomicMin(status, first);
+  if (any_rescaled) atomicOr(status + 1, kAnyRescaled);
+}
+
+// The GEMM's copy of a point set with scaled rows, and a table row in the storage type.
+template <class T>
+__global__ void scale_rows_kernel(const T* __restrict__ x, int64_t n, int64_t d,
+                                  const int32_t* __restrict__ scale_exp, T* __restrict__ out) {
+  const int64_t total = n * d;
+  for (int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
+       idx += int64_t(gridDim.x) * blockDim.x)
+    out[idx] = T(ldexp(double(x[idx]), -scale_exp[idx / d]));  // exact in T, as std::ldexp
+}
+
+template <class T>
+__global__ void store_row_kernel(const double* __restrict__ src, int64_t n, T* __restrict__ out) {
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x)
+    out[i] = T(src[i]);
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -331,13 +360,13 @@ Dtype parse_dtype(const std::string& name) {
 
 int64_t max_tile_rows() { return kMaxGridY * kTileDim; }
 
-void row_stats(Dtype dtype, uintptr_t x, int64_t n, int64_t d, int64_t ld_x, const DeviceProgram& prog,
-               const DeviceRowTables& tables, uintptr_t status, int point_set, int device,
-               uintptr_t stream) {
+RowStatsFlags row_stats(Dtype dtype, uintptr_t x, int64_t n, int64_t d, int64_t ld_x,
+                        const DeviceProgram& prog, const DeviceRowTables& tables, uintptr_t status,
+                        int point_set, int device, uintptr_t stream) {
   require(n >= 0 && d >= 0, "row_stats: negative size");
   require(ld_x >= d, "row_stats: leading dimension smaller than the number of features");
   require(prog.n_ops >= 0 && (prog.n_ops == 0 || prog.ops != 0), "row_stats: no program");
-  if (n == 0) return;
+  if (n == 0) return {};
   require(x != 0 || d == 0, "row_stats: null input");
   require(tables.q != 0 && tables.sq != 0 && status != 0, "row_stats: null table");
   require(tables.stride >= n, "row_stats: table stride smaller than the number of rows");
@@ -349,6 +378,7 @@ void row_stats(Dtype dtype, uintptr_t x, int64_t n, int64_t d, int64_t ld_x, con
   int32_t* rescale = as_ptr<int32_t>(tables.rescale);
   auto* first = as_ptr<unsigned long long>(status);
   NTKFAST_CUDA_CHECK(cudaMemsetAsync(first, 0xFF, sizeof(unsigned long long), s));
+  NTKFAST_CUDA_CHECK(cudaMemsetAsync(first + 1, 0, sizeof(unsigned long long), s));
 
   const double inv_d = d > 0 ? 1.0 / double(d) : 0.0;  // as the CPU engine
   if (dtype == Dtype::kFloat32)
@@ -372,10 +402,16 @@ void row_stats(Dtype dtype, uintptr_t x, int64_t n, int64_t d, int64_t ld_x, con
   }
 
   // The one synchronisation of a Gram computation: non-finite rows raise before any tile.
-  unsigned long long key = 0;
-  NTKFAST_CUDA_CHECK(cudaMemcpyAsync(&key, first, sizeof key, cudaMemcpyDeviceToHost, s));
+  unsigned long long words[2] = {0, 0};
+  NTKFAST_CUDA_CHECK(cudaMemcpyAsync(words, first, sizeof words, cudaMemcpyDeviceToHost, s));
   NTKFAST_CUDA_CHECK(cudaStreamSynchronize(s));
-  if (key == kNoFailure) return;
+  const unsigned long long key = words[0];
+  if (key == kNoFailure) {
+    RowStatsFlags flags;
+    flags.any_scaled = (words[1] & kAnyScaled) != 0;
+    flags.any_rescaled = (words[1] & kAnyRescaled) != 0;
+    return flags;
+  }
   const int64_t category = int64_t(key / (unsigned long long)n);
   const int64_t row = int64_t(key % (unsigned long long)n);
   const bool is_ntk = category == int64_t(prog.n_ops) + 1;
@@ -412,6 +448,37 @@ void gram_tile(Dtype dtype, const TileArgs& a, int device, uintptr_t stream) {
     with_ntk ? launch_tile<float, true>(a, s) : launch_tile<float, false>(a, s);
   else
     with_ntk ? launch_tile<double, true>(a, s) : launch_tile<double, false>(a, s);
+}
+
+void scale_rows(Dtype dtype, uintptr_t x, int64_t n, int64_t d, uintptr_t scale_exp, uintptr_t out,
+                int device, uintptr_t stream) {
+  require(n >= 0 && d >= 0, "scale_rows: negative size");
+  if (n == 0 || d == 0) return;
+  require(x != 0 && scale_exp != 0 && out != 0, "scale_rows: null pointer");
+  use_device(device);
+  const cudaStream_t s = reinterpret_cast<cudaStream_t>(stream);
+  const unsigned blocks = unsigned(std::min<int64_t>((n * d + 255) / 256, 65535));
+  if (dtype == Dtype::kFloat32)
+    scale_rows_kernel<float><<<blocks, 256, 0, s>>>(as_ptr<const float>(x), n, d,
+                                                    as_ptr<const int32_t>(scale_exp), as_ptr<float>(out));
+  else
+    scale_rows_kernel<double><<<blocks, 256, 0, s>>>(as_ptr<const double>(x), n, d,
+                                                     as_ptr<const int32_t>(scale_exp), as_ptr<double>(out));
+  NTKFAST_CUDA_CHECK_LAUNCH("scale_rows_kernel");
+}
+
+void store_row(Dtype dtype, uintptr_t src, int64_t n, uintptr_t out, int device, uintptr_t stream) {
+  require(n >= 0, "store_row: negative size");
+  if (n == 0) return;
+  require(src != 0 && out != 0, "store_row: null pointer");
+  use_device(device);
+  const cudaStream_t s = reinterpret_cast<cudaStream_t>(stream);
+  const unsigned blocks = unsigned(std::min<int64_t>((n + 255) / 256, 65535));
+  if (dtype == Dtype::kFloat32)
+    store_row_kernel<float><<<blocks, 256, 0, s>>>(as_ptr<const double>(src), n, as_ptr<float>(out));
+  else
+    store_row_kernel<double><<<blocks, 256, 0, s>>>(as_ptr<const double>(src), n, as_ptr<double>(out));
+  NTKFAST_CUDA_CHECK_LAUNCH("store_row_kernel");
 }
 
 int runtime_version() {

@@ -1,10 +1,10 @@
 // cuda_engine.hpp -- the host interface of the CUDA Gram engine (cuda_engine.cu).
 //
-// Plain C++ with no CUDA header, so the pybind11 binding (bindings_cuda.cpp) is compiled by the
-// host compiler alone. Device memory is never allocated here: the caller (python/ntkfast/
-// _cuda_backend.py, through CuPy) owns every buffer and passes raw device addresses, a device
-// ordinal and a cudaStream_t (all as integers). All work is enqueued on that stream; only
-// row_stats waits for it (it must report non-finite variances before any tile is computed).
+// Plain C++ with no CUDA header, so the host code that drives it (gram_plan.cu's GramPlan, the
+// pybind11 binding) needs no CUDA header either. Device memory is never allocated here: every
+// buffer is passed as a raw device address, with a device ordinal and a cudaStream_t (all as
+// integers). All work is enqueued on that stream; only row_stats waits for it (it must report
+// non-finite variances before any tile is computed).
 #pragma once
 
 #include <cstdint>
@@ -60,14 +60,30 @@ struct DeviceRowTables {
   uintptr_t rescale = 0;
 };
 
+// What row_stats found besides failures.
+struct RowStatsFlags {
+  bool any_scaled = false;    // some scale_exp[i] != 0: GEMM scaled copies of the rows
+  bool any_rescaled = false;  // some rescale entry != 0: pass the rescale table to the tiles
+};
+
 // Fills the tables for rows x[i * ld_x + 0 .. d) (dtype float32/float64): the layer-0 variance
 // ||x_i||² / d summed in double, then row_step.hpp's row_step for every op (the CPU engine's).
-// status: one uint64 of device scratch. Synchronizes `stream`, then throws NonFiniteKernel (with
-// `underflow` set for a too-small nonzero variance) for the first row outside row_step.hpp's range
-// policy in the CPU engine's order (op-major from the input variance, then row; NTK diagonal last).
-void row_stats(Dtype dtype, uintptr_t x, int64_t n, int64_t d, int64_t ld_x, const DeviceProgram& prog,
-               const DeviceRowTables& tables, uintptr_t status, int point_set, int device,
-               uintptr_t stream);
+// status: two uint64 of device scratch (kRowStatsStatusBytes). Synchronizes `stream`, then throws
+// NonFiniteKernel (with `underflow` set for a too-small nonzero variance) for the first row outside
+// row_step.hpp's range policy in the CPU engine's order (op-major from the input variance, then
+// row; NTK diagonal last).
+constexpr int64_t kRowStatsStatusBytes = 16;
+RowStatsFlags row_stats(Dtype dtype, uintptr_t x, int64_t n, int64_t d, int64_t ld_x,
+                        const DeviceProgram& prog, const DeviceRowTables& tables, uintptr_t status,
+                        int point_set, int device, uintptr_t stream);
+
+// out[i * d + k] = x[i * d + k] · 2^-scale_exp[i] (exact: a power of two), the GEMM's copy of a
+// point set with rows outside its safe range (as the CPU engine's scaled_rows). Enqueued.
+void scale_rows(Dtype dtype, uintptr_t x, int64_t n, int64_t d, uintptr_t scale_exp, uintptr_t out,
+                int device, uintptr_t stream);
+
+// out[i] = T(src[i]) for i < n (a float64 table row to an output of the storage type). Enqueued.
+void store_row(Dtype dtype, uintptr_t src, int64_t n, uintptr_t out, int device, uintptr_t stream);
 
 // One tile of a Gram matrix (row-major, element type = dtype): rows [0, rows) of point set 1
 // against columns [0, cols) of point set 2, given their input Gram (x_i · x'_j, not yet / d).

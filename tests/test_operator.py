@@ -1,0 +1,188 @@
+"""ntkfast.KernelOperator (products against the dense Gram, every storage) and the iterative
+path of ntkfast.predict (against the exact eigh/Cholesky path)."""
+import numpy as np
+import pytest
+
+import ntkfast as nf
+
+NET = nf.MLP(3, "relu", W_std=1.5, b_std=0.05)
+STORAGES = ("recompute", "memory", "file")
+
+
+@pytest.fixture
+def points(rng):
+    return rng.standard_normal((230, 12)), rng.standard_normal((70, 12))
+
+
+# ----------------------------------------------------------------------------------------------
+# The operator.
+
+@pytest.mark.parametrize("storage", STORAGES)
+@pytest.mark.parametrize("get", ["ntk", "nngp"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_products_match_the_dense_gram(points, storage, get, dtype):
+    x, x2 = points
+    x, x2 = x.astype(dtype), x2.astype(dtype)
+    rtol = 1e-13 if dtype == np.float64 else 1e-6
+    k = nf.gram(x, net=NET, get=get).astype(np.float64)
+    c = nf.gram(x, x2, net=NET, get=get).astype(np.float64)
+    rng = np.random.default_rng(1)
+    v, u = rng.standard_normal((230, 3)), rng.standard_normal((70, 3))
+    # block_size 64: ragged blocks, diagonal and off-diagonal pairs, every code path
+    op = nf.KernelOperator(x, net=NET, get=get, storage=storage, block_size=64)
+    cross = nf.KernelOperator(x, x2, net=NET, get=get, storage=storage, block_size=64)
+    assert op.storage == storage and op.shape == (230, 230) and cross.shape == (230, 70)
+    for got, want in ((op @ v, k @ v), (op.matvec(v[:, 0]), k @ v[:, 0]),
+                      (cross @ u, c @ u), (cross.rmatmat(v), c.T @ v)):
+        np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol * np.abs(want).max())
+        assert got.dtype == np.float64
+    np.testing.assert_array_equal(op.diagonal(), np.diag(k))
+    np.testing.assert_allclose(op.columns([0, 5, 229]), k[:, [0, 5, 229]], rtol=rtol)
+    np.testing.assert_allclose(cross.rows([3, 4]), c[[3, 4]], rtol=rtol)
+    lin = op.aslinearoperator()
+    np.testing.assert_allclose(lin.matmat(v), k @ v, rtol=rtol, atol=rtol * np.abs(k @ v).max())
+
+
+def test_auto_storage_says_what_it_chose(points, monkeypatch):
+    x, _ = points
+    from ntkfast import _operator
+
+    assert nf.KernelOperator(x, net=NET).storage == "memory"
+    monkeypatch.setattr(_operator, "available_memory", lambda: 1000)
+    op = nf.KernelOperator(x, net=NET)
+    assert op.storage == "recompute" and "storage='recompute'" in repr(op)
+
+
+def test_file_storage_at_a_given_path(points, tmp_path):
+    x, _ = points
+    path = tmp_path / "k.npy"
+    op = nf.KernelOperator(x, net=NET, storage="file", path=path)
+    np.testing.assert_array_equal(np.load(path), nf.gram(x, net=NET, get="ntk"))
+    assert op.storage == "file"
+
+
+def test_bad_arguments(points):
+    x, x2 = points
+    with pytest.raises(TypeError, match="get must be 'ntk' or 'nngp'"):
+        nf.KernelOperator(x, net=NET, get=("nngp", "ntk"))
+    with pytest.raises(ValueError, match="storage must be one of"):
+        nf.KernelOperator(x, net=NET, storage="disk")
+    with pytest.raises(ValueError, match="path is only used with storage='file'"):
+        nf.KernelOperator(x, net=NET, storage="memory", path="k.npy")
+    with pytest.raises(ValueError, match="memory_fraction"):
+        nf.KernelOperator(x, net=NET, memory_fraction=2)
+    with pytest.raises(ValueError, match="same number of features"):
+        nf.KernelOperator(x, x2[:, :5], net=NET)
+    op = nf.KernelOperator(x, net=NET, storage="recompute")
+    with pytest.raises(ValueError, match=r"V must have shape \(230,\) or \(230, k\)"):
+        op @ np.ones((229, 2))
+    with pytest.raises(IndexError, match="columns"):
+        op.columns([230])
+    with pytest.raises(ValueError, match="symmetric"):
+        nf.KernelOperator(x, x2, net=NET).diagonal()
+
+
+# ----------------------------------------------------------------------------------------------
+# predict's iterative path against the exact one.
+
+@pytest.fixture
+def problem(rng):
+    x = rng.standard_normal((300, 10))
+    x_test = rng.standard_normal((40, 10))
+    y = np.stack([np.sin(x[:, 0]), np.cos(x[:, 1])], axis=1)
+    return x, x_test, y
+
+
+def _close(got, want, rtol):
+    np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol * np.abs(want).max())
+
+
+@pytest.mark.parametrize("diag_reg", [0.0, 1e-3])
+def test_gradient_descent_mse_iterative_matches_eigh(problem, diag_reg):
+    x, x_test, y = problem
+    k, k_td = nf.gram(x, net=NET, get="ntk"), nf.gram(x_test, x, net=NET, get="ntk")
+    exact = nf.predict.gradient_descent_mse(k, y, diag_reg=diag_reg)
+    iterative = nf.predict.gradient_descent_mse(
+        nf.KernelOperator(x, net=NET, storage="recompute"), y, diag_reg=diag_reg)
+    times = np.logspace(-1, 4, 12)
+    for t in (None, times, 7.0):
+        want = exact(t=t, fx_train_0=0.1, fx_test_0=0.0, k_test_train=k_td)
+        got = iterative(t=t, fx_train_0=0.1, fx_test_0=0.0,
+                        k_test_train=nf.KernelOperator(x_test, x, net=NET))
+        for g, w in zip(got, want):
+            assert g.shape == w.shape
+            _close(g, w, 1e-7)
+    assert iterative.info is not None  # the last solve's report
+
+
+def test_dense_array_with_the_iterative_solver(problem):
+    x, x_test, y = problem
+    k = nf.gram(x, net=NET, get="ntk")
+    exact = nf.predict.gradient_descent_mse(k, y, diag_reg=1e-4)(t=None, fx_train_0=None,
+                                                                fx_test_0=0.0, k_test_train=k[:5])
+    for solver in ("cg", "lanczos"):
+        got = nf.predict.gradient_descent_mse(k, y, diag_reg=1e-4, solver=solver)(
+            t=None, fx_train_0=None, fx_test_0=0.0, k_test_train=k[:5])
+        _close(got, exact, 1e-7)
+
+
+def test_gp_inference_iterative_matches_cholesky(problem):
+    x, x_test, y = problem
+    kernels = nf.gram(x, net=NET)
+    k_td, k_tt = nf.gram(x_test, x, net=NET), nf.gram(x_test, net=NET)
+    ops = nf.Kernels(*(nf.KernelOperator(x, net=NET, get=g, storage="recompute")
+                       for g in ("nngp", "ntk")))
+    get = ("nngp", "ntk", "ntkgp")
+    want = nf.predict.gp_inference(kernels, y, diag_reg=1e-4)(get=get, k_test_train=k_td,
+                                                               k_test_test=k_tt)
+    got = nf.predict.gp_inference(ops, y, diag_reg=1e-4)(get=get, k_test_train=k_td,
+                                                         k_test_test=k_tt)
+    for g, w in zip(got, want):
+        _close(g.mean, w.mean, 1e-7)
+        _close(g.covariance, w.covariance, 1e-7)
+    means = nf.predict.gp_inference(ops, y, diag_reg=1e-4)(
+        get="nngp", k_test_train=nf.Kernels(nf.KernelOperator(x_test, x, net=NET, get="nngp"), None))
+    _close(means, want.nngp.mean, 1e-7)
+
+
+def test_iterative_path_errors(problem):
+    x, x_test, y = problem
+    op = nf.KernelOperator(x, net=NET, storage="recompute")
+    with pytest.raises(ValueError, match="solver must be one of"):
+        nf.predict.gradient_descent_mse(op, y, solver="qr")
+    with pytest.raises(ValueError, match="solver='eigh' needs the kernel as an array"):
+        nf.predict.gradient_descent_mse(op, y, solver="eigh")
+    with pytest.raises(ValueError, match="preconditioner_rank"):
+        nf.predict.gradient_descent_mse(op, y, preconditioner_rank=10_000)
+    with pytest.raises(ValueError, match="square"):
+        nf.predict.gradient_descent_mse(nf.KernelOperator(x_test, x, net=NET), y)
+    ops = nf.Kernels(*(nf.KernelOperator(x, net=NET, get=g) for g in ("nngp", "ntk")))
+    with pytest.raises(ValueError, match="covariances on the iterative path need k_test_train as an array"):
+        nf.predict.gp_inference(ops, y)(get="nngp", k_test_train=nf.Kernels(
+            nf.KernelOperator(x_test, x, net=NET, get="nngp"), None), k_test_test=np.eye(40))
+    # a tolerance the iteration limit cannot reach: a clear error with the residual, no answer
+    fn = nf.predict.gradient_descent_mse(op, y, maxiter=2, preconditioner_rank=0)
+    with pytest.raises(nf.ConvergenceError, match="residual"):
+        fn(t=None, fx_train_0=None, fx_test_0=0.0, k_test_train=nf.KernelOperator(x_test, x, net=NET))
+
+
+def _flat(a):
+    if isinstance(a, tuple):
+        return np.concatenate([_flat(v) for v in a])
+    return np.ravel(a)
+
+
+def test_ensemble_iterative_matches_exact(problem):
+    x, x_test, y = problem
+    exact = nf.predict.gradient_descent_mse_ensemble(NET, x, y, diag_reg=1e-3)
+    iterative = nf.predict.gradient_descent_mse_ensemble(NET, x, y, diag_reg=1e-3, solver="cg")
+    times = np.logspace(0, 3, 5)
+    for kwargs in (dict(t=times, x_test=x_test), dict(t=times), dict(t=3.0, x_test=x_test, get="ntk"),
+                   dict(t=None, x_test=x_test, compute_cov=True), dict(t=None, compute_cov=True)):
+        want, got = _flat(exact(**kwargs)), _flat(iterative(**kwargs))
+        assert got.shape == want.shape
+        _close(got, want, 1e-7)
+    with pytest.raises(ValueError, match="compute_cov=True at finite t"):
+        iterative(t=times, x_test=x_test, compute_cov=True)
+    with pytest.raises(ValueError, match="iterative path needs an ntkfast network"):
+        nf.predict.gradient_descent_mse_ensemble(lambda a, b, g: None, x, y, solver="cg")
