@@ -50,3 +50,35 @@ def dynamics_reference(reference):
 @pytest.fixture
 def rng():
     return np.random.default_rng(20261125)
+
+
+class _Backend:
+    """How a test hands arrays to one backend and reads them back (see the `backend` fixture)."""
+
+    def __init__(self, name):
+        self.name = name
+        if name == "cuda":
+            import cupy
+
+            self.xp = cupy
+        else:
+            self.xp = np
+
+    def asarray(self, a):
+        return a if a is None else self.xp.asarray(a)
+
+    def asnumpy(self, a):
+        return a.get() if self.name == "cuda" else np.asarray(a)
+
+
+@pytest.fixture(params=["cpu", "cuda"])
+def backend(request):
+    """Runs a test once on the CPU engine and once on the CUDA engine (CuPy arrays in and out);
+    the CUDA run is skipped, saying why, where there is no usable GPU."""
+    if request.param == "cuda":
+        import ntkfast
+
+        reason = ntkfast._cuda_probe.cuda_unavailable_reason()
+        if reason is not None:
+            pytest.skip(f"CUDA backend unavailable: {reason}")
+    return _Backend(request.param)

@@ -4,7 +4,9 @@ NumPy out, outputs streamed to host arrays and np.memmap, CuPy stream semantics,
 state (stream, math mode) restored, scaled GEMM rows and rescaled variances, Ctrl-C, errors.
 
 Skipped without CuPy or without a usable GPU (the reason is shown). The no-GPU side of the backend
-is tested in test_cuda_build.py and test_errors.py.
+is tested in test_cuda_build.py and test_cuda_driver.py; the properties every backend shares
+(against the NumPy oracle, symmetry, get variants, errors, exact rescaling) in test_backends.py,
+which runs each on the CPU and on the GPU.
 
 Tolerances against the CPU backend: the per-entry math is the same code (layer_math.hpp) and
 sqrt / division / fma are correctly rounded on both; what differs is the input Gram (cuBLAS and
@@ -118,21 +120,6 @@ def test_several_default_tiles(rng):
     _assert_close32(_host(got)[rows], want)
     g = _host(got)
     assert np.array_equal(g, g.T)
-
-
-@pytest.mark.parametrize("get", ["nngp", "ntk", ("ntk",), ("ntk", "nngp")])
-def test_get_variants(rng, get):
-    x = _points(rng, 40)
-    want = nf.gram(x, net=RELU, get=get, backend="cpu")
-    got = nf.gram(cp.asarray(x), net=RELU, get=get)
-    if isinstance(get, str):
-        _assert_close64(_host(got), want)
-    else:
-        for name in ("nngp", "ntk"):
-            w, g = getattr(want, name), getattr(got, name)
-            assert (w is None) == (g is None)
-            if w is not None:
-                _assert_close64(_host(g), w)
 
 
 def test_numpy_inputs_give_numpy_outputs(rng):

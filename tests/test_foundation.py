@@ -99,40 +99,79 @@ def test_backends_receive_checked_requests(monkeypatch):
 # ----------------------------------------------------------------------------------------------
 # BLAS thread limits.
 
-def _blas_threads():
-    from threadpoolctl import threadpool_info
+class _RecordingController:
+    """threadpoolctl's semantics, observable from any thread: limit() saves the current limit and
+    sets a new one; restore_original_limits() puts the saved one back. (OpenBLAS's own thread
+    count, read from a thread other than the one that set it, does not always show the change.)"""
 
-    return sorted((lib["filepath"], lib["num_threads"]) for lib in threadpool_info()
-                  if lib["user_api"] == "blas")
+    def __init__(self):
+        self.current = 2
+
+    def limit(self, limits, user_api):
+        controller = self
+
+        class Limiter:
+            saved = controller.current
+
+            def restore_original_limits(self):
+                controller.current = self.saved
+
+        controller.current = limits
+        return Limiter()
 
 
-def test_overlapping_calls_restore_the_blas_thread_limits(rng):
-    """Two Python threads whose gram calls overlap used to leave NumPy's and SciPy's BLAS at one
-    thread for the rest of the process (limits saved and restored out of order)."""
-    from threadpoolctl import threadpool_limits
+def test_overlapping_calls_restore_the_blas_thread_limits(rng, monkeypatch):
+    """Two Python threads whose gram calls overlap used to leave the BLAS libraries at one thread
+    for the rest of the process: each call saved and restored the limits itself, so A enters
+    (saves 2), B enters (saves 1), A leaves (restores 2), B leaves (restores 1). Progress
+    callbacks force exactly that order."""
+    from ntkfast import _blas
 
-    x = rng.standard_normal((600, 40))
-    with threadpool_limits(limits=2, user_api="blas"):
-        before = _blas_threads()
-        barrier = threading.Barrier(4)
-        errors = []
+    _blas.ensure_loaded()
+    controller = _RecordingController()
+    monkeypatch.setattr(_blas, "_controller", controller)
+    x = rng.standard_normal((300, 20))
+    a_inside, b_inside, a_done = threading.Event(), threading.Event(), threading.Event()
+    errors, seen = [], []
 
-        def work():
-            try:
-                barrier.wait(timeout=30)
-                for _ in range(5):
-                    nf.gram(x, net=NET, tile_size=64)
-            except Exception as error:  # noqa: BLE001 - reported below
-                errors.append(error)
+    def wait(event):
+        if not event.wait(timeout=60):
+            raise TimeoutError("the other thread did not arrive")
 
-        threads = [threading.Thread(target=work) for _ in range(4)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert not errors
-        assert _blas_threads() == before
-        assert all(n == 2 for _, n in before)
+    def progress_a(done, total):
+        seen.append(controller.current)
+        a_inside.set()
+        wait(b_inside)
+
+    def progress_b(done, total):
+        seen.append(controller.current)
+        b_inside.set()
+        wait(a_done)
+        seen.append(controller.current)  # A has left, B still computes: must still be 1
+
+    def run_a():
+        try:
+            nf.gram(x, net=NET, progress=progress_a)
+        except Exception as error:  # noqa: BLE001 - reported below
+            errors.append(error)
+        finally:
+            a_done.set()
+
+    def run_b():
+        try:
+            wait(a_inside)
+            nf.gram(x, net=NET, progress=progress_b)
+        except Exception as error:  # noqa: BLE001 - reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=run_a), threading.Thread(target=run_b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert seen == [1, 1, 1]  # single-threaded BLAS whenever an engine call runs
+    assert controller.current == 2  # and the original limit back once both have left
 
 
 # ----------------------------------------------------------------------------------------------

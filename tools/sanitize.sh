@@ -13,7 +13,7 @@
 #      instrumented package and not python/ntkfast), with the compiler's libasan.so and
 #      libubsan.so preloaded into the (uninstrumented) Python interpreter:
 #        tests/test_errors.py tests/test_engine_*.py tests/test_numerics.py
-#        tests/test_properties.py tests/test_hypothesis.py
+#        tests/test_properties.py tests/test_backends.py tests/test_hypothesis.py
 #      (files that do not exist are left out; test_hypothesis runs 30% of its examples,
 #      NTKFAST_HYPOTHESIS_SCALE=0.3; test_errors' Ctrl-C latency test is deselected: its
 #      1 s bound does not hold under ASan's slowdown).
@@ -71,7 +71,7 @@ echo "   ($(( $(date +%s) - build_start )) s)"
 
 # The test slice (only the files that exist).
 tests=()
-for pattern in test_errors.py 'test_engine_*.py' test_numerics.py test_properties.py test_hypothesis.py; do
+for pattern in test_errors.py 'test_engine_*.py' test_numerics.py test_properties.py test_backends.py test_hypothesis.py; do
   for f in "$repo"/tests/$pattern; do
     [ -f "$f" ] && tests+=("$f")
   done

@@ -210,14 +210,15 @@ class KernelOperator:
 
     def _stored_product(self, v, transpose):
         xp, k = self._xp, self._matrix
-        if self.storage == "memory":
+        if self.storage == "memory" and k.dtype == np.float64:
             return (k.T if transpose else k) @ v
-        # file: stream row blocks of the memory map (each read once per product)
+        # float32 in memory, or a file: row blocks in float64 (a whole float32 K @ V would make
+        # a float64 copy of K first), each block of a file read once per product
         n1, n2 = self.shape
         out = xp.zeros((n2 if transpose else n1, v.shape[1]))
         step = self.block_size
         for i0 in range(0, n1, step):
-            block = np.asarray(k[i0:i0 + step], dtype=np.float64)
+            block = xp.asarray(k[i0:i0 + step], dtype=np.float64)
             if transpose:
                 out += block.T @ v[i0:i0 + step]
             else:
