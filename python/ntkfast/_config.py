@@ -26,7 +26,23 @@ _apply_dispatch_override()
 
 
 def get_config():
-    """The build and run-time configuration as a dict (what show_config prints)."""
+    """The build and run-time configuration as a dict (what :func:`show_config` prints).
+
+    Returns
+    -------
+    dict
+        ``version``, ``python``, ``platform``, ``numpy``, ``scipy``; ``cpu`` (``openmp``,
+        ``threads``, ``kernels``: the SIMD variant in use, ``supported_kernels``,
+        ``cpu_features``, ``compiler``, ``forked_child``); ``cuda`` (``available``, ``reason``
+        when it is not, ``build``, ``architectures``); ``blas`` (the BLAS of the tile GEMMs).
+
+    Examples
+    --------
+    >>> import ntkfast
+    >>> config = ntkfast.get_config()
+    >>> config["version"] == ntkfast.__version__, config["cpu"]["available"]
+    (True, True)
+    """
     import numpy
     import scipy
 
@@ -63,7 +79,23 @@ def get_config():
 
 def show_config(file=None):
     """Print the version, the backends built and available (with the reason when one is not),
-    OpenMP threads, the SIMD level of the CPU kernels and the BLAS used."""
+    OpenMP threads, the SIMD level of the CPU kernels and the BLAS used.
+
+    The same as ``ntkfast info`` on the command line; :func:`get_config` returns it as a dict.
+
+    Parameters
+    ----------
+    file : file-like, optional
+        Where to print (default ``sys.stdout``).
+
+    Examples
+    --------
+    >>> import io, ntkfast
+    >>> text = io.StringIO()
+    >>> ntkfast.show_config(file=text)
+    >>> text.getvalue().splitlines()[0] == f"ntkfast {ntkfast.__version__}"
+    True
+    """
     cfg = get_config()
     cpu, cuda, blas = cfg["cpu"], cfg["cuda"], cfg["blas"]
     lines = [

@@ -10,6 +10,17 @@ class NonFiniteKernelError(FloatingPointError):
     Raised before the Gram matrix is computed, from the per-point variances (every off-diagonal
     entry is bounded by them). Attributes: ``argument`` ('x1', 'x2' or 'x'), ``row``, ``layer``
     (the layer spec where it happened, or None for the input), ``value``.
+
+    A subclass of :class:`FloatingPointError`.
+
+    Examples
+    --------
+    >>> import numpy as np, ntkfast
+    >>> try:
+    ...     ntkfast.gram(np.full((2, 2), 1e300), net=ntkfast.MLP(1))
+    ... except ntkfast.NonFiniteKernelError as error:
+    ...     print(error.argument, error.row)
+    x1 0
     """
 
     def __init__(self, message, argument=None, row=None, layer=None, value=None):
@@ -22,6 +33,16 @@ class KernelUnderflowError(FloatingPointError):
     variances underflow double precision, so the kernel could not be computed exactly.
 
     Raised before the Gram matrix is computed; same attributes as :class:`NonFiniteKernelError`.
+    Variances down to ~1e-300 are computed exactly (by power-of-two rescaling).
+
+    Examples
+    --------
+    >>> import numpy as np, ntkfast
+    >>> try:
+    ...     ntkfast.gram(np.full((2, 2), 1e-200), net=ntkfast.MLP(1))
+    ... except ntkfast.KernelUnderflowError as error:
+    ...     print(error.argument)
+    x1
     """
 
     def __init__(self, message, argument=None, row=None, layer=None, value=None):
@@ -30,7 +51,22 @@ class KernelUnderflowError(FloatingPointError):
 
 
 class BackendUnavailableError(RuntimeError):
-    """The requested compute backend is not built or cannot run here; the message says why."""
+    """The requested compute backend is not built or cannot run here; the message says why.
+
+    ``ntkfast.get_config()["cuda"]["reason"]`` gives the same reason without raising.
+
+    Examples
+    --------
+    >>> import numpy as np, ntkfast
+    >>> if not ntkfast.get_config()["cuda"]["available"]:
+    ...     try:
+    ...         ntkfast.gram(np.eye(2), net=ntkfast.MLP(1), backend="cuda")
+    ...     except ntkfast.BackendUnavailableError:
+    ...         print("no CUDA here")
+    ... else:
+    ...     print("no CUDA here")   # (the example's output either way)
+    no CUDA here
+    """
 
 
 class EngineNonFinite(Exception):

@@ -102,6 +102,20 @@ def diagonal(x, *, net, get=("nngp", "ntk"), dtype=None, check_finite=True, num_
     Returns
     -------
     ndarray of shape (n,), or Kernels of them.
+
+    Raises
+    ------
+    TypeError, ValueError, NonFiniteKernelError, KernelUnderflowError
+        As for :func:`gram`.
+
+    Examples
+    --------
+    >>> import numpy as np, ntkfast
+    >>> x = np.random.default_rng(0).standard_normal((50, 8))
+    >>> net = ntkfast.MLP(3, "relu", W_std=1.5, b_std=0.05)
+    >>> d = ntkfast.diagonal(x, net=net, get="ntk")
+    >>> np.array_equal(d, np.diag(ntkfast.gram(x, net=net, get="ntk")))
+    True
     """
     request = diagonal_request(x, net=net, get=get, dtype=dtype, check_finite=check_finite,
                                num_threads=num_threads)

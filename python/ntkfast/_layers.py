@@ -109,7 +109,20 @@ def _flag(owner: str, name: str, value):
 
 
 class Layer:
-    """Base class of all layer specs (frozen dataclasses)."""
+    """Base class of all layer specs.
+
+    Layers are frozen dataclasses: immutable, hashable and compared by value, validated when
+    they are built (a ``TypeError`` or ``ValueError`` naming the parameter). Compose them with
+    :func:`serial`; pass the result as ``net`` to :func:`ntkfast.gram`.
+
+    Examples
+    --------
+    >>> import ntkfast
+    >>> isinstance(ntkfast.Relu(), ntkfast.Layer)
+    True
+    >>> ntkfast.Dense(512, 1.5) == ntkfast.Dense(512, W_std=1.5)
+    True
+    """
 
     __slots__ = ()
 
@@ -161,6 +174,19 @@ class Dense(Layer):
         'standard': h = W x + b with W ~ N(0, σw²/n); same NNGP, NTK as neural-tangents'
         ``parameterization='standard'`` (Sohl-Dickstein et al. 2020, "On the infinite width
         limit of neural networks with a standard parameterization").
+
+    Raises
+    ------
+    TypeError, ValueError
+        A parameter of the wrong type or out of range (negative ``W_std``, an unknown
+        ``parameterization``, ...).
+
+    Examples
+    --------
+    >>> import ntkfast
+    >>> ntkfast.Dense(512, W_std=1.5, b_std=0.05)
+    Dense(out_dim=512, W_std=1.5, b_std=0.05)
+    >>> net = ntkfast.serial(ntkfast.Dense(512, 1.5, 0.05), ntkfast.Relu(), ntkfast.Dense(1, 1.5, 0.05))
     """
 
     out_dim: Optional[int] = None
@@ -204,7 +230,32 @@ class Dense(Layer):
 
 @dataclasses.dataclass(frozen=True, repr=False)
 class Serial(Layer):
-    """A sequence of layers applied in order (``neural_tangents.stax.serial``)."""
+    """A sequence of layers applied in order (``neural_tangents.stax.serial``).
+
+    Built by :func:`serial` (which flattens nested networks); ``Serial(layers)`` with a tuple of
+    layers is the same.
+
+    Parameters
+    ----------
+    layers : tuple of Layer
+        The layers, first to last.
+
+    Raises
+    ------
+    TypeError
+        ``layers`` is not a tuple (or list) of layers.
+    ValueError
+        An activation does not follow a Dense layer, or a 'standard' Dense lacks its fan-in.
+
+    Examples
+    --------
+    >>> import ntkfast
+    >>> net = ntkfast.MLP(2)
+    >>> net.depth, len(net.layers)
+    (2, 5)
+    >>> ntkfast.Serial(net.layers) == net
+    True
+    """
 
     layers: Tuple[Layer, ...] = ()
 
@@ -234,16 +285,49 @@ class Serial(Layer):
 
     @property
     def depth(self) -> int:
-        """Number of activation layers."""
+        """Number of activation layers.
+
+        Examples
+        --------
+        >>> import ntkfast
+        >>> ntkfast.MLP(3, "erf").depth
+        3
+        """
         return sum(isinstance(layer, _Activation) for layer in self.layers)
 
 
 def serial(*layers: Layer) -> Serial:
     """Compose layers: ``serial(Dense(512, 1.5, 0.05), Relu(), Dense(1, 1.5, 0.05))``.
 
-    Nested ``serial`` calls are flattened. Raises ``TypeError`` for anything that is not a layer
-    and ``ValueError`` for an activation that does not follow a Dense layer (its input must be
-    Gaussian, as in neural-tangents).
+    As ``neural_tangents.stax.serial``, but the result is a network value (a :class:`Serial`),
+    not an ``(init_fn, apply_fn, kernel_fn)`` triple. Nested ``serial`` calls are flattened.
+
+    Parameters
+    ----------
+    *layers : Layer
+        The layers, first to last.
+
+    Returns
+    -------
+    Serial
+
+    Raises
+    ------
+    TypeError
+        An argument is not a layer (e.g. a layer class instead of an instance).
+    ValueError
+        An activation does not follow a Dense layer (its input must be Gaussian, as in
+        neural-tangents), or a 'standard' Dense follows a Dense without ``out_dim``.
+
+    Examples
+    --------
+    >>> import numpy as np, ntkfast
+    >>> net = ntkfast.serial(ntkfast.Dense(512, 1.5, 0.05), ntkfast.Erf(),
+    ...                      ntkfast.Dense(1, 1.5, 0.05))
+    >>> net.depth
+    1
+    >>> ntkfast.gram(np.eye(3), net=net, get="nngp").shape
+    (3, 3)
     """
     for position, layer in enumerate(layers):
         if not isinstance(layer, Layer):
@@ -287,8 +371,19 @@ def _check_structure(owner, layers):
 class ABRelu(_Activation):
     """``a·min(x, 0) + b·max(x, 0)``; the arc-cosine kernel of order 1.
 
-    ``do_stabilize`` is accepted for neural-tangents compatibility and has no effect: ntkfast's
-    formulas do not lose precision in deep networks.
+    Parameters
+    ----------
+    a, b : float
+        Slopes for negative and positive inputs.
+    do_stabilize : bool
+        Accepted for neural-tangents compatibility and without effect: ntkfast's formulas do not
+        lose precision in deep networks.
+
+    Examples
+    --------
+    >>> import ntkfast
+    >>> ntkfast.MLP(2, ntkfast.ABRelu(-0.5, 1.0)) == ntkfast.MLP(2, "abrelu", a=-0.5, b=1.0)
+    True
     """
 
     a: float
@@ -318,7 +413,23 @@ def _abrelu_params(owner, a, b, a_name, b_name):
 
 @_frozen
 class Relu(_Activation):
-    """``max(x, 0)`` (ABRelu(0, 1))."""
+    """``max(x, 0)`` (ABRelu(0, 1)): the arc-cosine kernel of order 1 (Cho & Saul 2009).
+
+    Parameters
+    ----------
+    do_stabilize : bool
+        Accepted for neural-tangents compatibility; no effect.
+
+    Examples
+    --------
+    The NNGP of one ReLU layer on orthogonal inputs of variance q is q/(2π):
+
+    >>> import numpy as np, ntkfast
+    >>> net = ntkfast.serial(ntkfast.Dense(1), ntkfast.Relu(), ntkfast.Dense(1))
+    >>> k = ntkfast.gram(np.eye(2), net=net, get="nngp")    # q = x·x/d = 1/2
+    >>> np.allclose(k, [[1 / 4, 1 / (4 * np.pi)], [1 / (4 * np.pi), 1 / 4]])
+    True
+    """
 
     do_stabilize: bool = False
 
@@ -331,7 +442,21 @@ class Relu(_Activation):
 
 @_frozen
 class LeakyRelu(_Activation):
-    """``alpha·min(x, 0) + max(x, 0)`` (ABRelu(alpha, 1))."""
+    """``alpha·min(x, 0) + max(x, 0)`` (ABRelu(alpha, 1)).
+
+    Parameters
+    ----------
+    alpha : float
+        Slope for negative inputs.
+    do_stabilize : bool
+        Accepted for neural-tangents compatibility; no effect.
+
+    Examples
+    --------
+    >>> import ntkfast
+    >>> ntkfast.LeakyRelu(0.1)
+    LeakyRelu(0.1)
+    """
 
     alpha: float
     do_stabilize: bool = False
@@ -350,7 +475,19 @@ class LeakyRelu(_Activation):
 
 @_frozen
 class Abs(_Activation):
-    """``|x|`` (ABRelu(-1, 1))."""
+    """``|x|`` (ABRelu(-1, 1)).
+
+    Parameters
+    ----------
+    do_stabilize : bool
+        Accepted for neural-tangents compatibility; no effect.
+
+    Examples
+    --------
+    >>> import ntkfast
+    >>> ntkfast.MLP(1, "abs")
+    serial(Dense(b_std=0.0), Abs(), Dense(out_dim=1, b_std=0.0))
+    """
 
     do_stabilize: bool = False
 
@@ -363,7 +500,19 @@ class Abs(_Activation):
 
 @_frozen
 class Erf(_Activation):
-    """``a·erf(b·x) + c``; NNGP ``(2/π) arcsin(2Σ/√((1+2q1)(1+2q2)))`` after scaling by b²."""
+    """``a·erf(b·x) + c``; NNGP ``(2/π) arcsin(2Σ/√((1+2q1)(1+2q2)))`` after scaling by b².
+
+    Parameters
+    ----------
+    a, b, c : float
+        Scale, input scale and offset.
+
+    Examples
+    --------
+    >>> import ntkfast
+    >>> ntkfast.Erf(b=2.0)
+    Erf(b=2.0)
+    """
 
     a: float = 1.0
     b: float = 1.0
@@ -383,7 +532,17 @@ class Erf(_Activation):
 
 @_frozen
 class Sigmoid_like(_Activation):  # noqa: N801 - neural-tangents' name
-    """``0.5·erf(x/2.4020563531719796) + 0.5``, a sigmoid look-alike (Erf(0.5, 1/2.40…, 0.5))."""
+    """``0.5·erf(x/2.4020563531719796) + 0.5``, a sigmoid look-alike (Erf(0.5, 1/2.40…, 0.5)).
+
+    Examples
+    --------
+    >>> import numpy as np, ntkfast
+    >>> x = np.random.default_rng(0).standard_normal((4, 3))
+    >>> a = ntkfast.gram(x, net=ntkfast.MLP(2, "sigmoid_like"), get="ntk")
+    >>> b = ntkfast.gram(x, net=ntkfast.MLP(2, ntkfast.Erf(0.5, 1 / 2.4020563531719796, 0.5)), get="ntk")
+    >>> np.allclose(a, b)
+    True
+    """
 
     def _ops(self, ctx):
         ctx.emit(_ERF, Erf(0.5, 1 / 2.4020563531719796, 0.5)._params())
@@ -391,7 +550,14 @@ class Sigmoid_like(_Activation):  # noqa: N801 - neural-tangents' name
 
 @_frozen
 class Gelu(_Activation):
-    """``x·Φ(x)`` (exact GELU); neural-tangents' closed form."""
+    """``x·Φ(x)`` (exact GELU); neural-tangents' closed form.
+
+    Examples
+    --------
+    >>> import ntkfast
+    >>> ntkfast.MLP(2, "gelu", W_std=1.5).depth
+    2
+    """
 
     def _ops(self, ctx):
         ctx.emit(_GELU, ())
@@ -399,7 +565,19 @@ class Gelu(_Activation):
 
 @_frozen
 class Sin(_Activation):
-    """``a·sin(b·x + c)``."""
+    """``a·sin(b·x + c)``.
+
+    Parameters
+    ----------
+    a, b, c : float
+        Amplitude, frequency and phase.
+
+    Examples
+    --------
+    >>> import ntkfast
+    >>> ntkfast.Sin(b=2.0, c=0.5)
+    Sin(b=2.0, c=0.5)
+    """
 
     a: float = 1.0
     b: float = 1.0
@@ -426,7 +604,22 @@ class Sin(_Activation):
 
 @_frozen
 class Cos(Sin):
-    """``a·cos(b·x + c)`` (Sin with phase c + π/2)."""
+    """``a·cos(b·x + c)`` (Sin with phase c + π/2).
+
+    Parameters
+    ----------
+    a, b, c : float
+        Amplitude, frequency and phase.
+
+    Examples
+    --------
+    >>> import numpy as np, ntkfast
+    >>> x = np.random.default_rng(0).standard_normal((4, 3))
+    >>> cos = ntkfast.gram(x, net=ntkfast.MLP(1, ntkfast.Cos()), get="nngp")
+    >>> sin = ntkfast.gram(x, net=ntkfast.MLP(1, ntkfast.Sin(c=np.pi / 2)), get="nngp")
+    >>> np.allclose(cos, sin)
+    True
+    """
 
     def _phase(self):
         return self.c + math.pi / 2
@@ -434,7 +627,21 @@ class Cos(Sin):
 
 @_frozen
 class Rbf(_Activation):
-    """``√2·sin(√(2γ)·x + π/4)``, whose NNGP is ``exp(-γ(q1 + q2 - 2Σ))``."""
+    """``√2·sin(√(2γ)·x + π/4)``, whose NNGP is ``exp(-γ(q1 + q2 - 2Σ))``.
+
+    Parameters
+    ----------
+    gamma : float
+        γ >= 0, the inverse length scale.
+
+    Examples
+    --------
+    >>> import numpy as np, ntkfast
+    >>> x = np.array([[1.0, 0.0], [0.0, 1.0]])
+    >>> k = ntkfast.gram(x, net=ntkfast.serial(ntkfast.Dense(1), ntkfast.Rbf(0.5)), get="nngp")
+    >>> np.allclose(k, np.exp(-0.5 * np.array([[0.0, 1.0], [1.0, 0.0]])))   # |x - x'|²/d
+    True
+    """
 
     gamma: float = 1.0
 
@@ -447,7 +654,19 @@ class Rbf(_Activation):
 
 @_frozen
 class Exp(_Activation):
-    """``a·exp(b·x)``."""
+    """``a·exp(b·x)``.
+
+    Parameters
+    ----------
+    a, b : float
+        Scale and rate.
+
+    Examples
+    --------
+    >>> import ntkfast
+    >>> ntkfast.Exp(b=0.5)
+    Exp(b=0.5)
+    """
 
     a: float = 1.0
     b: float = 1.0
@@ -466,7 +685,25 @@ class Exp(_Activation):
 
 @_frozen
 class ExpNormalized(_Activation):
-    """Kernel-only "normalised Gaussian" map ``√(q1q2)·exp(γ(Σ/√(q1q2) + shift))``."""
+    """Kernel-only "normalised Gaussian" map ``√(q1q2)·exp(γ(Σ/√(q1q2) + shift))``.
+
+    As neural-tangents' ``ExpNormalized`` (no finite-width counterpart).
+
+    Parameters
+    ----------
+    gamma : float
+        γ, the rate.
+    shift : float
+        Added to the correlation before the exponential.
+    do_clip : bool
+        Clip the correlation to [-1, 1] first.
+
+    Examples
+    --------
+    >>> import ntkfast
+    >>> ntkfast.ExpNormalized(gamma=2.0)
+    ExpNormalized(gamma=2.0)
+    """
 
     gamma: float = 1.0
     shift: float = -1.0
@@ -483,7 +720,21 @@ class ExpNormalized(_Activation):
 
 @_frozen
 class Gaussian(_Activation):
-    """``a·exp(b·x²)``. For b > 0 the kernel diverges once 4·b·variance >= 1 (gram raises)."""
+    """``a·exp(b·x²)``. For b > 0 the kernel diverges once 4·b·variance >= 1 (gram raises).
+
+    Not to be confused with :class:`ntkfast.predict.Gaussian`, the ``(mean, covariance)`` pair.
+
+    Parameters
+    ----------
+    a, b : float
+        Scale and rate (b < 0 for a bump).
+
+    Examples
+    --------
+    >>> import ntkfast
+    >>> ntkfast.Gaussian(b=-0.5)
+    Gaussian(b=-0.5)
+    """
 
     a: float = 1.0
     b: float = -1.0
@@ -502,7 +753,14 @@ class Gaussian(_Activation):
 
 @_frozen
 class Gabor(_Activation):
-    """``exp(-x²)·sin(x)``."""
+    """``exp(-x²)·sin(x)``.
+
+    Examples
+    --------
+    >>> import ntkfast
+    >>> ntkfast.MLP(1, "gabor")
+    serial(Dense(b_std=0.0), Gabor(), Dense(out_dim=1, b_std=0.0))
+    """
 
     def _ops(self, ctx):
         ctx.emit(_GABOR, ())
@@ -510,7 +768,16 @@ class Gabor(_Activation):
 
 @_frozen
 class Sign(_Activation):
-    """``sign(x)``: NNGP ``(2/π) arcsin ρ``; its derivative is 0 a.e., so the NTK stops here."""
+    """``sign(x)``: NNGP ``(2/π) arcsin ρ``; its derivative is 0 a.e., so the NTK stops here.
+
+    Examples
+    --------
+    >>> import numpy as np, ntkfast
+    >>> x = np.array([[1.0, 0.0], [1.0, 1.0]])
+    >>> k = ntkfast.gram(x, net=ntkfast.serial(ntkfast.Dense(1), ntkfast.Sign()), get="nngp")
+    >>> np.allclose(k[0, 1], 2 / np.pi * np.arcsin(1 / np.sqrt(2)))
+    True
+    """
 
     def _ops(self, ctx):
         ctx.emit(_SIGN, ())
@@ -518,7 +785,21 @@ class Sign(_Activation):
 
 @_frozen
 class RectifiedMonomial(_Activation):
-    """``max(x, 0)^degree`` (Cho & Saul's arc-cosine kernel of that order; degree 1 is Relu)."""
+    """``max(x, 0)^degree`` (Cho & Saul's arc-cosine kernel of that order; degree 1 is Relu).
+
+    Parameters
+    ----------
+    degree : int
+        0 (the step function) to the engine's maximum degree.
+
+    Examples
+    --------
+    >>> import numpy as np, ntkfast
+    >>> x = np.random.default_rng(0).standard_normal((4, 3))
+    >>> a = ntkfast.gram(x, net=ntkfast.MLP(2, ntkfast.RectifiedMonomial(1)), get="ntk")
+    >>> np.allclose(a, ntkfast.gram(x, net=ntkfast.MLP(2, "relu"), get="ntk"))
+    True
+    """
 
     degree: int
 
@@ -531,7 +812,21 @@ class RectifiedMonomial(_Activation):
 
 @_frozen
 class Polynomial(_Activation):
-    """``coef[0] + coef[1]·x + … + coef[n]·x^n`` (numpy.polynomial order), via its Hermite expansion."""
+    """``coef[0] + coef[1]·x + … + coef[n]·x^n`` (numpy.polynomial order), via its Hermite expansion.
+
+    Parameters
+    ----------
+    coef : sequence of float
+        The coefficients, lowest degree first (at most the engine's maximum degree + 1).
+
+    Examples
+    --------
+    >>> import numpy as np, ntkfast
+    >>> x = np.random.default_rng(0).standard_normal((4, 3))
+    >>> a = ntkfast.gram(x, net=ntkfast.MLP(1, ntkfast.Polynomial([0.0, 0.0, 1.0])), get="ntk")
+    >>> np.allclose(a, ntkfast.gram(x, net=ntkfast.MLP(1, ntkfast.Monomial(2)), get="ntk"))
+    True
+    """
 
     coef: Tuple[float, ...]
 
@@ -573,7 +868,19 @@ class Polynomial(_Activation):
 
 @_frozen
 class Monomial(_Activation):
-    """``x^degree`` (a Polynomial)."""
+    """``x^degree`` (a Polynomial).
+
+    Parameters
+    ----------
+    degree : int
+        0 to the engine's maximum degree.
+
+    Examples
+    --------
+    >>> import ntkfast
+    >>> ntkfast.Monomial(3)
+    Monomial(3)
+    """
 
     degree: int
 
@@ -587,7 +894,19 @@ class Monomial(_Activation):
 @_frozen
 class Hermite(_Activation):
     """neural-tangents' normalised Hermite polynomial He_n/√n!; exact only for unit-variance
-    pre-activations (the kernel map is Σ -> Σ^n, Θ -> n Σ^(n-1) Θ, as in neural-tangents)."""
+    pre-activations (the kernel map is Σ -> Σ^n, Θ -> n Σ^(n-1) Θ, as in neural-tangents).
+
+    Parameters
+    ----------
+    degree : int
+        n, 0 to the engine's maximum degree.
+
+    Examples
+    --------
+    >>> import ntkfast
+    >>> ntkfast.Hermite(2)
+    Hermite(2)
+    """
 
     degree: int
 
@@ -600,7 +919,14 @@ class Hermite(_Activation):
 
 @_frozen
 class Identity(Layer):
-    """The identity layer (no change to the kernels)."""
+    """The identity layer (no change to the kernels).
+
+    Examples
+    --------
+    >>> import ntkfast
+    >>> ntkfast.serial(ntkfast.Dense(1), ntkfast.Identity())
+    serial(Dense(out_dim=1), Identity())
+    """
 
     def _ops(self, ctx):
         pass
@@ -623,6 +949,7 @@ def _hermite_table(coef):
 # ----------------------------------------------------------------------------------------------
 # The MLP shorthand and activation names.
 
+#: Activation name -> layer class, for :func:`MLP` (``ntkfast.MLP(3, "erf")``).
 ACTIVATIONS = {
     "relu": Relu, "leaky_relu": LeakyRelu, "abrelu": ABRelu, "abs": Abs, "erf": Erf,
     "sigmoid_like": Sigmoid_like, "gelu": Gelu, "sin": Sin, "cos": Cos, "rbf": Rbf, "exp": Exp,
@@ -650,15 +977,48 @@ def activation_from_name(name: str, **params) -> Layer:
 
 def MLP(depth: int, activation="relu", W_std: float = 1.0, b_std: Optional[float] = 0.0,
         parameterization: str = "ntk", width: Optional[int] = None, **activation_params) -> Serial:
-    """The fully-connected network whose NNGP (Lee et al. 2018; Matthews et al. 2018) and NTK
-    (Jacot et al. 2018; Arora et al. 2019) ntkfast computes: ``depth`` hidden Dense+activation
-    blocks and a Dense readout, all with the same ``W_std``/``b_std``::
+    """The fully-connected network whose NNGP and NTK ntkfast computes.
+
+    ``depth`` hidden Dense+activation blocks and a Dense readout, all with the same
+    ``W_std``/``b_std`` (NNGP: Lee et al. 2018, Matthews et al. 2018; NTK: Jacot et al. 2018,
+    Arora et al. 2019)::
 
         serial(*[Dense(width, W_std, b_std, parameterization), act] * depth,
                Dense(1, W_std, b_std, parameterization))
 
-    ``activation`` is a name (see ``ntkfast.ACTIVATIONS``) built with ``activation_params``, or an
-    activation layer. ``depth = 0`` is a linear model.
+    Parameters
+    ----------
+    depth : int
+        Number of hidden layers, >= 0 (0 is a linear model).
+    activation : str or Layer
+        A name from ``ntkfast.ACTIVATIONS`` (case, '-' and '_' ignored), built with
+        ``activation_params``, or an activation layer.
+    W_std, b_std : float
+        Weight and bias standard deviations of every Dense layer (``b_std=None``: no bias).
+    parameterization : {'ntk', 'standard'}
+        As for :class:`Dense`.
+    width : int, optional
+        Hidden width; required (only) under 'standard'.
+    **activation_params
+        Parameters of the named activation, e.g. ``alpha=0.1`` for 'leaky_relu'.
+
+    Returns
+    -------
+    Serial
+
+    Raises
+    ------
+    TypeError, ValueError
+        A bad depth, an unknown activation name or parameter, or 'standard' without ``width``.
+
+    Examples
+    --------
+    >>> import ntkfast
+    >>> net = ntkfast.MLP(2, "leaky_relu", W_std=1.5, b_std=0.05, alpha=0.1)
+    >>> net.layers[:2]
+    (Dense(W_std=1.5, b_std=0.05), LeakyRelu(0.1))
+    >>> net.layers[-1]
+    Dense(out_dim=1, W_std=1.5, b_std=0.05)
     """
     if isinstance(depth, bool) or not isinstance(depth, numbers.Integral):
         raise TypeError(f"MLP: depth must be an integer, got {depth!r}")

@@ -69,10 +69,10 @@ class KernelOperator:
     Examples
     --------
     >>> import numpy as np, ntkfast
-    >>> x = np.random.default_rng(0).standard_normal((1000, 20))
+    >>> x = np.random.default_rng(0).standard_normal((300, 20))
     >>> op = ntkfast.KernelOperator(x, net=ntkfast.MLP(3, "relu", W_std=1.5, b_std=0.05),
     ...                             storage="recompute")
-    >>> v = np.ones((1000, 2))
+    >>> v = np.ones((300, 2))
     >>> np.allclose(op @ v, ntkfast.gram(x, net=op.net, get="ntk") @ v)
     True
     """
@@ -124,7 +124,14 @@ class KernelOperator:
 
     @property
     def nbytes(self):
-        """Bytes of the full Gram matrix in the kernel's dtype."""
+        """Bytes of the full Gram matrix in the kernel's dtype.
+
+        Examples
+        --------
+        >>> import numpy as np, ntkfast
+        >>> ntkfast.KernelOperator(np.eye(100), net=ntkfast.MLP(1)).nbytes
+        80000
+        """
         return self.shape[0] * self.shape[1] * self.dtype.itemsize
 
     def _choose_storage(self, storage, memory_fraction):
@@ -187,14 +194,51 @@ class KernelOperator:
         return _gram(xa, xb, net=self.net, get=self.kernel, dtype=self.dtype, **self._gram_options)
 
     def matmat(self, v):
-        """K @ V for V of shape (n2, k) (or (n2,)), in float64."""
+        """K @ V for V of shape (n2, k) (or (n2,)), in float64.
+
+        Parameters
+        ----------
+        v : array, shape (n2, k) or (n2,)
+
+        Returns
+        -------
+        array, shape (n1, k) or (n1,), float64 (CuPy for CuPy inputs)
+
+        Examples
+        --------
+        >>> import numpy as np, ntkfast
+        >>> x = np.random.default_rng(0).standard_normal((40, 3))
+        >>> op = ntkfast.KernelOperator(x, net=ntkfast.MLP(2), storage="recompute")
+        >>> k = ntkfast.gram(x, net=ntkfast.MLP(2), get="ntk")
+        >>> np.allclose(op.matmat(np.ones((40, 2))), k @ np.ones((40, 2)))
+        True
+        """
         v, one = self._vectors(v, self.shape[1], "V")
         out = self._stored_product(v, transpose=False) if self._matrix is not None \
             else self._recompute_product(v, transpose=False)
         return out[:, 0] if one else out
 
     def rmatmat(self, u):
-        """Kᵀ @ U for U of shape (n1, k) (or (n1,)), in float64."""
+        """Kᵀ @ U for U of shape (n1, k) (or (n1,)), in float64.
+
+        Parameters
+        ----------
+        u : array, shape (n1, k) or (n1,)
+
+        Returns
+        -------
+        array, shape (n2, k) or (n2,), float64
+
+        Examples
+        --------
+        >>> import numpy as np, ntkfast
+        >>> rng = np.random.default_rng(0)
+        >>> x, x2 = rng.standard_normal((30, 3)), rng.standard_normal((20, 3))
+        >>> op = ntkfast.KernelOperator(x, x2, net=ntkfast.MLP(2))
+        >>> k = ntkfast.gram(x, x2, net=ntkfast.MLP(2), get="ntk")
+        >>> np.allclose(op.rmatmat(np.ones(30)), k.T @ np.ones(30))
+        True
+        """
         if self.symmetric:
             return self.matmat(u)
         u, one = self._vectors(u, self.shape[0], "U")
@@ -203,6 +247,15 @@ class KernelOperator:
         return out[:, 0] if one else out
 
     def matvec(self, v):
+        """K @ v for a vector v of n2 entries (any shape with n2 elements), float64.
+
+        Examples
+        --------
+        >>> import numpy as np, ntkfast
+        >>> op = ntkfast.KernelOperator(np.eye(4), net=ntkfast.MLP(1))
+        >>> op.matvec(np.ones(4)).shape
+        (4,)
+        """
         return self.matmat(self._xp.asarray(v).reshape(-1))
 
     def __matmul__(self, v):
@@ -257,7 +310,21 @@ class KernelOperator:
     # What the solvers use besides products.
 
     def diagonal(self):
-        """diag(K) in O(n) (symmetric operators), float64."""
+        """diag(K) in O(n) (symmetric operators), float64.
+
+        Raises
+        ------
+        ValueError
+            The operator is not symmetric (it was built with ``x2``).
+
+        Examples
+        --------
+        >>> import numpy as np, ntkfast
+        >>> x = np.random.default_rng(0).standard_normal((30, 3))
+        >>> op = ntkfast.KernelOperator(x, net=ntkfast.MLP(2), storage="recompute")
+        >>> np.allclose(op.diagonal(), ntkfast.diagonal(x, net=ntkfast.MLP(2), get="ntk"))
+        True
+        """
         if not self.symmetric:
             raise ValueError("diagonal() is defined for symmetric operators (x2=None)")
         if self._matrix is not None and self.storage == "memory":
@@ -267,7 +334,30 @@ class KernelOperator:
         return self._xp.asarray(d, dtype=np.float64)
 
     def columns(self, idx):
-        """K[:, idx] (float64), computed as one cross Gram against the chosen points."""
+        """K[:, idx] (float64), computed as one cross Gram against the chosen points.
+
+        Parameters
+        ----------
+        idx : array_like of int
+            Column indices in [0, n2).
+
+        Returns
+        -------
+        array, shape (n1, len(idx)), float64
+
+        Raises
+        ------
+        IndexError
+            An index is out of range.
+
+        Examples
+        --------
+        >>> import numpy as np, ntkfast
+        >>> x = np.random.default_rng(0).standard_normal((30, 3))
+        >>> op = ntkfast.KernelOperator(x, net=ntkfast.MLP(2), storage="recompute")
+        >>> np.allclose(op.columns([0, 5]), ntkfast.gram(x, net=op.net, get="ntk")[:, [0, 5]])
+        True
+        """
         idx = self._xp.asarray(idx, dtype=np.int64).reshape(-1)
         n2 = self.shape[1]
         if idx.size and (int(idx.min()) < 0 or int(idx.max()) >= n2):
@@ -280,7 +370,25 @@ class KernelOperator:
                      **self._gram_options).astype(np.float64, copy=False)
 
     def rows(self, idx):
-        """K[idx, :] (float64)."""
+        """K[idx, :] (float64).
+
+        Parameters
+        ----------
+        idx : array_like of int
+            Row indices in [0, n1).
+
+        Returns
+        -------
+        array, shape (len(idx), n2), float64
+
+        Examples
+        --------
+        >>> import numpy as np, ntkfast
+        >>> x = np.random.default_rng(0).standard_normal((30, 3))
+        >>> op = ntkfast.KernelOperator(x, net=ntkfast.MLP(2), storage="recompute")
+        >>> op.rows([1, 2]).shape
+        (2, 30)
+        """
         if self.symmetric:
             return self.columns(idx).T
         idx = self._xp.asarray(idx, dtype=np.int64).reshape(-1)
@@ -289,7 +397,17 @@ class KernelOperator:
 
     def aslinearoperator(self):
         """A ``scipy.sparse.linalg.LinearOperator`` (``cupyx.scipy.sparse.linalg`` for CuPy
-        inputs) of this operator, float64."""
+        inputs) of this operator, float64.
+
+        Examples
+        --------
+        >>> import numpy as np, scipy.sparse.linalg, ntkfast
+        >>> x = np.random.default_rng(0).standard_normal((30, 3))
+        >>> op = ntkfast.KernelOperator(x, net=ntkfast.MLP(2, b_std=0.1))
+        >>> solution, info = scipy.sparse.linalg.cg(op.aslinearoperator(), np.ones(30))
+        >>> info
+        0
+        """
         if self._xp is np:
             from scipy.sparse.linalg import LinearOperator
         else:  # pragma: no cover - needs a GPU

@@ -50,6 +50,19 @@ class ConvergenceError(RuntimeError):
         right-hand side (and function).
     info : SolveInfo or LanczosInfo or None
         The solver's report for the returned best iterate.
+
+    Examples
+    --------
+    >>> import numpy as np, ntkfast
+    >>> x = np.random.default_rng(0).standard_normal((300, 5))
+    >>> op = ntkfast.KernelOperator(x, net=ntkfast.MLP(2), storage="memory")
+    >>> fn = ntkfast.predict.gradient_descent_mse(op, np.ones((300, 1)), maxiter=2,
+    ...                                           preconditioner_rank=0)
+    >>> try:
+    ...     fn(t=None, fx_train_0=None, fx_test_0=0.0, k_test_train=op)
+    ... except ntkfast.ConvergenceError as error:
+    ...     print(type(error.residuals).__name__)
+    ndarray
     """
 
     def __init__(self, message, residuals=None, info=None):

@@ -30,12 +30,24 @@ __all__ = ["Kernels", "GramRequest", "gram_request", "points_request", "diagonal
 Kernels = collections.namedtuple("Kernels", ["nngp", "ntk"])
 Kernels.__doc__ = """NNGP and NTK results (arrays, or None where not requested).
 
-Fields
-------
+A named tuple: returned by :func:`ntkfast.gram` and :func:`ntkfast.diagonal` when ``get`` is a
+tuple, and accepted wherever a pair of kernels is expected (``out=``, ``ntkfast.predict``).
+
+Attributes
+----------
 nngp : array
     Σ(x, x'), the NNGP kernel (the output covariance of the infinitely wide network at init).
 ntk : array
     Θ(x, x'), the neural tangent kernel.
+
+Examples
+--------
+>>> import numpy as np, ntkfast
+>>> k = ntkfast.gram(np.eye(3), net=ntkfast.MLP(2))
+>>> k.nngp.shape, k.ntk.shape
+((3, 3), (3, 3))
+>>> ntkfast.gram(np.eye(3), net=ntkfast.MLP(2), get=("ntk",)).nngp is None
+True
 """
 
 KERNEL_NAMES = ("nngp", "ntk")

@@ -367,6 +367,26 @@ class KernelOperator:
     Products match the single-process ``ntkfast.KernelOperator(..., storage="recompute")`` to
     rounding: the kernel blocks are the same engine calls, but the partial sums are added in the
     order the tasks finish.
+
+    Raises
+    ------
+    ValueError
+        No client is given and none is running, or the client is asynchronous.
+    TypeError
+        ``client`` is not a ``distributed.Client``, or the points are CuPy arrays.
+
+    Examples
+    --------
+    >>> import numpy as np, ntkfast, ntkfast.dask
+    >>> from distributed import Client, LocalCluster
+    >>> x = np.random.default_rng(0).standard_normal((200, 5))
+    >>> with LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
+    ...                   dashboard_address=None) as cluster, Client(cluster) as client:
+    ...     op = ntkfast.dask.KernelOperator(x, net=ntkfast.MLP(2), client=client, block_size=100)
+    ...     product = op @ np.ones((200, 1))
+    ...     op.close()
+    >>> np.allclose(product, ntkfast.gram(x, net=ntkfast.MLP(2), get="ntk") @ np.ones((200, 1)))
+    True
     """
 
     def __init__(self, x, x2=None, *, net, get="ntk", client=None, dtype=None, block_size=None,
@@ -479,6 +499,7 @@ class KernelOperator:
         return out[:, 0] if one else out
 
     def matvec(self, v):
+        """K @ v for a vector v of n2 entries, float64 (as :meth:`matmat`)."""
         return self.matmat(np.asarray(v).reshape(-1))
 
     def __matmul__(self, v):

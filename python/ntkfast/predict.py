@@ -25,7 +25,7 @@ Conventions (neural-tangents', see ``docs/dynamics.md``)
 
 What ntkfast does differently: a singular train kernel (duplicate training points, fewer
 features than points, ``diag_reg=0``) gives finite outputs, the exact limits of the gradient
-flow, where neural-tangents returns NaN (it divides by |μ| = 0); negative round-off
+flow, where neural-tangents returns NaN (it divides by ``|μ| = 0``); negative round-off
 eigenvalues (down to −10·n·ε·λ_max) are clipped to 0 in every factor, while a clearly negative
 eigenvalue (not a kernel matrix) is a ValueError; the eigendecomposition (one per kernel,
 cached) uses a LAPACK driver that works for N ≥ 32768.
@@ -56,9 +56,17 @@ class Gaussian(typing.NamedTuple):
 
     Attributes
     ----------
-    mean : array, shape ([*t.shape,] n_points, n_outputs)
-    covariance : array, shape ([*t.shape,] n_points, n_points)
+    mean : array, shape ``([*t.shape,] n_points, n_outputs)``
+    covariance : array, shape ``([*t.shape,] n_points, n_points)``
         Shared by every output column.
+
+    Examples
+    --------
+    >>> import numpy as np, ntkfast
+    >>> g = ntkfast.predict.Gaussian(mean=np.zeros((3, 1)), covariance=np.eye(3))
+    >>> mean, covariance = g
+    >>> g.covariance.shape
+    (3, 3)
     """
 
     mean: typing.Any
@@ -136,7 +144,7 @@ def gradient_descent_mse(k_train_train, y_train, learning_rate=1.0, diag_reg=0.0
         ``fx_test_0``: initial test outputs f₀(x*) (scalar or (n_test, n_outputs)); needs
         ``k_test_train`` Θ(x*, X) of shape (n_test, n_train). Returns ``fx_train_t``,
         ``fx_test_t`` or ``(fx_train_t, fx_test_t)`` (neural-tangents' structure), each of
-        shape (*t.shape, n_points, n_outputs).
+        shape ``(*t.shape, n_points, n_outputs)``.
 
     Raises
     ------
@@ -396,6 +404,18 @@ def gp_inference(k_train_train, y_train, diag_reg=0.0, diag_reg_absolute_scale=F
         set (``k_test_train=None``) pass ``k_test_test=True`` for the covariance
         (neural-tangents' convention); a kernel there is a ValueError. A str ``get`` returns
         one result, a tuple a namedtuple ``Gaussians`` keyed by kernel name.
+
+    Examples
+    --------
+    >>> import numpy as np, ntkfast
+    >>> rng = np.random.default_rng(0)
+    >>> x, x_test = rng.standard_normal((30, 4)), rng.standard_normal((5, 4))
+    >>> y = np.sin(x[:, :1])
+    >>> net = ntkfast.MLP(2, "erf", W_std=1.5, b_std=0.1)
+    >>> fn = ntkfast.predict.gp_inference(ntkfast.gram(x, net=net), y, diag_reg=1e-4)
+    >>> post = fn("nngp", ntkfast.gram(x_test, x, net=net), ntkfast.gram(x_test, net=net))
+    >>> post.mean.shape, post.covariance.shape
+    ((5, 1), (5, 5))
     """
     k_first = _first_kernel(k_train_train)
     iterative = _predict_iterative.iterative_requested(solver, k_first)
@@ -575,7 +595,7 @@ def gradient_descent_mse_ensemble(net, x_train, y_train, learning_rate=1.0, diag
         ``x_test``: (n_test, n_features), or None for the training set (unregularised at
         t = None; pass x_test=x_train for the regularised one). ``get``: 'nngp', 'ntk' or a
         tuple (None = both). With ``compute_cov`` each result is a :class:`Gaussian` with mean
-        (*t.shape, n, n_outputs) and covariance (*t.shape, n, n), else the mean alone; a str
+        ``(*t.shape, n, n_outputs)`` and covariance ``(*t.shape, n, n)``, else the mean alone; a str
         ``get`` returns one result, a tuple a namedtuple ``Gaussians`` keyed by kernel name.
 
     Examples
@@ -924,6 +944,15 @@ def max_learning_rate(ntk_train_train, y_train_size=None, momentum=0.0, eps=1e-1
     Returns
     -------
     float
+
+    Examples
+    --------
+    >>> import numpy as np, ntkfast
+    >>> x = np.random.default_rng(0).standard_normal((40, 6))
+    >>> ntk = ntkfast.gram(x, net=ntkfast.MLP(2, "relu"), get="ntk")
+    >>> eta = ntkfast.predict.max_learning_rate(ntk)
+    >>> bool(np.isclose(eta, 2 * 40 / (np.linalg.eigvalsh(ntk)[-1] + 1e-12)))
+    True
     """
     backend = _predict_linalg.backend_for(ntk_train_train)
     dtype = compute_dtype(ntk_train_train)
