@@ -11,14 +11,13 @@ from __future__ import annotations
 import numpy as np
 
 from . import _blas, _core
-from ._cuda_probe import cuda_unavailable_reason
-from ._errors import (BackendUnavailableError, EngineNonFinite, KernelUnderflowError,
-                      NonFiniteKernelError)
+from ._errors import EngineNonFinite, KernelUnderflowError, NonFiniteKernelError
 from ._layers import lower
 from ._program import compiled_program
 from ._progress import Progress
 
 __all__ = ["run", "CpuBackend", "CudaBackend", "kernel_range_error"]
+
 
 def kernel_range_error(error, request):
     """The user-facing exception for an engine's EngineNonFinite, naming the input row and layer."""

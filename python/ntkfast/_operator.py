@@ -163,10 +163,9 @@ class KernelOperator:
         return out
 
     def __del__(self):
-        matrix, temp = getattr(self, "_matrix", None), getattr(self, "_tempfile", None)
+        temp = getattr(self, "_tempfile", None)
         if temp is not None:
-            self._matrix = None
-            del matrix
+            self._matrix = None  # unmap the file before it goes
             try:
                 os.unlink(temp)
             except OSError:

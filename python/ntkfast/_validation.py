@@ -15,7 +15,7 @@ import errno
 import mmap
 import numbers
 import os
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Tuple
 
 import numpy as np
 
