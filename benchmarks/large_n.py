@@ -9,6 +9,7 @@ Modes (one per process, so each peak RSS is its own):
              (results/eigh_large.txt).
   product    one operator product (1 and --columns vectors) against one symmetric Gram (NTK),
              recompute and stored; stored products as GB/s.
+  operator   one recompute product alone, for N whose Gram does not fit in memory.
 
 The data are ntkfast.demo.generated_regression: structured, not i.i.d. Gaussian (whose NTK is
 nearly a multiple of I, which is too easy for CG): x = tanh(Z W) on a 20-dimensional latent Z,
@@ -177,9 +178,25 @@ def product(args):
     return lines
 
 
+def operator(args):
+    """One recompute product at an N whose Gram does not fit in memory (no Gram baseline)."""
+    x, _, _ = data(args.n, args.d)
+    v = np.random.default_rng(1).standard_normal((args.n, args.columns))
+    op = nf.KernelOperator(x, net=NET, storage="recompute")
+    start = time.perf_counter()
+    op @ v
+    elapsed = time.perf_counter() - start
+    return [f"# One KernelOperator product (recompute), N = {args.n}, d = {args.d}, 3-layer ReLU NTK, "
+            f"V: {args.n} x {args.columns}",
+            f"machine: {machine()}", "",
+            f"time: {elapsed:.1f} s ({args.n ** 2 / 2 / elapsed / 1e6:.0f} M kernel entries/s, "
+            f"upper triangle); matrix would take {op.nbytes / 1e9:.0f} GB",
+            f"peak RSS: {peak_gb():.2f} GB (inputs: {x.nbytes / 1e9:.2f} GB)"]
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("mode", choices=("agreement", "speed", "product"))
+    parser.add_argument("mode", choices=("agreement", "speed", "product", "operator"))
     parser.add_argument("--n", type=int, default=5000)
     parser.add_argument("--d", type=int, default=784)
     parser.add_argument("--times", type=int, default=20)
@@ -191,7 +208,8 @@ def main():
     parser.add_argument("--columns", type=int, default=20)
     parser.add_argument("-o", "--output")
     args = parser.parse_args()
-    lines = {"agreement": agreement, "speed": speed, "product": product}[args.mode](args)
+    lines = {"agreement": agreement, "speed": speed, "product": product,
+             "operator": operator}[args.mode](args)
     text = "\n".join(lines) + "\n"
     print(text)
     if args.output:
