@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "ntkfast/engine.hpp"
+#include "python_poll.hpp"
 
 namespace py = pybind11;
 using ntkfast::LayerOp;
@@ -57,24 +58,6 @@ T* output_ptr(std::optional<CArray<T>>& out, py::ssize_t rows, py::ssize_t cols,
 }
 
 // What must not change while the engine writes into an output array.
-struct OutputLayout {
-  const void* data = nullptr;
-  std::vector<py::ssize_t> shape, strides;
-  bool operator!=(const OutputLayout& other) const {
-    return data != other.data || shape != other.shape || strides != other.strides;
-  }
-};
-
-template <class T>
-OutputLayout layout_of(const std::optional<CArray<T>>& out) {
-  OutputLayout layout;
-  if (!out) return layout;
-  layout.data = out->data();
-  layout.shape.assign(out->shape(), out->shape() + out->ndim());
-  layout.strides.assign(out->strides(), out->strides() + out->ndim());
-  return layout;
-}
-
 template <class T>
 void gram(const Program& prog, const CArray<T>& x1, std::optional<CArray<T>> x2,
           std::optional<CArray<T>> nngp, std::optional<CArray<T>> ntk, int num_threads,
@@ -86,49 +69,22 @@ void gram(const Program& prog, const CArray<T>& x1, std::optional<CArray<T>> x2,
   T* nngp_ptr = output_ptr(nngp, n1, n2, "nngp");
   T* ntk_ptr = output_ptr(ntk, n1, n2, "ntk");
 
-  // Between tiles one thread takes the GIL: Ctrl-C (PyErr_CheckSignals) and the progress
-  // callback run there; an exception from either stops the computation and is re-raised below.
-  // NumPy lets the callback resize an output even while we write into it (refcheck=False), so
-  // afterwards each output must still be the same buffer; the engine stores nothing while the
-  // callback runs, nor after this returned false.
-  std::shared_ptr<py::error_already_set> pending;
-  const OutputLayout nngp_layout = layout_of(nngp), ntk_layout = layout_of(ntk);
+  // Between tiles one thread takes the GIL (python_poll.hpp); the engine stores nothing while
+  // the callback runs, nor after the poll returned false.
+  std::vector<py::array> host_outputs;
+  if (nngp) host_outputs.push_back(*nngp);
+  if (ntk) host_outputs.push_back(*ntk);
+  ntkfast::python::PythonPoll poll(std::move(progress), std::move(host_outputs));
   ntkfast::GramOptions options;
   options.num_threads = num_threads;
   options.tile = tile;
-  options.poll = [&](int64_t done, int64_t total) {
-    py::gil_scoped_acquire gil;
-    if (PyErr_CheckSignals() != 0) {
-      pending = std::make_shared<py::error_already_set>();
-      return false;
-    }
-    if (progress) {
-      try {
-        (*progress)(done, total);
-      } catch (py::error_already_set& e) {
-        pending = std::make_shared<py::error_already_set>(std::move(e));
-        return false;
-      }
-      if (layout_of(nngp) != nngp_layout || layout_of(ntk) != ntk_layout) {
-        PyErr_SetString(PyExc_RuntimeError,
-                        "progress callback resized or reallocated the output array; the "
-                        "computation was stopped and the output is incomplete");
-        pending = std::make_shared<py::error_already_set>();
-        return false;
-      }
-    }
-    return true;
-  };
+  options.poll = poll.callback();
   const T* x1_ptr = x1.data();
   const T* x2_ptr = x2 ? x2->data() : nullptr;
-  try {
-    py::gil_scoped_release release;
+  poll.run_released<ntkfast::Cancelled>([&] {
     ntkfast::compute_gram<T>(prog, x1_ptr, n1, x2_ptr, n2, d, nngp_ptr, n2, ntk_ptr, n2, g_blas,
                              options);
-  } catch (const ntkfast::Cancelled&) {
-    if (pending) throw *pending;
-    throw;
-  }
+  });
 }
 
 template <class T>

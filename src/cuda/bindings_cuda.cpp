@@ -24,6 +24,7 @@
 #include "cublas_runtime.hpp"
 #include "cuda_engine.hpp"
 #include "gram_plan.hpp"
+#include "python_poll.hpp"
 #include "tile_schedule.hpp"
 
 namespace py = pybind11;
@@ -67,23 +68,6 @@ nc::OutputKind parse_outputs(const std::string& name) {
   throw std::invalid_argument("outputs must be 'device', 'host' or 'none', got '" + name + "'");
 }
 
-// What must not change while the engine writes into a host output (as in the CPU binding).
-struct OutputLayout {
-  const void* data = nullptr;
-  std::vector<py::ssize_t> shape, strides;
-  bool operator!=(const OutputLayout& other) const {
-    return data != other.data || shape != other.shape || strides != other.strides;
-  }
-};
-
-OutputLayout layout_of(const py::array& a) {
-  OutputLayout layout;
-  layout.data = a.data();
-  layout.shape.assign(a.shape(), a.shape() + a.ndim());
-  layout.strides.assign(a.strides(), a.strides() + a.ndim());
-  return layout;
-}
-
 // A writable, C-contiguous n1 x n2 NumPy array (np.memmap included) of the storage type.
 py::array host_output(const py::object& obj, int64_t n1, int64_t n2, int itemsize, const char* name) {
   if (!py::isinstance<py::array>(obj))
@@ -99,58 +83,7 @@ py::array host_output(const py::object& obj, int64_t n1, int64_t n2, int itemsiz
   return a;
 }
 
-// The poll of a run (between tiles, GIL taken): Ctrl-C, the progress callback, and the check that
-// the callback left the host outputs where they were. The CPU binding's poll (src/cpp/bindings.cpp)
-// with the same semantics: an exception is kept in `pending` and the loop stopped.
-struct Poll {
-  std::optional<py::function> progress;
-  std::vector<py::array> outputs;
-  std::vector<OutputLayout> layouts;
-  std::shared_ptr<py::error_already_set> pending;
-
-  // Takes the Python error just raised (the current one) and stops the loop.
-  bool stop() {
-    pending = std::make_shared<py::error_already_set>();
-    return false;
-  }
-
-  bool operator()(int64_t done, int64_t total) {
-    py::gil_scoped_acquire gil;
-    if (PyErr_CheckSignals() != 0) return stop();
-    if (!progress) return true;
-    try {
-      (*progress)(done, total);
-    } catch (py::error_already_set& e) {
-      e.restore();
-      return stop();
-    }
-    for (size_t k = 0; k < outputs.size(); ++k) {
-      if (!(layout_of(outputs[k]) != layouts[k])) continue;
-      PyErr_SetString(PyExc_RuntimeError,
-                      "progress callback resized or reallocated the output array; the "
-                      "computation was stopped and the output is incomplete");
-      return stop();
-    }
-    return true;
-  }
-
-  nc::PollFn fn() {
-    for (const py::array& a : outputs) layouts.push_back(layout_of(a));
-    return [this](int64_t done, int64_t total) { return (*this)(done, total); };
-  }
-};
-
-// Runs `body` with the GIL released; a cancellation caused by the poll re-raises its exception.
-template <class F>
-void run_polled(Poll& poll, F&& body) {
-  try {
-    py::gil_scoped_release release;
-    body();
-  } catch (const nc::Cancelled&) {
-    if (poll.pending) throw *poll.pending;
-    throw;
-  }
-}
+using ntkfast::python::PythonPoll;  // the CPU binding's poll (src/cpp/python_poll.hpp)
 
 std::unique_ptr<nc::GramPlan> make_plan(const std::vector<OpTuple>& ops, std::vector<double> pool,
                                         const std::string& dtype, int64_t n1, int64_t n2, int64_t d,
@@ -189,8 +122,7 @@ void plan_run(nc::GramPlan& plan, uintptr_t x1, uintptr_t x2, uintptr_t workspac
   args.pinned = pinned;
   args.stream = stream;
   args.cublas = cublas;
-  Poll poll;
-  poll.progress = std::move(progress);
+  std::vector<py::array> host_outputs;
   int o = 0;
   const std::tuple<bool, const py::object*, const char*> outs[] = {{spec.nngp, &nngp, "nngp"},
                                                                    {spec.ntk, &ntk, "ntk"}};
@@ -202,15 +134,16 @@ void plan_run(nc::GramPlan& plan, uintptr_t x1, uintptr_t x2, uintptr_t workspac
     if (host) {
       py::array a = host_output(*obj, plan.schedule().n1(), plan.schedule().n2(), itemsize, name);
       args.out[o] = reinterpret_cast<uintptr_t>(a.mutable_data());
-      poll.outputs.push_back(a);
+      host_outputs.push_back(a);
     } else {
       args.out[o] = obj->cast<uintptr_t>();
     }
     ++o;
   }
-  args.loop.wait_at_end = poll.progress.has_value();
-  args.loop.poll = poll.fn();
-  run_polled(poll, [&] { plan.run(args); });
+  PythonPoll poll(std::move(progress), std::move(host_outputs));
+  args.loop.wait_at_end = poll.has_progress();
+  args.loop.poll = poll.callback();
+  poll.run_released<nc::Cancelled>([&] { plan.run(args); });
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -359,12 +292,11 @@ py::dict simulate(int64_t n1, int64_t n2, int64_t tile, bool symmetric, const st
   std::vector<double*> ptrs;
   std::vector<py::array_t<int32_t>> writes;
   std::vector<int32_t*> write_ptrs;
-  Poll poll;
-  poll.progress = std::move(progress);
+  std::vector<py::array> host_outputs;
   for (const auto& a : out) {
     py::array arr = host_output(a, s.n1(), s.n2(), 8, "out");
     ptrs.push_back(static_cast<double*>(arr.mutable_data()));
-    if (s.kind() == nc::OutputKind::kHost) poll.outputs.push_back(arr);
+    if (s.kind() == nc::OutputKind::kHost) host_outputs.push_back(arr);
     py::array_t<int32_t> w({s.n1(), s.n2()});
     std::fill_n(w.mutable_data(), s.n1() * s.n2(), 0);
     write_ptrs.push_back(w.mutable_data());
@@ -373,8 +305,9 @@ py::dict simulate(int64_t n1, int64_t n2, int64_t tile, bool symmetric, const st
   SimulatedExecutor executor(s, ptrs, write_ptrs);
   nc::LoopOptions options;
   options.poll_interval = poll_interval;
-  options.wait_at_end = poll.progress.has_value();
-  options.poll = poll.fn();
+  PythonPoll poll(std::move(progress), std::move(host_outputs));
+  options.wait_at_end = poll.has_progress();
+  options.poll = poll.callback();
   py::dict result;
   result["total"] = s.total();
   result["writes"] = writes;
@@ -388,7 +321,7 @@ py::dict simulate(int64_t n1, int64_t n2, int64_t tile, bool symmetric, const st
   // result["error"], with the log up to it.
   result["error"] = py::none();
   try {
-    run_polled(poll, [&] { nc::run_tile_loop(s, executor, options); });
+    poll.run_released<nc::Cancelled>([&] { nc::run_tile_loop(s, executor, options); });
   } catch (py::error_already_set& e) {
     result["error"] = e.value();
   } catch (const nc::Cancelled&) {
