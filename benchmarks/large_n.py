@@ -10,6 +10,11 @@ Modes (one per process, so each peak RSS is its own):
   product    one operator product (1 and --columns vectors) against one symmetric Gram (NTK),
              recompute and stored; stored products as GB/s.
   operator   one recompute product alone, for N whose Gram does not fit in memory.
+  scale      N points with the float32 NTK stored in a file (storage='file'): one Gram
+             computation (the file's set-up), one product, PCG at t = ∞ with and without the
+             preconditioner, Lanczos dynamics at --times times, test predictions; every time
+             also as a multiple of the Gram computation; peak RSS beyond the inputs. Lines are
+             written to -o as they come.
 
 The data are ntkfast.demo.generated_regression: structured, not i.i.d. Gaussian (whose NTK is
 nearly a multiple of I, which is too easy for CG): x = tanh(Z W) on a 20-dimensional latent Z,
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import platform
 import resource
 import subprocess
@@ -168,13 +174,28 @@ def product(args):
         v = rng.standard_normal((args.n, cols))
         t = best(lambda: op @ v)
         lines.append(f"| recompute: K @ V, {cols} column(s) | {t:.2f} s | {t / t_gram:.2f} |")
-    stored = nf.KernelOperator(x, net=NET, storage="memory")
-    for cols in (1, args.columns):
-        v = rng.standard_normal((args.n, cols))
-        t = best(lambda: stored @ v)
-        lines.append(f"| memory: K @ V, {cols} column(s) | {t:.3f} s ({stored.nbytes / t / 1e9:.1f} GB/s "
-                     f"read) | {t / t_gram:.3f} |")
-    lines += ["", f"peak RSS: {peak_gb():.2f} GB"]
+    # Stored: a product reads the upper triangle's bands once (N²/2 entries); the floor is a
+    # multithreaded BLAS ?gemv over the same matrix (N² entries, memory-bound), in this run.
+    floors = {}
+    for dtype in (np.float64, np.float32):
+        stored = nf.KernelOperator(x, net=NET, storage="memory", dtype=dtype)
+        k = stored._matrix
+        ones = np.ones(args.n, dtype)
+        t_gemv = best(lambda: k @ ones)
+        floors[dtype] = k.nbytes / t_gemv / 1e9
+        lines.append(f"| BLAS ?gemv, the full {np.dtype(dtype).name} matrix (memory-bandwidth floor) "
+                     f"| {t_gemv:.3f} s ({floors[dtype]:.1f} GB/s) | {t_gemv / t_gram:.3f} |")
+        for cols in (1, args.columns):
+            v = rng.standard_normal((args.n, cols))
+            t = best(lambda: stored @ v)
+            # float64 with many columns goes to BLAS ?gemm over the full matrix (_operator.py)
+            read = stored.nbytes if dtype == np.float64 and cols > 8 else stored.nbytes / 2
+            rate = read / t / 1e9
+            lines.append(f"| memory ({np.dtype(dtype).name}): K @ V, {cols} column(s) | {t:.3f} s "
+                         f"({rate:.1f} GB/s of stored entries, {rate / floors[dtype]:.0%} of the "
+                         f"floor) | {t / t_gram:.3f} |")
+        del stored, k
+    lines += ["", f"peak RSS: {peak_gb():.2f} GB", f"load average: {os.getloadavg()}"]
     return lines
 
 
@@ -194,9 +215,119 @@ def operator(args):
             f"peak RSS: {peak_gb():.2f} GB (inputs: {x.nbytes / 1e9:.2f} GB)"]
 
 
+def scale(args):
+    x, y, x_test = data(args.n, args.d)
+    y, x_test = y[:, :args.targets], x_test[:args.n_test]
+    inputs = (x.nbytes + y.nbytes + x_test.nbytes) / 1e9
+    times = np.logspace(0, 5, args.times)
+    out = open(args.output, "w") if args.output else None
+
+    def emit(*new):
+        for line in new:
+            print(line, flush=True)
+            if out:
+                out.write(line + "\n")
+                out.flush()
+
+    emit(f"# Large-N kernel regression and dynamics, N = {args.n}, d = {args.d}, 3-layer ReLU NTK "
+         f"(float32 kernel, sums in float64), {args.targets} target column(s), "
+         f"{len(x_test)} test points, diag_reg = {args.diag_reg}, tol = {args.tol}",
+         f"machine: {machine()}", "")
+    cluster = None
+    start = time.perf_counter()
+    if args.dask_workers:
+        import distributed
+        import ntkfast.dask as nd
+
+        cluster = distributed.LocalCluster(n_workers=args.dask_workers, threads_per_worker=1,
+                                           processes=True, dashboard_address=None)
+        client = distributed.Client(cluster)
+        t_cluster = time.perf_counter() - start
+        start = time.perf_counter()
+        op = nd.KernelOperator(x, net=NET, client=client, dtype=np.float32, storage="file")
+        t_gram = time.perf_counter() - start
+        emit(f"operator: {op!r}", f"LocalCluster of {args.dask_workers} single-threaded worker "
+             f"processes (start-up {t_cluster:.0f} s), each writing its share of the bands to a "
+             "file in its local directory", "")
+    else:
+        op = nf.KernelOperator(x, net=NET, dtype=np.float32, storage="file", path=args.path,
+                               progress=args.progress)
+        t_gram = time.perf_counter() - start
+        store = op._store
+        emit(f"operator: {op!r}", f"file: {store.nbytes / 1e9:.1f} GB in {len(store.bounds)} "
+             f"bands, of which the first {store.cache_bytes / 1e9:.1f} GB are left to the page "
+             "cache", "")
+    emit(
+         "| step | time | × one Gram | iterations | relative residual |",
+         "|---|---:|---:|---:|---:|",
+         f"| one symmetric Gram computation (the operator's set-up: all bands computed and "
+         f"written) | {t_gram:.0f} s | 1.00 | | |")
+    cross = nf.KernelOperator(x_test, x, net=NET, dtype=np.float32, storage="recompute")
+    v = np.ones(args.n)
+    for label in ("first", "second"):
+        start = time.perf_counter()
+        op @ v
+        elapsed = time.perf_counter() - start
+        emit(f"| one product K @ v ({label}) | {elapsed:.1f} s | {elapsed / t_gram:.3f} | | |")
+    start = time.perf_counter()
+    cross @ np.ones((args.n, args.targets))
+    elapsed = time.perf_counter() - start
+    emit(f"| one test product K(test, train) @ V, recomputed | {elapsed:.1f} s | "
+         f"{elapsed / t_gram:.3f} | | |")
+    results = {}
+    for rank in args.ranks:
+        fn = nf.predict.gradient_descent_mse(op, y, diag_reg=args.diag_reg, tol=args.tol,
+                                             preconditioner_rank=rank, maxiter=args.maxiter,
+                                             progress=args.progress)
+        start = time.perf_counter()
+        try:
+            results[rank] = fn(t=None, fx_train_0=0.0, fx_test_0=0.0, k_test_train=cross)[1]
+            info, note = fn.info, ""
+        except nf.ConvergenceError as error:
+            info, note = error.info, f" (not converged within {args.maxiter})"
+        elapsed = time.perf_counter() - start
+        emit(f"| PCG, t = ∞, preconditioner rank {rank}{note} (incl. its set-up) | {elapsed:.0f} s "
+             f"| {elapsed / t_gram:.2f} | {info.iterations} | {float(np.max(info.residuals)):.1e} |")
+        if rank == args.ranks[0] and args.times:
+            start = time.perf_counter()
+            dyn = fn(t=times, fx_train_0=0.0, fx_test_0=0.0, k_test_train=cross)
+            elapsed = time.perf_counter() - start
+            info = fn.info
+            emit(f"| Lanczos dynamics, {args.times} times in [1, 1e5], train and test means | "
+                 f"{elapsed:.0f} s | {elapsed / t_gram:.2f} | {int(np.max(info.steps))} steps | "
+                 f"{'converged' if info.converged else 'NOT converged'} (tol {info.tol:.0e}) |")
+            results["dynamics"] = dyn[1]
+    if args.save:
+        np.savez(args.save, **{str(key): value for key, value in results.items()})
+    if len(results) > 1:
+        ranks = [r for r in args.ranks if r in results]
+        emit("", *[f"test means, t = ∞, rank {a} vs rank {b}: max relative difference "
+                   f"{rel(results[a], results[b]):.1e}" for a, b in zip(ranks, ranks[1:])])
+    if args.compare:
+        other, mine = np.load(args.compare), {str(k): v for k, v in results.items()}
+        emit("")
+        for key in other.files:
+            if key in mine:
+                what = "dynamics, all times" if key == "dynamics" else f"t = ∞, rank {key}"
+                emit(f"test means ({what}) vs {args.compare}: max relative difference "
+                     f"{rel(mine[key], other[key]):.1e}")
+    emit("", f"peak RSS: {peak_gb():.2f} GB, {peak_gb() - inputs:.2f} GB beyond the inputs "
+         f"({inputs:.2f} GB)")
+    if cluster is not None:
+        workers = op.client.run(lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6)
+        emit(f"peak RSS of the workers: {', '.join(f'{v:.2f}' for v in workers.values())} GB "
+             "(each holds a copy of the points)")
+        op.close()
+        op.client.close()
+        cluster.close()
+    else:
+        op.close()
+    return []
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("mode", choices=("agreement", "speed", "product", "operator"))
+    parser.add_argument("mode", choices=("agreement", "speed", "product", "operator", "scale"))
     parser.add_argument("--n", type=int, default=5000)
     parser.add_argument("--d", type=int, default=784)
     parser.add_argument("--times", type=int, default=20)
@@ -206,8 +337,20 @@ def main():
     parser.add_argument("--ranks", type=int, nargs="+", default=[0, 1000])
     parser.add_argument("--maxiter", type=int, default=2000)
     parser.add_argument("--columns", type=int, default=20)
+    parser.add_argument("--targets", type=int, default=10)
+    parser.add_argument("--n-test", type=int, default=500)
+    parser.add_argument("--path", help="scale: the kernel's file (default: a temporary file)")
+    parser.add_argument("--progress", action="store_true")
+    parser.add_argument("--save", help="scale: .npz of the test means (for dask_bench.py scale)")
+    parser.add_argument("--dask-workers", type=int, default=0,
+                        help="scale: run the operator on a LocalCluster of this many "
+                             "single-threaded worker processes (ntkfast.dask, storage='file')")
+    parser.add_argument("--compare", help="scale: .npz of another run's test means to compare")
     parser.add_argument("-o", "--output")
     args = parser.parse_args()
+    if args.mode == "scale":
+        scale(args)
+        return
     lines = {"agreement": agreement, "speed": speed, "product": product,
              "operator": operator}[args.mode](args)
     text = "\n".join(lines) + "\n"

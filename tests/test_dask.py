@@ -298,3 +298,51 @@ def test_operator_bad_input(points, client):
     op.close()
     with pytest.raises(ValueError, match="closed"):
         op.matmat(np.ones(170))
+
+
+@pytest.mark.parametrize("storage", ["memory", "file"])
+def test_stored_operator_matches_in_process(points, client, storage, tmp_path, monkeypatch):
+    from ntkfast import _band_store
+
+    # small bands: many per worker, ragged, balanced over the two workers
+    monkeypatch.setattr(_band_store, "FILE_BAND_BYTES", 20_000)
+    monkeypatch.setattr(nd, "FILE_BAND_BYTES", 20_000)
+    monkeypatch.setattr(nd, "MEMORY_BAND_BYTES", 20_000)
+    x, x2 = points
+    directory = tmp_path if storage == "file" else None
+    op = nd.KernelOperator(x, net=NET, client=client, storage=storage, directory=directory)
+    cross = nd.KernelOperator(x, x2, net=NET, client=client, storage=storage, dtype=np.float32)
+    assert len(op._shards) == 2 and f"storage='{storage}'" in repr(op)
+    loads = [sum((r1 - r0) * (230 - c0) for r0, r1, c0 in share) for share in op._shards.values()]
+    assert max(loads) <= 1.2 * min(loads)
+    if storage == "file":
+        assert len(list(tmp_path.glob("ntkfast-kernel-*.bands"))) == 2
+    ref = ntkfast.KernelOperator(x, net=NET, storage="memory")
+    cref = ntkfast.KernelOperator(x, x2, net=NET, storage="memory", dtype=np.float32)
+    v = np.random.default_rng(4).standard_normal((230, 3))
+    w = np.random.default_rng(5).standard_normal((170, 2))
+    assert rel(op @ v, ref @ v) <= PRODUCT_RTOL
+    np.testing.assert_array_equal(op @ v, op @ v)  # partial sums added in a fixed order
+    assert rel(cross @ w, cref @ w) <= PRODUCT_RTOL
+    assert rel(cross.rmatmat(v), cref.rmatmat(v)) <= PRODUCT_RTOL
+    op.close()
+    cross.close()
+    assert not list(tmp_path.glob("ntkfast-kernel-*"))
+    assert not any(key[0] in (op._token, cross._token) for key in nd._SHARDS)
+    with pytest.raises(ValueError, match="closed"):
+        op @ v
+
+
+def test_stored_operator_bad_input(points, client):
+    x, _ = points
+    with pytest.raises(ValueError, match="storage must be one of"):
+        nd.KernelOperator(x, net=NET, client=client, storage="disk")
+    with pytest.raises(ValueError, match="directory is only used with storage='file'"):
+        nd.KernelOperator(x, net=NET, client=client, storage="memory", directory="/tmp")
+    with pytest.raises(FileNotFoundError):
+        nd.KernelOperator(x, net=NET, client=client, storage="file",
+                          directory="/nonexistent/ntkfast")
+    op = nd.KernelOperator(x, net=NET, client=client, storage="memory")
+    op._shards = {"tcp://127.0.0.1:1": op._shards.popitem()[1]}  # a worker that left
+    with pytest.raises(RuntimeError, match="left the cluster"):
+        op @ np.ones(230)

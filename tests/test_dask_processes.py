@@ -63,3 +63,19 @@ def test_solvers_match_in_process(operators):
         assert rel(p1, p2) <= 1e-10
     assert rel(s1, s2) <= 1e-10
     assert rel(y1, y2) <= 1e-10
+
+
+def test_file_storage_on_worker_processes(client, tmp_path, monkeypatch):
+    """Each worker process keeps its bands in its own file; a solve on them gives the
+    in-process answer, and close() deletes the files."""
+    monkeypatch.setattr(nd, "FILE_BAND_BYTES", 50_000)  # the bands are cut on the client
+    x = np.random.default_rng(7).standard_normal((400, 30))
+    op = nd.KernelOperator(x, net=NET, client=client, storage="file", directory=tmp_path)
+    ref = ntkfast.KernelOperator(x, net=NET, storage="memory")
+    assert len(op._shards) == 2 and len(list(tmp_path.glob("*.bands"))) == 2
+    b = np.random.default_rng(8).standard_normal((400, 2))
+    sols = [block_cg(o, b, shift=1e-3, precond=nystrom_preconditioner(o, 60, 1e-3, rng=0))[0]
+            for o in (op, ref)]
+    assert rel(sols[0], sols[1]) <= 1e-10
+    op.close()
+    assert not list(tmp_path.glob("*.bands"))

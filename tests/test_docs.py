@@ -16,10 +16,11 @@ import ntkfast.predict
 
 DOCS = pathlib.Path(__file__).resolve().parent.parent / "docs"
 
-#: Modules whose docstring examples run here (ntkfast.dask's only where Dask is installed).
+#: Modules whose docstring examples run here (ntkfast.dask's only where Dask is installed,
+#: ntkfast.sklearn's only where scikit-learn is).
 DOCTEST_MODULES = ["ntkfast", "ntkfast._layers", "ntkfast._gram", "ntkfast._validation",
                    "ntkfast._operator", "ntkfast._errors", "ntkfast._config", "ntkfast._solvers",
-                   "ntkfast.predict", "ntkfast.dask"]
+                   "ntkfast.predict", "ntkfast.dask", "ntkfast.sklearn"]
 
 
 def _public(module):
@@ -28,12 +29,12 @@ def _public(module):
 
 def _public_names():
     names = _public(ntkfast) + _public(ntkfast.predict)
-    try:
-        dask_module = importlib.import_module("ntkfast.dask")
-    except ImportError:
-        pass
-    else:
-        names += _public(dask_module)
+    for optional in ("ntkfast.dask", "ntkfast.sklearn"):
+        try:
+            module = importlib.import_module(optional)
+        except ImportError:
+            continue
+        names += _public(module)
     return names
 
 
@@ -165,6 +166,8 @@ def test_examples_are_executed_gallery_scripts():
 def test_docstring_examples_run(module_name):
     if module_name == "ntkfast.dask":
         pytest.importorskip("distributed")
+    if module_name == "ntkfast.sklearn":
+        pytest.importorskip("sklearn")
     module = importlib.import_module(module_name)
     finder = doctest.DocTestFinder(exclude_empty=True)
     runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)

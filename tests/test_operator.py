@@ -55,10 +55,16 @@ def test_auto_storage_says_what_it_chose(points, monkeypatch):
 
 def test_file_storage_at_a_given_path(points, tmp_path):
     x, _ = points
-    path = tmp_path / "k.npy"
+    path = tmp_path / "k.bands"
     op = nf.KernelOperator(x, net=NET, storage="file", path=path)
-    np.testing.assert_array_equal(np.load(path), nf.gram(x, net=NET, get="ntk"))
-    assert op.storage == "file"
+    assert op.storage == "file" and str(path) in repr(op)
+    assert path.stat().st_size == op._store.nbytes <= op.nbytes
+    v = np.ones(230)
+    np.testing.assert_allclose(op @ v, nf.gram(x, net=NET, get="ntk") @ v, rtol=1e-13)
+    op.close()
+    assert path.exists() and op.storage == "closed"  # a file the user named stays
+    with pytest.raises(ValueError, match="closed"):
+        op @ v
 
 
 def test_bad_arguments(points):

@@ -32,6 +32,33 @@ class OperatorProduct:
         self.time_product(n, what, columns)
 
 
+class StoredProduct:
+    """One product with a stored kernel (upper-triangle bands, float64 sums) against a BLAS
+    ?gemv over the same full matrix, the memory-bandwidth floor (target: >= 70 % of its rate on
+    the N²/2 stored entries a product reads, i.e. time <= 0.71x the ?gemv's)."""
+
+    params = ([6000], ["float32", "float64"], ["gemv", "memory", "file"])
+    param_names = ["n", "dtype", "what"]
+    timeout = 300
+
+    def setup(self, n, dtype, what):
+        x, _, _, _ = generated_regression(n)
+        self.v = np.ones(n)
+        storage = "memory" if what == "gemv" else what
+        self.op = ntkfast.KernelOperator(x, net=NET, dtype=dtype, storage=storage)
+        if what == "gemv":
+            self.k, self.ones = self.op._matrix, np.ones(n, dtype)
+
+    def teardown(self, n, dtype, what):
+        self.op.close()
+
+    def time_product(self, n, dtype, what):
+        if what == "gemv":
+            self.k @ self.ones
+        else:
+            self.op @ self.v
+
+
 class IterativePredict:
     """t = ∞ (PCG) and 20 times (Lanczos) on a recompute operator vs the exact path."""
 

@@ -5,7 +5,7 @@ rows, CPU or CUDA), holding one kernel block (a few engine tiles, ~32 MB) and th
 the N×N matrix; a symmetric operator computes each off-diagonal block once and uses it twice
 (K_IJ V_J and K_IJᵀ V_I), so one product costs about one symmetric Gram computation plus the
 GEMMs with V. Where the matrix fits, it can instead be computed once and kept (in memory, or in a
-file), so that each later product costs one pass over it (``storage``).
+file), so that each later product costs one pass over it (``storage``, ``_band_store``).
 
 The operator protocol of the iterative solvers (``_solvers``): ``shape``, ``dtype``,
 ``matmat(V)``, ``diagonal()``, ``columns(idx)``; plus ``rmatmat``, ``@``,
@@ -16,9 +16,11 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+import weakref
 
 import numpy as np
 
+from ._band_store import BandFile, file_product, fill_band, memory_product, write_bands
 from ._gram import diagonal as _diagonal
 from ._gram import gram as _gram
 from ._progress import Progress
@@ -50,13 +52,21 @@ class KernelOperator:
     backend : {'auto', 'cpu', 'cuda'}
     storage : {'auto', 'recompute', 'memory', 'file'}
         'recompute': every product recomputes the kernel block by block (O(block) memory).
-        'memory': the Gram matrix is computed once, kept in memory, and products are GEMMs.
-        'file': likewise, kept in a memory-mapped .npy file (``path``, or a temporary file that
-        is deleted with the operator) and streamed in row blocks.
+        'memory': the Gram matrix is computed once and kept in memory; a product reads it once
+        (a symmetric one only its upper triangle), summing in float64.
+        'file': the Gram matrix is computed once and kept on disk, in ``path`` or a temporary
+        file deleted by :meth:`close` (or with the operator): a symmetric kernel as the bands of
+        its upper triangle (N²/2 entries, e.g. 20 GB at N = 100,000 in float32), packed in the
+        operator's own layout. Products stream it band by band through two buffers of 64 MB,
+        so the process's memory does not grow with N; repeated products run at the speed of
+        the disk or, where the file fits, of the page cache. The space is reserved up front: a
+        disk too small raises ``OSError`` before any computation.
         'auto' (default): 'memory' if the matrix takes at most ``memory_fraction`` of the
-        available memory, else 'recompute'. The choice is in ``op.storage``.
-    path : str, optional
-        File for storage='file'.
+        available memory, else 'recompute' ('file' is never chosen for you: it writes to disk).
+        The choice is in ``op.storage``.
+    path : str or path-like, optional
+        File for storage='file' (created or overwritten; kept after :meth:`close`). Default: a
+        temporary file in :func:`tempfile.gettempdir` (``TMPDIR``).
     memory_fraction : float
         For storage='auto' (default 0.5).
     block_size : int, optional
@@ -102,13 +112,14 @@ class KernelOperator:
         self.symmetric = x2 is None
         self.block_size = self._block_size(block_size)
         self._xp = _array_module(self.x)
-        self._matrix = None
-        self._tempfile = None
+        self._matrix = None  # storage='memory'
+        self._store = None   # storage='file': a BandFile
         self.storage = self._choose_storage(storage, memory_fraction)
         if self.storage == "memory":
             self._matrix = self._full_gram(out=None)
         elif self.storage == "file":
-            self._matrix = self._file_gram(path)
+            self._store = self._file_gram(path)
+            self._closer = weakref.finalize(self, self._store.close)
 
     # ------------------------------------------------------------------------------------------
     # Set-up.
@@ -152,30 +163,48 @@ class KernelOperator:
                      progress=self.progress, **self._gram_options)
 
     def _file_gram(self, path):
-        if path is None:
-            handle = tempfile.NamedTemporaryFile(prefix="ntkfast-gram-", suffix=".npy", delete=False)
-            handle.close()
-            path = self._tempfile = handle.name
-        out = np.lib.format.open_memmap(os.fspath(path), mode="w+", dtype=self.dtype,
-                                        shape=self.shape)
-        self._full_gram(out=out)
-        out.flush()
-        return out
+        temporary = path is None
+        if not temporary:
+            _refuse_input_files(path, (self.x, self.x2))
+        else:
+            handle, path = tempfile.mkstemp(prefix="ntkfast-kernel-", suffix=".bands")
+            os.close(handle)
+        store = BandFile(path, self.shape, self.dtype, self.symmetric, temporary)
+        try:
+            write_bands(store, self._band, progress=self.progress,
+                        desc=f"ntkfast.KernelOperator ({self.kernel}) to {store.path}")
+        except BaseException:
+            store.close()
+            raise
+        return store
 
-    def __del__(self):
-        temp = getattr(self, "_tempfile", None)
-        if temp is not None:
-            self._matrix = None  # unmap the file before it goes
-            try:
-                os.unlink(temp)
-            except OSError:
-                pass
+    def _band(self, r0, r1, c0, out):
+        def block(a, b):
+            return _gram(a, b, net=self.net, get=self.kernel, dtype=self.dtype,
+                         **self._gram_options)
+
+        fill_band(block, self.x, self.x2, r0, r1, out)
+
+    def close(self):
+        """Delete the operator's temporary file (storage='file'); later products raise
+        ``ValueError``. Also called when the operator is garbage-collected; a no-op for other
+        storages. Operators are context managers: ``with KernelOperator(...) as op:``."""
+        if self._store is not None:
+            self._closer()
+            self.storage = "closed"
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
     def __repr__(self):
         n1, n2 = self.shape
         return (f"KernelOperator({self.kernel}, {n1} x {n2} {self.dtype}, "
                 f"{'symmetric' if self.symmetric else 'cross'}, backend={self.backend!r}, "
-                f"storage={self.storage!r} ({human_bytes(self.nbytes)} as a matrix), "
+                f"storage={self.storage!r} ({human_bytes(self.nbytes)} as a matrix"
+                f"{f', {human_bytes(self._store.nbytes)} in {self._store.path}' if self._store else ''}), "
                 f"net={self.net!r})")
 
     # ------------------------------------------------------------------------------------------
@@ -213,8 +242,8 @@ class KernelOperator:
         True
         """
         v, one = self._vectors(v, self.shape[1], "V")
-        out = self._stored_product(v, transpose=False) if self._matrix is not None \
-            else self._recompute_product(v, transpose=False)
+        out = self._recompute_product(v, transpose=False) if self.storage == "recompute" \
+            else self._stored_product(v, transpose=False)
         return out[:, 0] if one else out
 
     def rmatmat(self, u):
@@ -241,8 +270,8 @@ class KernelOperator:
         if self.symmetric:
             return self.matmat(u)
         u, one = self._vectors(u, self.shape[0], "U")
-        out = self._stored_product(u, transpose=True) if self._matrix is not None \
-            else self._recompute_product(u, transpose=True)
+        out = self._recompute_product(u, transpose=True) if self.storage == "recompute" \
+            else self._stored_product(u, transpose=True)
         return out[:, 0] if one else out
 
     def matvec(self, v):
@@ -261,21 +290,19 @@ class KernelOperator:
         return self.matmat(v)
 
     def _stored_product(self, v, transpose):
-        xp, k = self._xp, self._matrix
-        if self.storage == "memory" and k.dtype == np.float64:
+        if self.storage == "closed":
+            raise ValueError("this KernelOperator was closed (its file is gone)")
+        desc = f"ntkfast.KernelOperator ({self.kernel}, {self.storage}) @ V"
+        threads = self._gram_options["num_threads"] or 0
+        if self._store is not None:
+            return file_product(self._store, v, transpose=transpose, num_threads=threads,
+                                progress=self.progress, desc=desc)
+        k = self._matrix
+        if self._xp is not np or (k.dtype == np.float64 and v.shape[1] > 8):
+            # GPU arrays, or enough vectors for a float64 GEMM to beat one pass over K
             return (k.T if transpose else k) @ v
-        # float32 in memory, or a file: row blocks in float64 (a whole float32 K @ V would make
-        # a float64 copy of K first), each block of a file read once per product
-        n1, n2 = self.shape
-        out = xp.zeros((n2 if transpose else n1, v.shape[1]))
-        step = self.block_size
-        for i0 in range(0, n1, step):
-            block = xp.asarray(k[i0:i0 + step], dtype=np.float64)
-            if transpose:
-                out += block.T @ v[i0:i0 + step]
-            else:
-                out[i0:i0 + step] = block @ v
-        return out
+        return memory_product(k, v, symmetric=self.symmetric, transpose=transpose,
+                              num_threads=threads, progress=self.progress, desc=desc)
 
     def _recompute_product(self, v, transpose):
         xp = self._xp
@@ -326,7 +353,7 @@ class KernelOperator:
         """
         if not self.symmetric:
             raise ValueError("diagonal() is defined for symmetric operators (x2=None)")
-        if self._matrix is not None and self.storage == "memory":
+        if self._matrix is not None:
             return self._xp.asarray(self._xp.diagonal(self._matrix), dtype=np.float64)
         d = _diagonal(self.x, net=self.net, get=self.kernel, dtype=self.dtype, check_finite=False,
                       num_threads=self._gram_options["num_threads"])
@@ -362,8 +389,7 @@ class KernelOperator:
         if idx.size and (int(idx.min()) < 0 or int(idx.max()) >= n2):
             raise IndexError(f"columns: indices must be in [0, {n2}), got {int(idx.min())}..{int(idx.max())}")
         if self._matrix is not None:
-            return self._xp.asarray(self._matrix[:, idx] if self.storage == "memory"
-                                    else np.asarray(self._matrix)[:, idx], dtype=np.float64)
+            return self._xp.asarray(self._matrix[:, idx], dtype=np.float64)
         xb = (self.x if self.x2 is None else self.x2)[idx]
         return _gram(self.x, xb, net=self.net, get=self.kernel, dtype=self.dtype,
                      **self._gram_options).astype(np.float64, copy=False)
@@ -414,6 +440,19 @@ class KernelOperator:
         return LinearOperator(self.shape, matvec=self.matvec, matmat=self.matmat,
                               rmatvec=lambda u: self.rmatmat(self._xp.asarray(u).reshape(-1)),
                               rmatmat=self.rmatmat, dtype=np.float64)
+
+
+def _refuse_input_files(path, arrays):
+    """storage='file' truncates ``path``: never when it holds one of the points (a memmap)."""
+    if not os.path.exists(path):
+        return
+    for a in arrays:
+        while a is not None:
+            source = getattr(a, "filename", None)
+            if source and os.path.exists(source) and os.path.samefile(path, source):
+                raise ValueError(f"path {os.fspath(path)!r} is the file of an input array "
+                                 "(np.memmap); the kernel would overwrite it: choose another path")
+            a = getattr(a, "base", None)
 
 
 def as_vectors(v, rows, name, xp=np):

@@ -8,8 +8,9 @@ class Progress:
     """Adapts a checked ``progress`` argument (False, True or a callable) to the engines' callback
     ``reporter(done, total)``; ``enabled`` says whether to call it at all."""
 
-    def __init__(self, progress, desc):
+    def __init__(self, progress, desc, unit="tile"):
         self.bar = None
+        self.unit = unit
         self.callback = progress if callable(progress) and not isinstance(progress, bool) else None
         self.desc = desc
         self.enabled = bool(progress)
@@ -21,7 +22,7 @@ class Progress:
         if self.bar is None:
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=total, desc=self.desc, unit="tile", dynamic_ncols=True)
+            self.bar = tqdm(total=total, desc=self.desc, unit=self.unit, dynamic_ncols=True)
         self.bar.update(done - self.bar.n)
 
     def close(self):

@@ -3,7 +3,7 @@
     ntkfast gram X.npy [--x2 Y.npy] --depth 3 --activation relu --W-std 1.5 --b-std 0.05 \\
         [--get ntk] [--dtype float32] -o K.npy
     ntkfast gram random:4000x784 ...        (generated points, no input file)
-    ntkfast info
+    ntkfast info [--json]
 
 Outputs are written memory-mapped (``np.lib.format.open_memmap``), so a Gram matrix larger than
 memory streams to disk. With both kernels (the default), ``-o K.npy`` writes ``K.nngp.npy`` and
@@ -192,9 +192,14 @@ def _cmd_gram(args):
 
 
 def _cmd_info(args):
+    import json
+
     import ntkfast
 
-    ntkfast.show_config()
+    if args.json:
+        print(json.dumps(ntkfast.get_config(), indent=2, default=str))
+    else:
+        ntkfast.show_config()
     return 0
 
 
@@ -229,7 +234,13 @@ def build_parser():
                         "input file")
     g.set_defaults(func=_cmd_gram)
 
-    i = sub.add_parser("info", help="show the build and the backends available here")
+    i = sub.add_parser("info", help="show the build and the backends available here",
+                       description="What was built (compiler, CPU kernel variants, OpenMP, CUDA "
+                                   "version and architectures, the wheel's manylinux policy) and "
+                                   "what works here (backends, threads, GPU driver needed and "
+                                   "found, BLAS): ntkfast.show_config().")
+    i.add_argument("--json", action="store_true",
+                   help="print ntkfast.get_config() as JSON instead")
     i.set_defaults(func=_cmd_info)
 
     from . import demo  # imports scikit-learn and matplotlib only when it runs

@@ -8,7 +8,8 @@ run on a ``distributed`` cluster.
 * :class:`KernelOperator` -- the matrix-free operator of :class:`ntkfast.KernelOperator`
   (``shape``, ``dtype``, ``matmat``, ``diagonal``, ``columns``, ...), with each product spread
   over the workers of a ``distributed.Client``: the iterative solvers of ``ntkfast`` run on it
-  unchanged.
+  unchanged. Its kernel is recomputed per product, or computed once and kept by the workers,
+  each holding its share of the bands in memory or in a local file (``storage``).
 
 Needs ``pip install 'ntkfast[dask]'`` (``dask[array]`` and ``distributed``). ``import ntkfast``
 never imports Dask; only ``import ntkfast.dask`` does.
@@ -28,9 +29,13 @@ from __future__ import annotations
 import contextlib
 import math
 import numbers
+import os
 import pickle
 import sys
+import tempfile
 import threading
+import uuid
+import weakref
 
 import numpy as np
 
@@ -41,6 +46,8 @@ except ImportError as error:  # pragma: no cover - exercised in a subprocess by 
     raise ImportError("ntkfast.dask needs Dask: pip install 'ntkfast[dask]' "
                       f"(dask[array] and distributed) ({error})") from error
 
+from ._band_store import FILE_BAND_BYTES, MEMORY_BAND_BYTES, BandFile, band_bounds, \
+    bands_product, file_product, fill_band, write_bands
 from ._gram import Kernels
 from ._gram import diagonal as _diagonal
 from ._gram import gram as _gram
@@ -328,6 +335,89 @@ def _column_block(x, x2, rows, idx, net, kernel, dtype, options, transpose):
     return block.astype(np.float64, copy=False)
 
 
+# Stored kernels: each worker keeps its share of the bands (ntkfast._band_store), found by the
+# operator's token and the worker's address (several workers may share a process).
+_SHARDS = {}
+_SHARDS_GUARD = threading.Lock()
+STORAGES = ("recompute", "memory", "file")
+
+
+def _shard_key(token):
+    worker = _current_worker()
+    return token, (worker.address if worker is not None else None)
+
+
+def _build_shard(token, x, x2, bounds, net, kernel, dtype, options, storage, directory):
+    """On a worker: compute the given bands and keep them (in memory, or in a file of its own)."""
+    def block(a, b):
+        return _engine_gram(a, b, net, kernel, dtype, options)
+
+    shape = (len(x), len(x if x2 is None else x2))
+    if storage == "memory":
+        shard = []
+        for r0, r1, c0 in bounds:
+            band = np.empty((r1 - r0, shape[1] - c0), dtype)
+            fill_band(block, x, x2, r0, r1, band)
+            shard.append(((r0, r1, c0), band))
+        stored = sum(band.nbytes for _, band in shard)
+    else:
+        worker = _current_worker()
+        directory = directory or getattr(worker, "local_directory", None) or tempfile.gettempdir()
+        handle, path = tempfile.mkstemp(prefix="ntkfast-kernel-", suffix=".bands", dir=directory)
+        os.close(handle)
+        shard = BandFile(path, shape, dtype, x2 is None, temporary=True, bounds=bounds)
+        try:
+            write_bands(shard, lambda r0, r1, c0, out: fill_band(block, x, x2, r0, r1, out),
+                        progress=False, desc="")
+        except BaseException:
+            shard.close()
+            raise
+        stored = shard.nbytes
+    with _SHARDS_GUARD:
+        _SHARDS[_shard_key(token)] = shard
+    return stored
+
+
+def _shard_product(token, v, shape, symmetric, transpose, num_threads):
+    """On a worker: its bands' share of K @ V (Kᵀ @ V)."""
+    shard = _SHARDS.get(_shard_key(token))
+    if shard is None:
+        raise RuntimeError("a worker lost its share of the stored kernel (was it restarted?); "
+                           "make a new ntkfast.dask.KernelOperator")
+    threads, guard = _engine_threads(num_threads)
+    with guard:
+        if isinstance(shard, BandFile):
+            return file_product(shard, v, transpose=transpose, num_threads=threads or 0,
+                                progress=False, desc="")
+        return bands_product(shard, shape, v, symmetric=symmetric, transpose=transpose,
+                             num_threads=threads or 0)
+
+
+def _drop_shard(token, dask_worker=None):
+    """On every worker (Client.run): forget the operator's bands, delete its file."""
+    key = (token, dask_worker.address if dask_worker is not None else None)
+    with _SHARDS_GUARD:
+        shard = _SHARDS.pop(key, None)
+    if isinstance(shard, BandFile):
+        shard.close()
+
+
+def _release_shards(client, token):
+    with contextlib.suppress(Exception):  # the cluster may already be gone
+        client.run(_drop_shard, token)
+
+
+def _assign_bands(bounds, n_cols, workers):
+    """Bands to workers, balanced by entries (largest first to the least loaded); each worker's
+    bands in row order."""
+    load, shares = {w: 0 for w in workers}, {w: [] for w in workers}
+    for r0, r1, c0 in sorted(bounds, key=lambda b: -(b[1] - b[0]) * (n_cols - b[2])):
+        w = min(workers, key=lambda w: (load[w], workers.index(w)))
+        load[w] += (r1 - r0) * (n_cols - c0)
+        shares[w].append((r0, r1, c0))
+    return {w: sorted(share) for w, share in shares.items() if share}
+
+
 class KernelOperator:
     """The NNGP or NTK Gram matrix K(x, x2) as a linear operator whose products run on a Dask
     ``distributed`` cluster.
@@ -335,9 +425,13 @@ class KernelOperator:
     The same protocol as :class:`ntkfast.KernelOperator` (``shape``, ``dtype``, ``matmat``,
     ``matvec``, ``rmatmat``, ``@``, ``diagonal``, ``columns``, ``rows``, ``aslinearoperator``),
     so the iterative solvers of ``ntkfast`` run on it unchanged. The points are scattered to every
-    worker once, at construction. Each product scatters V once and submits one task per block
-    pair (symmetric operators: the pairs J ≥ I only, each task returning K_IJ V_J and
-    K_IJᵀ V_I); the client sums the partial products per row block as they arrive.
+    worker once, at construction. With ``storage='recompute'`` each product scatters V once and
+    submits one task per block pair (symmetric operators: the pairs J ≥ I only, each task
+    returning K_IJ V_J and K_IJᵀ V_I); the client sums the partial products per row block as
+    they arrive. With ``storage='memory'`` or ``'file'`` the kernel is computed once, as the
+    bands of :class:`ntkfast.KernelOperator`'s stored kernels, each worker computing and keeping
+    its share (balanced by entries); a product is then one task per worker, which reads its
+    bands once, and the client adds the workers' partial products in a fixed order.
 
     Parameters
     ----------
@@ -361,6 +455,15 @@ class KernelOperator:
         per worker (see the module docstring).
     tile_size : int, optional
         As for :func:`ntkfast.gram`.
+    storage : {'recompute', 'memory', 'file'}
+        'recompute' (default): every product recomputes the kernel. 'memory': each worker keeps
+        its bands in its memory. 'file': each worker keeps its bands in a file in ``directory``
+        (default: the worker's ``local_directory``), streamed per product as for
+        ``ntkfast.KernelOperator(storage='file')``; the files are deleted by :meth:`close`.
+        A stored kernel lives on the workers that computed it: if one of them leaves the
+        cluster, products raise ``RuntimeError``.
+    directory : str, optional
+        Where the workers write their files (storage='file'); must exist on every worker.
 
     Notes
     -----
@@ -390,7 +493,8 @@ class KernelOperator:
     """
 
     def __init__(self, x, x2=None, *, net, get="ntk", client=None, dtype=None, block_size=None,
-                 num_threads=None, tile_size=None, check_finite=True):
+                 num_threads=None, tile_size=None, check_finite=True, storage="recompute",
+                 directory=None):
         distributed = _distributed()
         if not isinstance(get, str):
             raise TypeError(f"get must be 'ntk' or 'nngp' (one kernel per operator), got {get!r}")
@@ -410,6 +514,11 @@ class KernelOperator:
                             f"{type(client).__name__}")
         if client.asynchronous:
             raise ValueError("client must be a synchronous distributed.Client (asynchronous=False)")
+        if storage not in STORAGES:
+            raise ValueError(f"storage must be one of {STORAGES}, got {storage!r}")
+        if directory is not None and storage != "file":
+            raise ValueError(f"directory is only used with storage='file', got storage={storage!r}")
+        self.storage = storage
         self.client = client
         self.net, self.kernel, self.dtype = request.net, request.names[0], request.dtype
         self.shape = request.shape
@@ -421,6 +530,32 @@ class KernelOperator:
         # Scattered once: every product's tasks find the points already on their worker.
         self._x = client.scatter(request.x1, broadcast=True, hash=False)
         self._x2 = None if x2 is None else client.scatter(request.x2, broadcast=True, hash=False)
+        self._shards = None  # stored: {worker address: its bands}
+        if storage != "recompute":
+            self._store(directory)
+
+    def _store(self, directory):
+        budget = FILE_BAND_BYTES if self.storage == "file" else MEMORY_BAND_BYTES
+        bounds = band_bounds(*self.shape, self.symmetric, self.dtype.itemsize, budget)
+        workers = sorted(self.client.scheduler_info()["workers"])
+        if not workers:
+            raise ValueError("client: the cluster has no workers to store the kernel on")
+        self._token = uuid.uuid4().hex
+        self._release = weakref.finalize(self, _release_shards, self.client, self._token)
+        self._release.atexit = False  # at exit the workers go, and their directories with them
+        shards = _assign_bands(bounds, self.shape[1], workers)
+        futures = [self.client.submit(_build_shard, self._token, self._x, self._x2, share,
+                                      self.net, self.kernel, self.dtype, self._options,
+                                      self.storage, directory, workers=[w],
+                                      allow_other_workers=False, pure=False)
+                   for w, share in shards.items()]
+        try:
+            self.stored_bytes = sum(self.client.gather(futures))
+        except BaseException:
+            self.client.cancel(futures)
+            self._release()
+            raise
+        self._shards = shards
 
     def _block_size(self, block_size):
         if block_size is not None:
@@ -446,9 +581,11 @@ class KernelOperator:
 
     def __repr__(self):
         n1, n2 = self.shape
+        stored = "" if self._shards is None else \
+            f" ({len(self._shards)} workers, {self.stored_bytes / 1e9:.2f} GB)"
         return (f"ntkfast.dask.KernelOperator({self.kernel}, {n1} x {n2} {self.dtype}, "
-                f"{'symmetric' if self.symmetric else 'cross'}, block_size={self.block_size}, "
-                f"net={self.net!r})")
+                f"{'symmetric' if self.symmetric else 'cross'}, storage={self.storage!r}{stored}, "
+                f"block_size={self.block_size}, net={self.net!r})")
 
     # ------------------------------------------------------------------------------------------
     # Products.
@@ -462,9 +599,33 @@ class KernelOperator:
                              "points on the workers); make a new one")
         return self._x, self._x2
 
+    def _stored_product(self, v, transpose):
+        alive = set(self.client.scheduler_info()["workers"])
+        gone = [w for w in self._shards if w not in alive]
+        if gone:
+            raise RuntimeError(f"worker(s) {gone} holding part of the stored kernel left the "
+                               "cluster; make a new ntkfast.dask.KernelOperator (or use "
+                               "storage='recompute', which any worker can run)")
+        vf = self.client.scatter(v, broadcast=True, hash=False)
+        futures = [self.client.submit(_shard_product, self._token, vf, self.shape, self.symmetric,
+                                      transpose, self.num_threads, workers=[w],
+                                      allow_other_workers=False, pure=False)
+                   for w in self._shards]
+        try:
+            parts = self.client.gather(futures)
+        finally:
+            self.client.cancel(futures)
+            del vf
+        out = np.zeros((self.shape[1] if transpose else self.shape[0], v.shape[1]))
+        for part in parts:  # in the workers' order: the same sum every time
+            out += part
+        return out
+
     def _product(self, v, transpose):
         distributed = _distributed()
         x, x2 = self._inputs()
+        if self._shards is not None:
+            return self._stored_product(v, transpose)
         n1, n2 = self.shape
         step = self.block_size
         vf = self.client.scatter(v, broadcast=True, hash=False)  # once per product
@@ -559,9 +720,12 @@ class KernelOperator:
                               rmatmat=self.rmatmat, dtype=np.float64)
 
     def close(self):
-        """Release the scattered points on the workers (also done when the operator is
-        garbage-collected)."""
+        """Release the scattered points on the workers and a stored kernel's bands and files
+        (also done when the operator is garbage-collected)."""
         self._x = self._x2 = None
+        if self._shards is not None:
+            self._release()
+            self._shards = None
 
 
 def _host_points(x, name):

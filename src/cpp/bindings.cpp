@@ -8,12 +8,15 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <memory>
 #include <optional>
 #include <string>
 #include <tuple>
+#include <utility>
 #include <vector>
 
+#include "ntkfast/band_product.hpp"
 #include "ntkfast/engine.hpp"
 #include "python_poll.hpp"
 
@@ -105,6 +108,56 @@ void diagonal(const Program& prog, const CArray<T>& x, std::optional<CArray<T>> 
   ntkfast::compute_diagonal<T>(prog, x_ptr, n, d, nngp_ptr, ntk_ptr, num_threads);
 }
 
+// One band of a stored kernel against transposed vectors (band_product.hpp). The band may be a
+// row slice of a larger matrix (its rows strided); the vectors are C-contiguous (k, n) float64
+// arrays, indexed from row0 (rows of the band) and col0 (its columns).
+template <class T>
+void band_matmat(const py::array_t<T>& band, int64_t row0, int64_t col0,
+                 std::optional<CArray<double>> v_cols, std::optional<CArray<double>> v_rows,
+                 std::optional<CArray<double>> out_rows, std::optional<CArray<double>> out_cols,
+                 int64_t mirror, int num_threads) {
+  if (band.ndim() != 2 || (band.shape(1) > 1 && band.strides(1) != py::ssize_t(sizeof(T))) ||
+      band.strides(0) % py::ssize_t(sizeof(T)) != 0 || band.strides(0) < band.shape(1) * py::ssize_t(sizeof(T)))
+    throw std::invalid_argument("band must be a 2-D array with contiguous rows");
+  const int64_t rows = band.shape(0), cols = band.shape(1);
+  const int64_t ld = std::max<int64_t>(band.strides(0) / py::ssize_t(sizeof(T)), 1);
+  mirror = std::clamp<int64_t>(mirror, 0, cols);
+  const bool mirrored = mirror < cols;
+  if (row0 < 0 || col0 < 0) throw std::invalid_argument("row0 and col0 must be >= 0");
+  if (!out_rows && !mirrored) return;
+  if ((out_rows && !v_cols) || (mirrored && (!v_rows || !out_cols)))
+    throw std::invalid_argument("band_matmat: missing vectors");
+  ntkfast::BandVectors vec;
+  vec.k = -1;
+  auto take = [&](auto& a, int64_t offset, int64_t extent, const char* name) {
+    if (a->ndim() != 2 || a->shape(1) < offset + extent)
+      throw std::invalid_argument(std::string(name) + ": wrong shape");
+    if (vec.k >= 0 && a->shape(0) != vec.k)
+      throw std::invalid_argument(std::string(name) + ": wrong number of vectors");
+    vec.k = a->shape(0);
+    return std::make_pair(offset, int64_t(a->shape(1)));
+  };
+  if (out_rows) {
+    auto [o, ld_v] = take(v_cols, col0, cols, "v_cols");
+    vec.v_cols = v_cols->data() + o, vec.ld_v_cols = ld_v;
+    auto [o2, ld_o] = take(out_rows, row0, rows, "out_rows");
+    vec.out_rows = out_rows->mutable_data() + o2, vec.ld_out_rows = ld_o;
+  }
+  if (mirrored) {
+    auto [o, ld_v] = take(v_rows, row0, rows, "v_rows");
+    vec.v_rows = v_rows->data() + o, vec.ld_v_rows = ld_v;
+    auto [o2, ld_o] = take(out_cols, col0, cols, "out_cols");
+    vec.out_cols = out_cols->mutable_data() + o2, vec.ld_out_cols = ld_o;
+    // The mirrored updates may share an array with the row sums only where they do not overlap.
+    if (out_rows && out_rows->data() == out_cols->data() && col0 + mirror < row0 + rows &&
+        row0 < col0 + cols)
+      throw std::invalid_argument("band_matmat: mirrored columns overlap the band's rows");
+  }
+  const T* data = band.data();
+  py::gil_scoped_release release;
+  ntkfast::band_matmat<T>(data, rows, cols, ld, vec, mirror, num_threads);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -126,6 +179,15 @@ PYBIND11_MODULE(_core, m) {
         py::arg("nngp").noconvert(), py::arg("ntk").noconvert(), py::arg("num_threads"));
   m.def("diagonal", &diagonal<float>, py::arg("program"), py::arg("x").noconvert(),
         py::arg("nngp").noconvert(), py::arg("ntk").noconvert(), py::arg("num_threads"));
+
+  m.def("band_matmat", &band_matmat<double>, py::arg("band").noconvert(), py::arg("row0"),
+        py::arg("col0"), py::arg("v_cols").noconvert(), py::arg("v_rows").noconvert(),
+        py::arg("out_rows").noconvert(), py::arg("out_cols").noconvert(), py::arg("mirror"),
+        py::arg("num_threads"));
+  m.def("band_matmat", &band_matmat<float>, py::arg("band").noconvert(), py::arg("row0"),
+        py::arg("col0"), py::arg("v_cols").noconvert(), py::arg("v_rows").noconvert(),
+        py::arg("out_rows").noconvert(), py::arg("out_cols").noconvert(), py::arg("mirror"),
+        py::arg("num_threads"));
 
   // The op codes of program.hpp by name (the Python lowering checks its own table against them).
   py::dict op_kinds;

@@ -16,8 +16,10 @@
 // (j, i) as (i, j) with the roles swapped and a duplicate row must equal the original.
 //
 // Lanes: every function is a template on the lane type V: a scalar (float/double, host or CUDA
-// device) or a GCC vector of doubles (the CPU kernels, see simd.hpp). Only arithmetic, comparisons
-// and `mask ? a : b` are used, which mean the same for both; nt_sqrt / nt_exp are overloaded.
+// device), a GCC vector of doubles or a Pack of them (the CPU kernels, see simd.hpp). Only
+// arithmetic, comparisons and nt_select(mask, a, b) are used, which mean the same for all of
+// them; nt_sqrt, nt_exp, nt_fma, nt_max, nt_abs, ... are overloaded (one instruction each on the
+// CPU vectors).
 //
 // Guards (never -ffast-math: they rely on IEEE semantics):
 //   r² = q1 q2 - c² is formed with FMAs (no cancellation as ρ -> ±1, exactly 0 for a duplicate
@@ -34,8 +36,12 @@
 
 #include "program.hpp"
 
+// Always inlined: the CPU kernels run these on simd.hpp's Packs (2-4 vectors), where a call would
+// pass every value through memory and GCC's size heuristics often decline to inline.
 #if defined(__CUDACC__)
 #define NTKFAST_HD __host__ __device__ __forceinline__
+#elif defined(__GNUC__)
+#define NTKFAST_HD inline __attribute__((always_inline))
 #else
 #define NTKFAST_HD inline
 #endif
@@ -77,58 +83,61 @@ NTKFAST_HD double nt_mad(double a, double b, double c) { return a * b + c; }
 NTKFAST_HD float nt_mad(float a, float b, float c) { return a * b + c; }
 #endif
 
-// A lane value from a scalar (works for scalars and GCC vectors alike).
+// A lane value from a scalar (works for scalars and GCC vectors alike). x - 0 is x exactly, also
+// for x = -0 (x + 0 is not), so the compiler may drop the subtraction and keep a plain broadcast.
 template <class V>
-NTKFAST_HD V splat(double x) { return V{} + x; }
+NTKFAST_HD V splat(double x) { return x - V{}; }
 
+// m ? a : b lane by lane (a scalar bool, a GCC vector mask, or simd.hpp's PackMask).
+template <class M, class V>
+NTKFAST_HD V nt_select(M m, V a, V b) { return m ? a : b; }
+
+// The CPU vector overloads of these (simd.hpp) compute the same with one instruction each.
 template <class V>
-NTKFAST_HD V nt_max(V a, V b) { return a > b ? a : b; }
+NTKFAST_HD V nt_max(V a, V b) { return nt_select(a > b, a, b); }
 template <class V>
-NTKFAST_HD V nt_min(V a, V b) { return a < b ? a : b; }
-template <class V>
-NTKFAST_HD V nt_abs(V a) { return a < 0 ? -a : a; }
+NTKFAST_HD V nt_min(V a, V b) { return nt_select(a < b, a, b); }
+// |a| with the sign bit cleared (|-0| = +0), and a with its sign flipped where s has its sign bit
+// set (a · sign(s), exact).
+NTKFAST_HD double nt_abs(double a) { return fabs(a); }
+NTKFAST_HD float nt_abs(float a) { return fabsf(a); }
+NTKFAST_HD double nt_xorsign(double a, double s) { return copysign(1.0, s) * a; }
 
 constexpr double kPi = 3.14159265358979323846;
 constexpr double kHalfPi = 1.57079632679489661923;
 constexpr double kQuarterPi = 0.78539816339744830962;
 constexpr double kTanPi8 = 0.41421356237309504880;
 
-// atan(w) for |w| <= tan(π/8): w + w z P(z), z = w², P a degree-10 fit (tools/fit_atan.py) with
-// <= 1 ulp error on that interval, evaluated by Estrin's scheme (short dependency chains).
-template <class V>
-NTKFAST_HD V atan_reduced(V w) {
+// base + Scale·atan(w) for |w| <= tan(π/8) (Scale = 1 or 2: the constants scale exactly):
+// base + Scale·(w + w z P(z)), z = w², P the degree-9 minimax fit of tools/fit_atan.py (relative
+// error 0.16 ulp before rounding, 0.65 ulp as evaluated here). Horner's rule: fewer operations
+// than Estrin's scheme, and the CPU kernels keep enough independent entries in flight that the
+// longer dependency chain costs nothing.
+template <int Scale, class V>
+NTKFAST_HD V base_plus_atan(V base, V w) {
+  constexpr double k = Scale;
   const V z = w * w;
-  const V z2 = z * z, z4 = z2 * z2, z8 = z4 * z4;
-  const V p01 = nt_mad(splat<V>(0.19999999999974793), z, splat<V>(-0.33333333333333287));
-  const V p23 = nt_mad(splat<V>(0.1111111086401072), z, splat<V>(-0.14285714282025735));
-  const V p45 = nt_mad(splat<V>(0.07692093906334857), z, splat<V>(-0.09090899837560827));
-  const V p67 = nt_mad(splat<V>(0.05850271147647043), z, splat<V>(-0.06663456603270149));
-  const V p89 = nt_mad(splat<V>(0.03830432736131884), z, splat<V>(-0.050493393117391684));
-  const V p03 = nt_mad(p23, z2, p01);
-  const V p47 = nt_mad(p67, z2, p45);
-  const V p8a = nt_mad(splat<V>(-0.018155359573923915), z2, p89);
-  const V p = nt_mad(p8a, z8, nt_mad(p47, z4, p03));
-  return nt_mad(w * z, p, w);
+  V p = nt_mad(splat<V>(k * 0.02125985465703717), z, splat<V>(k * -0.04359096199725628));
+  p = nt_mad(p, z, splat<V>(k * 0.05692539356211354));
+  p = nt_mad(p, z, splat<V>(k * -0.06641121267638711));
+  p = nt_mad(p, z, splat<V>(k * 0.07690068309805519));
+  p = nt_mad(p, z, splat<V>(k * -0.0909078241313454));
+  p = nt_mad(p, z, splat<V>(k * 0.1111110665361545));
+  p = nt_mad(p, z, splat<V>(k * -0.1428571419526196));
+  p = nt_mad(p, z, splat<V>(k * 0.19999999999088963));
+  p = nt_mad(p, z, splat<V>(k * -0.3333333333333015));
+  return nt_mad(w * z, p, base + k * w);
 }
 
-// atan(u) for |u| <= 1, reduced by atan(x) = π/4 + atan((x - 1)/(x + 1)) above tan(π/8).
-// Branch-free, so it vectorises.
-template <class V>
-NTKFAST_HD V atan_unit(V u) {
-  const V au = nt_abs(u);
-  const auto hi = au > kTanPi8;
-  V a = atan_reduced(hi ? (au - 1.0) / (au + 1.0) : au);
-  a = hi ? a + kQuarterPi : a;
-  return u < 0 ? -a : a;
-}
-
-// The angle θ ∈ [0, π] of (c, r ≥ 0), i.e. atan2(r, c), π/2 when both are 0, as
-// θ = base + sign·atan(w) with |w| <= tan(π/8): one division serves the octant reduction and the
-// tan(π/8) reduction. Split in two so the CPU engine can run the reduction and the polynomial as
-// separate passes (shorter dependency chains); angle() composes them.
+// The angle θ ∈ [0, π] of (c, r ≥ 0), i.e. atan2(r, c), π/2 when both are 0, as θ = base + atan(w)
+// with |w| <= tan(π/8): one division serves both the octant reduction (atan(small/big), swapped to
+// π/2 - that when r >= |c|, reflected to π - that when c < 0) and the tan(π/8) reduction
+// (atan(u) = π/4 + atan((u - 1)/(u + 1))). The two signs of the octant fold into w (atan is odd).
+// Split in two so that the CPU engine can run the reduction and the polynomial as separate
+// passes over a chunk (shorter dependency chains); angle() composes them.
 template <class V>
 struct AngleParts {
-  V w, base, sign;
+  V w, base;
 };
 
 template <class V>
@@ -137,22 +146,21 @@ NTKFAST_HD AngleParts<V> angle_parts(V r, V c) {
   // >=, not >: at r = c = 0 (a zero-variance pair, q1 q2 = 0) this gives θ = π/2, the uncorrelated
   // limit (angle_or_half_pi), at no cost; at r = |c| > 0 both octants give π/4 (or 3π/4) exactly.
   const auto swap = r >= ac;
-  const V big = swap ? r : ac;
-  const V small = swap ? ac : r;
-  const auto hi = small > kTanPi8 * big;
-  const V num = hi ? small - big : small;
-  const V den = nt_max(hi ? small + big : big, splat<V>(1e-300));
-  // atan(small/big) = base0 + atan(w); swapping the octant gives π/2 - that; c < 0 gives π - that.
-  const V base0 = hi ? splat<V>(kQuarterPi) : splat<V>(0.0);
-  const V base1 = swap ? kHalfPi - base0 : base0;
-  const V sign1 = swap ? splat<V>(-1.0) : splat<V>(1.0);
   const auto negative = c < 0;
-  return {num / den, negative ? kPi - base1 : base1, negative ? -sign1 : sign1};
+  const V big = nt_select(swap, r, ac);
+  const V small = nt_select(swap, ac, r);
+  const auto hi = small > kTanPi8 * big;
+  const V num = nt_select(hi, small - big, small);
+  const V den = nt_max(nt_select(hi, small + big, big), splat<V>(1e-300));
+  const V base0 = nt_select(hi, splat<V>(kQuarterPi), splat<V>(0.0));
+  const V base1 = nt_select(swap, kHalfPi - base0, base0);
+  const V w = num / den;
+  return {nt_xorsign(nt_select(swap, -w, w), c), nt_select(negative, kPi - base1, base1)};
 }
 
 template <class V>
 NTKFAST_HD V angle_from_parts(const AngleParts<V>& parts) {
-  return nt_mad(parts.sign, atan_reduced(parts.w), parts.base);
+  return base_plus_atan<1>(parts.base, parts.w);
 }
 
 template <class V>
@@ -160,20 +168,41 @@ NTKFAST_HD V angle(V r, V c) {
   return angle_from_parts(angle_parts(r, c));
 }
 
-// atan2(y, x) for x > 0.
+// atan2(y, x) for x > 0: π/2 - angle(x, y), formed as (π/2 - base) + atan(-w), so that a result
+// near 0 keeps its relative accuracy (π/2 - base is exact for every base angle_parts gives).
 template <class V>
 NTKFAST_HD V atan2_right(V y, V x) {
-  const V ay = nt_abs(y);
-  const auto swap = ay > x;
-  const V a = atan_unit(swap ? x / ay : ay / x);
-  const V b = swap ? kHalfPi - a : a;
-  return y < 0 ? -b : b;
+  const AngleParts<V> parts = angle_parts(x, y);
+  return base_plus_atan<1>(kHalfPi - parts.base, -parts.w);
+}
+
+// The same θ = atan2(r, c) for the arc-cosine family, whose s = √(q1 q2) = √(r² + c²) comes from
+// the per-row tables, by the half angle: tan(θ/2) = r / (s + |c|) ∈ [0, 1], reflected to π - θ
+// for c < 0; above tan(π/8) the reduction θ/2 = π/4 + atan((r - d)/(r + d)), d = s + |c|, so one
+// division gives θ = base + 2 atan(w), |w| <= tan(π/8). No octant swap: ~5 operations fewer than
+// angle_parts, for a relative error of θ of at most 2.1 ulp instead of 1.5 (measured against
+// mpmath on 20,000 pairs with ρ uniform, ρ -> ±1 and ρ -> 0; s rounds once more than r). r = c = 0
+// (a zero-variance pair) gives θ = π/2 exactly (>= below); c = ±0 < r gives π/2 to ~2 ulp (r and
+// s round differently).
+template <class V>
+NTKFAST_HD AngleParts<V> arccos_angle_parts(V r, V c, V s) {
+  const V d = s + nt_abs(c);
+  const auto hi = r >= kTanPi8 * d;
+  const V num = nt_select(hi, r - d, r);
+  const V den = nt_max(nt_select(hi, r + d, d), splat<V>(1e-300));
+  const V base0 = nt_select(hi, splat<V>(kHalfPi), splat<V>(0.0));
+  return {nt_xorsign(num, c) / den, nt_select(c < 0, kPi - base0, base0)};
+}
+
+template <class V>
+NTKFAST_HD V arccos_angle_from_parts(const AngleParts<V>& parts) {
+  return base_plus_atan<2>(parts.base, parts.w);
 }
 
 // √(q1 q2) without overflow, and exactly q1 when q1 == q2.
 template <class V>
 NTKFAST_HD V pair_scale(V q1, V q2, V sq1, V sq2) {
-  return q1 == q2 ? q1 : sq1 * sq2;
+  return nt_select(q1 == q2, q1, sq1 * sq2);
 }
 
 // r² = q1 q2 - c² = s² (1 - ρ²) ≥ 0 with error ~ε r² (not ~ε q1 q2): both products are formed
@@ -227,7 +256,8 @@ NTKFAST_HD void abrelu_update(const LayerOp& op, V r, V theta, V& c, V& t) {
 template <bool WithNtk, class V>
 NTKFAST_HD void op_abrelu(const LayerOp& op, const PairStats<V>& ps, V& c, V& t) {
   const V r = abrelu_sine(ps, c);
-  abrelu_update<WithNtk>(op, r, angle(r, c), c, t);
+  abrelu_update<WithNtk>(op, r, arccos_angle_from_parts(arccos_angle_parts(r, c, ps.sq1 * ps.sq2)),
+                         c, t);
 }
 
 // θ with the zero-variance limit: where q1 q2 = 0 the pair is uncorrelated (θ = π/2), whatever
@@ -235,7 +265,7 @@ NTKFAST_HD void op_abrelu(const LayerOp& op, const PairStats<V>& ps, V& c, V& t)
 template <class V>
 NTKFAST_HD V angle_or_half_pi(V r, V c, V q1q2) {
   const V theta = angle(r, c);
-  return q1q2 == 0 ? splat<V>(kHalfPi) : theta;
+  return nt_select(q1q2 == 0, splat<V>(kHalfPi), theta);
 }
 
 // sign(x): E = (2/π) asin ρ = (2/π)(π/2 - θ), exactly 0 at θ = π/2 and 1 at θ = 0 (no FMA can
@@ -290,15 +320,18 @@ NTKFAST_HD void op_erf(const LayerOp& op, const PairStats<V>& ps, V& c, V& t) {
 template <bool WithNtk, class V>
 NTKFAST_HD void op_gelu(const PairStats<V>& ps, V& c, V& t) {
   const V prod = ps.q1 * ps.q2;
-  const V prod_plus_1 = (1.0 + ps.q1) * (1.0 + ps.q2);
+  // Two divisions serve the five quotients of the closed form.
+  const V inv_prod_plus_1 = 1.0 / ((1.0 + ps.q1) * (1.0 + ps.q2));
   const V delta_sq = 1.0 + (ps.q1 + ps.q2) + sine_sq(ps.q1, ps.q2, c);
   const V delta = nt_sqrt(delta_sq);
+  const V inv_delta = 1.0 / delta;
   const V ang = atan2_right(c, delta);
   const V c_in = c;
-  c = ((c_in * c_in + prod * delta_sq) / (prod_plus_1 * delta) + c_in * ang) * (0.5 / kPi) +
+  c = ((c_in * c_in + prod * delta_sq) * inv_prod_plus_1 * inv_delta + c_in * ang) * (0.5 / kPi) +
       0.25 * c_in;
   if (WithNtk) {
-    const V first = (1.0 / delta_sq + (1.0 - prod) / prod_plus_1 + 1.0) * c_in / delta * (0.5 / kPi);
+    const V first = (inv_delta * inv_delta + (1.0 - prod) * inv_prod_plus_1 + 1.0) * c_in *
+                    inv_delta * (0.5 / kPi);
     t = (first + 0.25 + ang * (0.5 / kPi)) * t;
   }
 }
@@ -421,7 +454,7 @@ NTKFAST_HD void op_hermite(const LayerOp& op, V& c, V& t) {
   const int n = op.degree;
   V pow_prev = splat<V>(1.0);  // c^{n-1}
   for (int k = 1; k < n; ++k) pow_prev = pow_prev * c;
-  if (WithNtk) t = n == 0 ? splat<V>(0.0) : double(n) * pow_prev * t;
+  if (WithNtk) t = n == 0 ? splat<V>(0.0) : double(n) * pow_prev * t;  // n: one per op, not a lane
   c = n == 0 ? splat<V>(1.0) : pow_prev * c;
 }
 
@@ -454,7 +487,7 @@ NTKFAST_HD void apply_op(const LayerOp& op, const double* pool, const PairStats<
 template <class V>
 NTKFAST_HD V snap_input_correlation(V c, V s, double tol) {
   const V ac = nt_abs(c);
-  return ac >= (1.0 - tol) * s ? (c < 0 ? -s : s) : c;
+  return nt_select(ac >= (1.0 - tol) * s, nt_select(c < 0, -s, s), c);
 }
 
 }  // namespace NTKFAST_ISA_NAMESPACE

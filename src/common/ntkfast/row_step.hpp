@@ -27,7 +27,7 @@ NTKFAST_HD void row_step(const LayerOp& op, const double* pool, V q, V sq, V& t,
   apply_op<WithNtk>(op, pool, ps, c, t);
   // A variance is >= 0; rounding may leave -0 or a tiny negative, which would flip signs later.
   // Not max(c, 0): that would turn a NaN into a finite 0 and hide it from the range check.
-  q_next = c <= 0 ? splat<V>(0.0) : c;
+  q_next = nt_select(c <= 0, splat<V>(0.0), c);
   sq_next = nt_sqrt(q_next);
 }
 

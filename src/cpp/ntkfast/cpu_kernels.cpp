@@ -1,14 +1,18 @@
 // cpu_kernels.cpp -- the tile epilogue and the per-row recursion on the CPU, compiled once per
 // instruction set (NTKFAST_ISA_NAMESPACE = generic | avx2 | avx512, see CMakeLists.txt).
 //
-// Math: layer_math.hpp (and row_step.hpp for the per-row recursion), applied to vdouble lanes
-// (simd.hpp). Everything is computed in double, also for float32 storage: the float32 result is
-// rounded once, at the end.
-// Layout: a tile row is processed in chunks of kChunk entries; each op runs over the whole chunk
-// before the next op starts, so the lanes of a chunk are independent work for the out-of-order
-// core (one entry alone is a ~100-cycle dependency chain per layer) and the chunk stays in L1.
+// Math: layer_math.hpp (and row_step.hpp for the per-row recursion), applied to simd.hpp's lanes
+// (vdouble; Pack<G> of G vdoubles in the tile). Everything is computed in double, also for float32
+// storage: the float32 result is rounded once, at the end.
+// Layout: a tile row is processed in chunks of kChunk entries held in L1 (c, t); the ops run one
+// after the other over the whole chunk, so the chunk's lanes are independent work for the
+// out-of-order core (one entry alone is a ~100-cycle dependency chain per layer). A Dense op is
+// applied as the next op's first pass loads the chunk; the arc-cosine family (ReLU & co., the
+// hottest loop of the library) runs as three short passes, the other ops as one, over Packs.
 // Invariants: the GEMM result is read once and the outputs are written once per entry; the
-// per-row tables are read as whole vectors past the last row (they are padded, cpu_kernels.hpp).
+// per-row tables are read as whole vectors past the last row (they are padded, cpu_kernels.hpp);
+// a Gram entry goes through exactly the operations of row_step.hpp's per-row recursion, in the
+// same order, so a duplicate row equals the diagonal to the last bit.
 // Only the C library and this directory's headers are used here: no standard-library templates,
 // whose out-of-line copies the linker could share with code compiled for another ISA.
 #include <cstring>
@@ -29,8 +33,13 @@ namespace {
 
 constexpr int kChunk = 64;
 static_assert(kChunk % kLanes == 0, "a chunk is whole vectors");
-constexpr int kVecs = kChunk / kLanes;
 static_assert(kChunk <= kRowPad, "row tables are padded by at least one chunk");
+// Vectors per Pack (simd.hpp): 4 for the one-pass ops, 2 for the three passes of the arc-cosine
+// family, whose chains are short already (best of 1, 2, 4 on Zen 4, AVX-512 and AVX2 kernels).
+constexpr int kPackOnePass = 4;
+constexpr int kPackPasses = 2;
+static_assert(kChunk % (kPackOnePass * kLanes) == 0 && kChunk % (kPackPasses * kLanes) == 0,
+              "a chunk is whole Packs");
 
 inline vdouble load(const double* p) {
   vdouble v;
@@ -38,17 +47,28 @@ inline vdouble load(const double* p) {
   return v;
 }
 inline void store(double* p, vdouble v) { std::memcpy(p, &v, sizeof v); }
+// Part by part: a memcpy of the whole Pack makes GCC copy it through the stack.
+template <int G>
+inline Pack<G> load_pack(const double* p) {
+  Pack<G> v;
+  for (int g = 0; g < G; ++g) v.v[g] = load(p + g * kLanes);
+  return v;
+}
+template <int G>
+inline void store_pack(double* p, const Pack<G>& v) {
+  for (int g = 0; g < G; ++g) store(p + g * kLanes, v.v[g]);
+}
 
 // Entries of a chunk with a rescaled row (row_step.hpp) are recomputed by apply_op_rescaled from
 // the op's input (c_in, t_in, saved before the vector pass): rare, so scalar, and the vector pass
 // stays as fast as it was.
 template <bool WithNtk>
 void rescue_rescaled(const LayerOp& op, const double* pool, const RowTables& rows1, int64_t i,
-                     const RowTables& rows2, int64_t j0, int k, const double* c_in,
+                     const RowTables& rows2, int64_t j0, int k, int m, const double* c_in,
                      const double* t_in, double* c, double* t) {
   const int64_t o1 = k * rows1.stride + i;
   const int32_t e1 = rows1.rescale ? rows1.rescale[o1] : 0;
-  for (int j = 0; j < kChunk; ++j) {
+  for (int j = 0; j < m; ++j) {
     const int64_t o2 = k * rows2.stride + j0 + j;
     const int32_t e2 = rows2.rescale ? rows2.rescale[o2] : 0;
     if (e1 == 0 && e2 == 0) continue;
@@ -60,71 +80,96 @@ void rescue_rescaled(const LayerOp& op, const double* pool, const RowTables& row
   }
 }
 
-// Runs the whole program on one chunk: row i of rows1 against entries [j0, j0 + kChunk) of rows2.
-template <bool WithNtk>
+// Runs the whole program on one chunk: row i of rows1 against entries [j0, j0 + m) of rows2
+// (m <= kChunk; the passes cover whole Packs up to m, so a row's short last chunk, e.g. in the
+// ragged rows of a diagonal tile, costs what it holds and not a full chunk). Full: m == kChunk, a
+// trip count the compiler knows, so it unrolls the passes (~15 % faster on AVX2 than a loop to m).
+// A Dense op followed by another op is not a pass of its own: it is applied as the next op's
+// first pass loads the chunk (the same operations in the same order, so the same bits as
+// row_step's diagonal).
+template <bool WithNtk, bool Full>
 void run_program_chunk(ProgramView prog, const RowTables& rows1, int64_t i, const RowTables& rows2,
-                       int64_t j0, double* c, double* t) {
+                       int64_t j0, int m_given, double* c, double* t) {
+  const int m = Full ? kChunk : m_given;
   const bool any_rescaled = rows1.rescale || rows2.rescale;
+  const LayerOp* dense = nullptr;  // a Dense op still to be applied to c and t
   for (int k = 0; k < prog.n_ops; ++k) {
     const LayerOp& op = prog.ops[k];
+    // The rescue needs the op's input in memory, so a Dense op before a rescued op runs alone.
+    if (op.kind == kDense && !dense && k + 1 < prog.n_ops && !any_rescaled) {
+      dense = &op;
+      continue;
+    }
     alignas(64) double c_in[kChunk], t_in[kChunk];
     const bool rescue = any_rescaled && homogeneous_degree(op) >= 0;
     if (rescue) {
       std::memcpy(c_in, c, sizeof c_in);
       if (WithNtk) std::memcpy(t_in, t, sizeof t_in);
     }
-    const vdouble q1 = splat<vdouble>(rows1.q[k * rows1.stride + i]);
-    const vdouble sq1 = splat<vdouble>(rows1.sq[k * rows1.stride + i]);
+    const double q1 = rows1.q[k * rows1.stride + i], sq1 = rows1.sq[k * rows1.stride + i];
     const double* q2 = rows2.q + k * rows2.stride + j0;
     const double* sq2 = rows2.sq + k * rows2.stride + j0;
-// The op switch is outside the lane loop; CALL uses ps, cv, tv.
-#define NTKFAST_CHUNK_LOOP(CALL)                                                   \
-  for (int v = 0; v < kVecs; ++v) {                                                \
-    const PairStats<vdouble> ps{q1, load(q2 + v * kLanes), sq1, load(sq2 + v * kLanes)}; \
-    (void)ps;                                                                      \
-    vdouble cv = load(c + v * kLanes);                                             \
-    vdouble tv = WithNtk ? load(t + v * kLanes) : vdouble{};                       \
-    CALL;                                                                          \
-    store(c + v * kLanes, cv);                                                     \
-    if (WithNtk) store(t + v * kLanes, tv);                                        \
-  }                                                                                \
-  break;
+// One pass over the chunk, G vectors at a time: loads (c, t), applies DENSE (may be null), runs
+// CALL on ps, cv, tv, stores (c, t). The op switch is outside the loop.
+#define NTKFAST_CHUNK_LOOP(G, DENSE, CALL)                                                   \
+  for (int p = 0; p < m; p += G * kLanes) {                                                \
+    const PairStats<Pack<G>> ps{splat<Pack<G>>(q1), load_pack<G>(q2 + p),                  \
+                                splat<Pack<G>>(sq1), load_pack<G>(sq2 + p)};               \
+    (void)ps;                                                                              \
+    Pack<G> cv = load_pack<G>(c + p);                                                      \
+    Pack<G> tv = WithNtk ? load_pack<G>(t + p) : Pack<G>{};                                \
+    if (DENSE) op_dense<WithNtk>(*DENSE, cv, tv);                                          \
+    CALL;                                                                                  \
+    store_pack(c + p, cv);                                                                 \
+    if (WithNtk) store_pack(t + p, tv);                                                    \
+  }
+#define NTKFAST_ONE_PASS(CALL) NTKFAST_CHUNK_LOOP(kPackOnePass, dense, CALL) break;
     switch (static_cast<OpKind>(op.kind)) {  // no default: a forgotten op does not compile
-      case kDense: NTKFAST_CHUNK_LOOP(op_dense<WithNtk>(op, cv, tv))
-      case kIdentity: break;
+      case kDense: NTKFAST_ONE_PASS(op_dense<WithNtk>(op, cv, tv))
+      case kIdentity:  // a pass only to apply a pending Dense
+        if (dense) {
+          NTKFAST_CHUNK_LOOP(kPackOnePass, dense, (void)0)
+        }
+        break;
       case kABRelu: {
-        alignas(64) double r[kChunk], w[kChunk], base[kChunk], sign[kChunk];
-        for (int v = 0; v < kVecs; ++v) {
-          const PairStats<vdouble> ps{q1, load(q2 + v * kLanes), sq1, load(sq2 + v * kLanes)};
-          store(r + v * kLanes, abrelu_sine(ps, load(c + v * kLanes)));
+        // Three passes (r; θ's reduction; θ and the update): each a short dependency chain, so
+        // the out-of-order core overlaps many lanes of the chunk.
+        constexpr int G = kPackPasses;
+        alignas(64) double r[kChunk], w[kChunk], base[kChunk];
+        NTKFAST_CHUNK_LOOP(G, dense, store_pack(r + p, abrelu_sine(ps, cv)))
+        const LayerOp* none = nullptr;
+        for (int p = 0; p < m; p += G * kLanes) {
+          const Pack<G> s = splat<Pack<G>>(sq1) * load_pack<G>(sq2 + p);
+          const AngleParts<Pack<G>> parts =
+              arccos_angle_parts(load_pack<G>(r + p), load_pack<G>(c + p), s);
+          store_pack(w + p, parts.w);
+          store_pack(base + p, parts.base);
         }
-        for (int v = 0; v < kVecs; ++v) {
-          const AngleParts<vdouble> parts = angle_parts(load(r + v * kLanes), load(c + v * kLanes));
-          store(w + v * kLanes, parts.w);
-          store(base + v * kLanes, parts.base);
-          store(sign + v * kLanes, parts.sign);
-        }
-        NTKFAST_CHUNK_LOOP(abrelu_update<WithNtk>(
-            op, load(r + v * kLanes),
-            angle_from_parts(AngleParts<vdouble>{load(w + v * kLanes), load(base + v * kLanes),
-                                                 load(sign + v * kLanes)}),
+        NTKFAST_CHUNK_LOOP(G, none, abrelu_update<WithNtk>(
+            op, load_pack<G>(r + p),
+            arccos_angle_from_parts(
+                AngleParts<Pack<G>>{load_pack<G>(w + p), load_pack<G>(base + p)}),
             cv, tv))
+        break;
       }
-      case kErf: NTKFAST_CHUNK_LOOP(op_erf<WithNtk>(op, ps, cv, tv))
-      case kGelu: NTKFAST_CHUNK_LOOP(op_gelu<WithNtk>(ps, cv, tv))
-      case kSin: NTKFAST_CHUNK_LOOP(op_sin<WithNtk>(op, ps, cv, tv))
-      case kRbf: NTKFAST_CHUNK_LOOP(op_rbf<WithNtk>(op, ps, cv, tv))
-      case kExp: NTKFAST_CHUNK_LOOP(op_exp<WithNtk>(op, ps, cv, tv))
-      case kExpNormalized: NTKFAST_CHUNK_LOOP(op_exp_normalized<WithNtk>(op, ps, cv, tv))
-      case kGaussian: NTKFAST_CHUNK_LOOP(op_gaussian<WithNtk>(op, ps, cv, tv))
-      case kGabor: NTKFAST_CHUNK_LOOP(op_gabor<WithNtk>(ps, cv, tv))
-      case kSign: NTKFAST_CHUNK_LOOP(op_sign<WithNtk>(ps, cv, tv))
-      case kRectifiedMonomial: NTKFAST_CHUNK_LOOP(op_rectified_monomial<WithNtk>(op, ps, cv, tv))
-      case kPolynomial: NTKFAST_CHUNK_LOOP(op_polynomial<WithNtk>(op, prog.pool, ps, cv, tv))
-      case kHermite: NTKFAST_CHUNK_LOOP(op_hermite<WithNtk>(op, cv, tv))
+      case kErf: NTKFAST_ONE_PASS(op_erf<WithNtk>(op, ps, cv, tv))
+      case kGelu: NTKFAST_ONE_PASS(op_gelu<WithNtk>(ps, cv, tv))
+      case kSin: NTKFAST_ONE_PASS(op_sin<WithNtk>(op, ps, cv, tv))
+      case kRbf: NTKFAST_ONE_PASS(op_rbf<WithNtk>(op, ps, cv, tv))
+      case kExp: NTKFAST_ONE_PASS(op_exp<WithNtk>(op, ps, cv, tv))
+      case kExpNormalized: NTKFAST_ONE_PASS(op_exp_normalized<WithNtk>(op, ps, cv, tv))
+      case kGaussian: NTKFAST_ONE_PASS(op_gaussian<WithNtk>(op, ps, cv, tv))
+      case kGabor: NTKFAST_ONE_PASS(op_gabor<WithNtk>(ps, cv, tv))
+      case kSign: NTKFAST_ONE_PASS(op_sign<WithNtk>(ps, cv, tv))
+      case kRectifiedMonomial: NTKFAST_ONE_PASS(op_rectified_monomial<WithNtk>(op, ps, cv, tv))
+      case kPolynomial: NTKFAST_ONE_PASS(op_polynomial<WithNtk>(op, prog.pool, ps, cv, tv))
+      case kHermite: NTKFAST_ONE_PASS(op_hermite<WithNtk>(op, cv, tv))
     }
+#undef NTKFAST_ONE_PASS
 #undef NTKFAST_CHUNK_LOOP
-    if (rescue) rescue_rescaled<WithNtk>(op, prog.pool, rows1, i, rows2, j0, k, c_in, t_in, c, t);
+    dense = nullptr;
+    if (rescue)
+      rescue_rescaled<WithNtk>(op, prog.pool, rows1, i, rows2, j0, k, m, c_in, t_in, c, t);
   }
 }
 
@@ -185,14 +230,16 @@ void tile_impl(const TileArgs<T>& a) {
       } else {
         for (int j = 0; j < kChunk; ++j) c[j] = j < m ? double(g[j]) * a.inv_d : 0.0;
       }
-      for (int v = 0; v < kVecs; ++v) {
-        const vdouble s = pair_scale(q1, load(a.rows2.q + j0 + v * kLanes), sq1,
-                                     load(a.rows2.sq + j0 + v * kLanes));
-        store(c + v * kLanes, snap_input_correlation(load(c + v * kLanes), s, a.snap_tol));
+      for (int p = 0; p < kChunk; p += kLanes) {
+        const vdouble s = pair_scale(q1, load(a.rows2.q + j0 + p), sq1, load(a.rows2.sq + j0 + p));
+        store(c + p, snap_input_correlation(load(c + p), s, a.snap_tol));
       }
       if (WithNtk)
         for (int j = 0; j < kChunk; ++j) t[j] = 0.0;
-      run_program_chunk<WithNtk>(a.prog, a.rows1, i, a.rows2, j0, c, t);
+      if (m == kChunk)
+        run_program_chunk<WithNtk, true>(a.prog, a.rows1, i, a.rows2, j0, kChunk, c, t);
+      else
+        run_program_chunk<WithNtk, false>(a.prog, a.rows1, i, a.rows2, j0, int(m), c, t);
       if (a.nngp) {
         T* out = a.nngp + i * a.ld_nngp + j0;
         for (int64_t j = 0; j < m; ++j) out[j] = T(c[j]);

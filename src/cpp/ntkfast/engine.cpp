@@ -216,8 +216,6 @@ double snap_tolerance(int64_t n_features) {
 // ------------------------------------------------------------------------------------------------
 // Per-row tables.
 
-namespace {
-
 int resolve_threads(int requested) {
   if (requested > kMaxThreads)
     throw std::invalid_argument("num_threads must be at most " + std::to_string(kMaxThreads) +
@@ -227,6 +225,8 @@ int resolve_threads(int requested) {
   if (threads > 1) g_started_threads.store(true);
   return threads;
 }
+
+namespace {
 
 struct RowStats {
   int64_t n = 0, stride = 0;

@@ -101,4 +101,9 @@ int max_threads();
 // region (a multi-threaded one would wait forever for the parent's threads).
 bool in_forked_child();
 
+// The thread count a parallel region of the engine uses: requested > 0 as given (at most
+// kMaxThreads, else std::invalid_argument), otherwise OpenMP's default; 1 in a forked child.
+// Every parallel region of the library goes through it, so that fork() is detected.
+int resolve_threads(int requested);
+
 }  // namespace ntkfast

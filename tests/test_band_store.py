@@ -1,0 +1,179 @@
+"""Stored kernels (KernelOperator storage='memory'/'file', ntkfast._band_store): the band layout
+against the dense Gram over many bands, the temporary file's life, a disk too small, Ctrl-C
+between bands, and the engine's band product against NumPy."""
+import gc
+import errno
+import os
+import threading
+
+import numpy as np
+import pytest
+
+import ntkfast as nf
+from ntkfast import _band_store, _core
+
+NET = nf.MLP(3, "relu", W_std=1.5, b_std=0.05)
+
+
+@pytest.fixture
+def small_bands(monkeypatch):
+    """Bands of a few rows each: ragged bands, many diagonal blocks, every code path."""
+    monkeypatch.setattr(_band_store, "FILE_BAND_BYTES", 3000)
+    monkeypatch.setattr(_band_store, "MEMORY_BAND_BYTES", 2000)
+
+
+@pytest.mark.parametrize("storage", ["memory", "file"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("k", [1, 3, 11])
+def test_banded_products_match_the_dense_gram(rng, small_bands, tmp_path, storage, dtype, k):
+    x, x2 = rng.standard_normal((157, 9)).astype(dtype), rng.standard_normal((61, 9)).astype(dtype)
+    gram = nf.gram(x, net=NET, get="ntk").astype(np.float64)
+    cross = nf.gram(x, x2, net=NET, get="ntk").astype(np.float64)
+    v, u = rng.standard_normal((157, k)), rng.standard_normal((61, k))
+    path = tmp_path / "k.bands" if storage == "file" else None
+    op = nf.KernelOperator(x, net=NET, storage=storage, path=path)
+    cop = nf.KernelOperator(x, x2, net=NET, storage=storage)
+    if storage == "file":
+        assert len(op._store.bounds) > 10 and len(cop._store.bounds) > 10
+    # float64 sums of the stored (float32 or float64) entries: rounding of the sums only
+    for got, want in ((op @ v, gram @ v), (cop @ u, cross @ u), (cop.rmatmat(v), cross.T @ v)):
+        np.testing.assert_allclose(got, want, rtol=1e-13, atol=1e-13 * np.abs(want).max())
+
+
+def test_file_is_written_once_and_read_per_product(rng, small_bands, tmp_path, monkeypatch):
+    x = rng.standard_normal((90, 5))
+    op = nf.KernelOperator(x, net=NET, storage="file", path=tmp_path / "k.bands")
+    calls = []
+    real = _band_store.BandFile.read
+    monkeypatch.setattr(_band_store.BandFile, "read",
+                        lambda self, b, buf: calls.append(b) or real(self, b, buf))
+    op @ np.ones(90)
+    assert sorted(calls) == list(range(len(op._store.bounds)))
+    # upper bands: n (n + 1) / 2 entries plus each diagonal block's lower half
+    entries = op._store.nbytes // 8
+    assert 90 * 91 // 2 <= entries < 90 * 90
+
+
+def test_temporary_file_goes_with_the_operator(rng, tmp_path, monkeypatch):
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    import tempfile
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    x = rng.standard_normal((40, 5))
+    op = nf.KernelOperator(x, net=NET, storage="file")
+    path = op._store.path
+    assert os.path.dirname(path) == str(tmp_path) and os.path.exists(path)
+    op.close()
+    assert not os.path.exists(path)
+    with nf.KernelOperator(x, net=NET, storage="file") as op2:
+        path = op2._store.path
+        assert os.path.exists(path)
+    assert not os.path.exists(path)
+    op3 = nf.KernelOperator(x, net=NET, storage="file")
+    path = op3._store.path
+    del op3
+    gc.collect()
+    assert not os.path.exists(path)
+
+
+def test_a_disk_too_small_fails_before_computing(rng, tmp_path, monkeypatch):
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    computed = []
+    monkeypatch.setattr(nf.KernelOperator, "_band", lambda *a: computed.append(a))
+    with pytest.raises(OSError, match=r"cannot reserve .* for the kernel at .*k.bands \(not enough "
+                                      r"disk space\)"):
+        nf.KernelOperator(rng.standard_normal((40, 5)), net=NET, storage="file",
+                          path=tmp_path / "k.bands")
+    assert not computed
+
+
+def test_truncated_file_is_an_error_not_zeros(rng, tmp_path):
+    x = rng.standard_normal((40, 5))
+    op = nf.KernelOperator(x, net=NET, storage="file", path=tmp_path / "k.bands")
+    os.truncate(tmp_path / "k.bands", 100)
+    with pytest.raises(OSError, match="ended early"):
+        op @ np.ones(40)
+
+
+def test_ctrl_c_between_bands_leaves_the_operator_usable(rng, small_bands, tmp_path, monkeypatch):
+    x = rng.standard_normal((120, 5))
+    op = nf.KernelOperator(x, net=NET, storage="file", path=tmp_path / "k.bands")
+    want = op @ np.ones(120)
+    real, seen = _band_store._apply_band, []
+
+    def interrupted(*args):
+        seen.append(1)
+        if len(seen) == 3:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(_band_store, "_apply_band", interrupted)
+    threads = threading.active_count()
+    with pytest.raises(KeyboardInterrupt):
+        op @ np.ones(120)
+    assert threading.active_count() == threads  # the reader thread is joined
+    monkeypatch.setattr(_band_store, "_apply_band", real)
+    np.testing.assert_array_equal(op @ np.ones(120), want)
+
+
+def test_products_from_many_threads(rng, small_bands, tmp_path):
+    x = rng.standard_normal((100, 5))
+    op = nf.KernelOperator(x, net=NET, storage="file", path=tmp_path / "k.bands")
+    vs = [rng.standard_normal(100) for _ in range(6)]
+    want = [op @ v for v in vs]
+    got = [None] * 6
+
+    def work(i):
+        got[i] = op @ vs[i]
+
+    pool = [threading.Thread(target=work, args=(i,)) for i in range(6)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)
+
+
+def test_engine_band_product_against_numpy(rng):
+    k = rng.standard_normal((50, 80))
+    v, w = rng.standard_normal((3, 80)), rng.standard_normal((3, 50))
+    out_rows, out_cols = np.zeros((3, 50)), np.zeros((3, 80))
+    band = k[10:30, 20:]  # strided rows, offsets in both directions
+    _core.band_matmat(band, 10, 20, v, w, out_rows, out_cols, 15, 1)
+    close = dict(rtol=1e-13, atol=1e-13 * np.abs(k).max() * 80)
+    np.testing.assert_allclose(out_rows[:, 10:30], (band @ v[:, 20:].T).T, **close)
+    assert not out_rows[:, :10].any() and not out_rows[:, 30:].any()
+    np.testing.assert_allclose(out_cols[:, 35:], (band[:, 15:].T @ w[:, 10:30].T).T, **close)
+    assert not out_cols[:, :35].any()
+
+
+def test_engine_band_product_refuses_bad_arguments(rng):
+    band = rng.standard_normal((10, 20))
+    v, out = np.zeros((2, 20)), np.zeros((2, 20))
+    with pytest.raises(ValueError, match="overlap"):
+        _core.band_matmat(band, 0, 0, v, v, out, out, 5, 1)
+    with pytest.raises(ValueError, match="wrong shape"):
+        _core.band_matmat(band, 0, 5, v, v, out, out, 10, 1)
+    with pytest.raises(ValueError, match="wrong number of vectors"):
+        _core.band_matmat(band, 0, 0, v, np.zeros((3, 20)), out, np.zeros((3, 20)), 10, 1)
+    with pytest.raises(ValueError, match="contiguous rows"):
+        _core.band_matmat(band[:, ::2], 0, 0, np.zeros((2, 10)), None, out, None, 10, 1)
+    with pytest.raises(TypeError):
+        _core.band_matmat(band.astype(np.float16), 0, 0, v, None, out, None, 20, 1)
+
+
+def test_file_never_overwrites_an_input_memmap(rng, tmp_path):
+    path = tmp_path / "x.dat"
+    x = np.memmap(path, dtype=np.float64, mode="w+", shape=(40, 5))
+    x[:] = rng.standard_normal((40, 5))
+    x.flush()
+    before = path.read_bytes()
+    for points in (x, x[5:]):  # the memmap itself, or a view of it
+        with pytest.raises(ValueError, match="file of an input array"):
+            nf.KernelOperator(points, net=NET, storage="file", path=path)
+    with pytest.raises(ValueError, match="file of an input array"):
+        nf.KernelOperator(rng.standard_normal((3, 5)), x, net=NET, storage="file", path=path)
+    assert path.read_bytes() == before
