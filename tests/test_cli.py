@@ -44,9 +44,9 @@ def test_errors_are_messages_not_tracebacks(tmp_path):
     assert proc.returncode == 2  # bad input: exit status 2, as for argparse's usage errors
     assert "no such file" in proc.stderr and "Traceback" not in proc.stderr
     np.save(tmp_path / "x.npy", np.ones((3, 2)))
-    proc = _run("gram", str(tmp_path / "x.npy"), "--activation", "swish", "-o",
+    proc = _run("gram", str(tmp_path / "x.npy"), "--activation", "softsign", "-o",
                 str(tmp_path / "K.npy"), check=False)
-    assert proc.returncode == 2 and "unknown activation 'swish'" in proc.stderr
+    assert proc.returncode == 2 and "unknown activation 'softsign'" in proc.stderr
     proc = _run("gram", str(tmp_path / "x.npy"), check=False)
     assert proc.returncode == 2 and "-o" in proc.stderr
 

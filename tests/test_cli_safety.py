@@ -216,7 +216,7 @@ def test_bad_random_specs(capsys, tmp_path, spec):
     (["--seed", "-1"], "--seed must be >= 0"),
     (["--W-std", "nan"], "W_std must be finite"),
     (["--b-std", "-1"], "b_std must be >= 0"),
-    (["--activation", "swish"], "unknown activation 'swish'"),
+    (["--activation", "softsign"], "unknown activation 'softsign'"),
     (["--activation", "leaky_relu", "--param", "alpha=[1]"], "alpha must be a real number"),
     (["--activation", "relu", "--param", "beta=2"], "beta"),
 ])

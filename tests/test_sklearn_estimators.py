@@ -325,7 +325,7 @@ def test_lists_are_accepted(rng):
 # Errors.
 
 BAD_PARAMETERS = [
-    ("depth", -1), ("depth", 1.5), ("depth", True), ("activation", "swish"),
+    ("depth", -1), ("depth", 1.5), ("depth", True), ("activation", "softsign"),
     ("activation", ntkfast.Dense(3)), ("activation", 3), ("W_std", -1.0), ("W_std", "big"),
     ("W_std", np.nan), ("b_std", -0.1), ("parameterization", "mup"), ("width", 0),
     ("net", "relu"), ("diag_reg", -1e-3), ("diag_reg", np.inf), ("diag_reg_absolute_scale", 1),

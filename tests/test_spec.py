@@ -43,7 +43,7 @@ def test_specs_are_immutable_hashable_and_readable():
     (lambda: nf.Dense(parameterization="mup"), ValueError, "parameterization must be 'ntk' or 'standard'"),
     (lambda: nf.MLP(-1), ValueError, "MLP: depth must be >= 0"),
     (lambda: nf.MLP(2.0), TypeError, "MLP: depth must be an integer"),
-    (lambda: nf.MLP(2, "swish"), ValueError, r"unknown activation 'swish'; known: abrelu, abs, cos"),
+    (lambda: nf.MLP(2, "softsign"), ValueError, r"unknown activation 'softsign'; known: abrelu, abs, cos"),
     (lambda: nf.MLP(2, "relu", W_std=-2), ValueError, "W_std must be >= 0"),
     (lambda: nf.MLP(2, "leaky_relu", slope=0.1), TypeError, "activation 'leaky_relu'"),
     (lambda: nf.MLP(2, nf.Relu(), alpha=0.1), TypeError, "activation parameters given"),

@@ -13,7 +13,8 @@ __version__ = "0.1.0"
 from ._layers import (ACTIVATIONS, ABRelu, Abs, Cos, Dense, Erf, Exp, ExpNormalized, Gabor,
                       Gaussian, Gelu, Hermite, Identity, Layer, LeakyRelu, MLP, Monomial,
                       Polynomial, Rbf, RectifiedMonomial, Relu, Serial, Sigmoid_like, Sign, Sin,
-                      serial)
+                      serial, Tanh, Sigmoid, Softplus, Silu, Elu, Selu, Mish,
+                      ElementwiseNumerical, Elementwise, MAX_SERIES_DEGREE)
 from ._errors import BackendUnavailableError, KernelUnderflowError, NonFiniteKernelError
 from ._gram import Kernels, diagonal, gram
 from ._operator import KernelOperator
@@ -27,6 +28,8 @@ __all__ = [
     "Relu", "LeakyRelu", "ABRelu", "Abs", "Erf", "Sigmoid_like", "Gelu", "Sin", "Cos", "Rbf",
     "Exp", "ExpNormalized", "Gaussian", "Gabor", "Sign", "Monomial", "RectifiedMonomial",
     "Polynomial", "Hermite", "Identity",
+    "Tanh", "Sigmoid", "Softplus", "Silu", "Elu", "Selu", "Mish", "ElementwiseNumerical",
+    "Elementwise", "MAX_SERIES_DEGREE",
     "NonFiniteKernelError", "KernelUnderflowError", "BackendUnavailableError", "ConvergenceError",
     "predict",
 ]

@@ -12,9 +12,10 @@ import numpy as np
 
 from . import _blas, _core
 from ._errors import EngineNonFinite, KernelUnderflowError, NonFiniteKernelError
-from ._layers import lower
+from ._layers import lower, series_activations
 from ._program import compiled_program
 from ._progress import Progress
+from ._series import series_inputs
 
 __all__ = ["run", "CpuBackend", "CudaBackend", "kernel_range_error"]
 
@@ -64,24 +65,34 @@ class CpuBackend:
         if n1 and n2:
             c1 = _engine_array(request.x1, request.dtype)
             c2 = None if request.x2 is None else _engine_array(request.x2, request.dtype)
-            ops, pool, _ = lower(request.net, request.n_features)
+            ops, pool, sources = lower(request.net, request.n_features)
+            series = series_inputs(request.net, ops, pool, sources, c1, c2, request.num_threads,
+                                   request.dtype)
             reporter = Progress(request.progress, "ntkfast.gram")
             try:
                 with _blas.single_threaded():
-                    _core.gram(compiled_program(ops, pool), c1, c2, outputs.get("nngp"),
-                               outputs.get("ntk"), request.num_threads, request.tile,
-                               reporter if reporter.enabled else None)
+                    bound = _core.gram(
+                        compiled_program(ops, pool), c1, c2, outputs.get("nngp"),
+                        outputs.get("ntk"), request.num_threads, request.tile,
+                        reporter if reporter.enabled else None,
+                        *((series.tables1, series.tables2, series.profiles) if series else ()))
             finally:
                 reporter.close()
+            if series:
+                series.warn_if_truncated(bound)
         return outputs
 
     def diagonal(self, request):
         n, d = request.x1.shape
         outputs = {name: np.empty(n, dtype=request.dtype) for name in request.names}
         if n:
-            ops, pool, _ = lower(request.net, d)
-            _core.diagonal(compiled_program(ops, pool), _engine_array(request.x1, request.dtype),
-                           outputs.get("nngp"), outputs.get("ntk"), request.num_threads)
+            ops, pool, sources = lower(request.net, d)
+            x = _engine_array(request.x1, request.dtype)
+            series = series_inputs(request.net, ops, pool, sources, x, None, request.num_threads,
+                                   request.dtype)
+            _core.diagonal(compiled_program(ops, pool), x, outputs.get("nngp"),
+                           outputs.get("ntk"), request.num_threads,
+                           series.tables1 if series else None)
         return outputs
 
 
@@ -90,14 +101,24 @@ class CudaBackend:
 
     name = "cuda"
 
+    @staticmethod
+    def _check_supported(request):
+        layers = series_activations(request.net)
+        if layers:
+            raise NotImplementedError(
+                f"backend='cuda' does not run Hermite-series activations yet "
+                f"({', '.join(sorted({type(l).__name__ for l in layers}))}); use backend='cpu'")
+
     def gram(self, request):
         from . import _cuda_backend
 
+        self._check_supported(request)
         return _cuda_backend.gram(request)
 
     def diagonal(self, request):
         from . import _cuda_backend
 
+        self._check_supported(request)
         return _cuda_backend.diagonal(request)
 
 

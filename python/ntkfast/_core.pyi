@@ -13,6 +13,7 @@ import numpy.typing as npt
 __version__: str
 OP_KINDS: Dict[str, int]
 MAX_DEGREE: int
+MAX_SERIES_DEGREE: int
 MAX_THREADS: int
 
 _F64 = npt.NDArray[np.float64]
@@ -35,16 +36,20 @@ def set_blas(dgemm: object, sgemm: object) -> None:
 
 @overload
 def gram(program: Program, x1: _F64, x2: Optional[_F64], nngp: Optional[_F64], ntk: Optional[_F64],
-         num_threads: int, tile: int, progress: Optional[Callable[..., object]]) -> None: ...
+         num_threads: int, tile: int, progress: Optional[Callable[..., object]],
+         series1: Optional[_F64] = ..., series2: Optional[_F64] = ...,
+         series_profiles: Optional[_F64] = ...) -> float: ...
 @overload
 def gram(program: Program, x1: _F32, x2: Optional[_F32], nngp: Optional[_F32], ntk: Optional[_F32],
-         num_threads: int, tile: int, progress: Optional[Callable[..., object]]) -> None: ...
+         num_threads: int, tile: int, progress: Optional[Callable[..., object]],
+         series1: Optional[_F64] = ..., series2: Optional[_F64] = ...,
+         series_profiles: Optional[_F64] = ...) -> float: ...
 @overload
 def diagonal(program: Program, x: _F64, nngp: Optional[_F64], ntk: Optional[_F64],
-             num_threads: int) -> None: ...
+             num_threads: int, series: Optional[_F64] = ...) -> None: ...
 @overload
 def diagonal(program: Program, x: _F32, nngp: Optional[_F32], ntk: Optional[_F32],
-             num_threads: int) -> None: ...
+             num_threads: int, series: Optional[_F64] = ...) -> None: ...
 @overload
 def band_matmat(band: _F64, row0: int, col0: int, v_cols: Optional[_F64], v_rows: Optional[_F64],
                 out_rows: Optional[_F64], out_cols: Optional[_F64], mirror: int,

@@ -15,18 +15,21 @@ import sys
 from functools import lru_cache
 from typing import Optional, Tuple
 
+import numpy as np
+
 from . import _core
 
 __all__ = [
     "Layer", "Serial", "serial", "Dense", "MLP", "ACTIVATIONS",
     "Relu", "LeakyRelu", "ABRelu", "Abs", "Erf", "Sigmoid_like", "Gelu", "Sin", "Cos", "Rbf",
     "Exp", "ExpNormalized", "Gaussian", "Gabor", "Sign", "Monomial", "RectifiedMonomial",
-    "Polynomial", "Hermite", "Identity",
+    "Polynomial", "Hermite", "Identity", "Tanh", "Sigmoid", "Softplus", "Silu", "Elu", "Selu",
+    "Mish", "ElementwiseNumerical", "Elementwise",
 ]
 
 #: The engine's op kinds this module emits, by their names in program.hpp's NTKFAST_OP_KINDS.
 _OP_NAMES = ("Dense", "Identity", "ABRelu", "Erf", "Gelu", "Sin", "Rbf", "Exp", "ExpNormalized",
-             "Gaussian", "Gabor", "Sign", "RectifiedMonomial", "Polynomial", "Hermite")
+             "Gaussian", "Gabor", "Sign", "RectifiedMonomial", "Polynomial", "Hermite", "Series")
 
 
 def _op_codes(core):
@@ -54,7 +57,9 @@ def _op_codes(core):
 #: engine's kMaxDegree).
 _OP_CODES, MAX_DEGREE = _op_codes(_core)
 _DENSE, _IDENTITY, _ABRELU, _ERF, _GELU, _SIN, _RBF, _EXP, _EXP_NORMALIZED, _GAUSSIAN, _GABOR, \
-    _SIGN, _RECTIFIED_MONOMIAL, _POLYNOMIAL, _HERMITE = (_OP_CODES[name] for name in _OP_NAMES)
+    _SIGN, _RECTIFIED_MONOMIAL, _POLYNOMIAL, _HERMITE, _SERIES = (_OP_CODES[name] for name in _OP_NAMES)
+#: Highest degree of a Hermite-series activation (deg=), the engine's kMaxSeriesDegree.
+MAX_SERIES_DEGREE = int(getattr(_core, "MAX_SERIES_DEGREE", 0))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -73,11 +78,11 @@ def _real(owner: str, name: str, value, *, minimum=None, allow_none=False):
     return value
 
 
-def _degree(owner: str, value, *, maximum=MAX_DEGREE):
+def _degree(owner: str, value, *, maximum=MAX_DEGREE, name="degree"):
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{owner}: degree must be an integer, got {value!r}")
+        raise TypeError(f"{owner}: {name} must be an integer, got {value!r}")
     if not 0 <= int(value) <= maximum:
-        raise ValueError(f"{owner}: degree must be in [0, {maximum}], got {value!r}")
+        raise ValueError(f"{owner}: {name} must be in [0, {maximum}], got {value!r}")
     return int(value)
 
 
@@ -932,6 +937,240 @@ class Identity(Layer):
         pass
 
 
+# ----------------------------------------------------------------------------------------------
+# Activations without a closed form: Hermite series (Mehler's formula) with per-row coefficients
+# computed by quadrature (_series.py); the engine sums the series per entry.
+
+_DEFAULT_SERIES_DEGREE = 256
+
+
+def _series_degree(owner, value):
+    return _degree(owner, value, maximum=MAX_SERIES_DEGREE, name="deg")
+
+
+class _SeriesActivation(_Activation):
+    """An activation whose dual kernels are Hermite series (Mehler's formula): exact to the
+    tolerance of the output dtype except where a series of degree ``deg`` cannot reach it (pairs
+    of inputs with |ρ| near 1 at large variances), which is reported by a RuntimeWarning with
+    the bound of the error."""
+
+    __slots__ = ()
+
+    def _functions(self):
+        """(φ, φ' or None) as vectorised NumPy callables."""
+        raise NotImplementedError  # pragma: no cover - every subclass overrides
+
+    def _ops(self, ctx):
+        ctx.emit(_SERIES, (ctx.series_rows, len(ctx.series_layers)), degree=self.deg)
+        ctx.series_rows += 2 * self.deg + 4
+        ctx.series_layers.append(self)
+
+
+def _sigmoid(x):
+    return 0.5 * (1.0 + np.tanh(0.5 * x))
+
+
+def _sech2(x):
+    with np.errstate(over="ignore"):
+        return 1.0 / np.cosh(x) ** 2
+
+
+@_frozen
+class Tanh(_SeriesActivation):
+    """``tanh(x)``, its kernels by a Hermite series of degree ``deg`` (per-row coefficients by
+    quadrature; see the module docs of ``ntkfast`` on accuracy).
+
+    Examples
+    --------
+    >>> import numpy as np, ntkfast
+    >>> x = np.random.default_rng(0).standard_normal((5, 3))
+    >>> k = ntkfast.gram(x, net=ntkfast.MLP(2, "tanh", W_std=1.5), get="ntk")
+    >>> k.shape
+    (5, 5)
+    """
+
+    deg: int = _DEFAULT_SERIES_DEGREE
+
+    def __post_init__(self):
+        object.__setattr__(self, "deg", _series_degree("Tanh", self.deg))
+
+    def _functions(self):
+        return np.tanh, _sech2
+
+
+@_frozen
+class Sigmoid(_SeriesActivation):
+    """The logistic function ``1 / (1 + e^{-x})`` (Hermite series of degree ``deg``)."""
+
+    deg: int = _DEFAULT_SERIES_DEGREE
+
+    def __post_init__(self):
+        object.__setattr__(self, "deg", _series_degree("Sigmoid", self.deg))
+
+    def _functions(self):
+        return _sigmoid, lambda x: 0.25 * _sech2(0.5 * x)
+
+
+@_frozen
+class Softplus(_SeriesActivation):
+    """``log(1 + e^{βx}) / β`` (Hermite series of degree ``deg``)."""
+
+    beta: float = 1.0
+    deg: int = _DEFAULT_SERIES_DEGREE
+
+    def __post_init__(self):
+        object.__setattr__(self, "beta", _real("Softplus", "beta", self.beta, minimum=0.0))
+        if self.beta == 0:
+            raise ValueError("Softplus: beta must be > 0, got 0.0")
+        object.__setattr__(self, "deg", _series_degree("Softplus", self.deg))
+
+    def _functions(self):
+        beta = self.beta
+        return (lambda x: np.logaddexp(0.0, beta * x) / beta), (lambda x: _sigmoid(beta * x))
+
+
+@_frozen
+class Silu(_SeriesActivation):
+    """SiLU / swish, ``x · sigmoid(x)`` (Hermite series of degree ``deg``)."""
+
+    deg: int = _DEFAULT_SERIES_DEGREE
+
+    def __post_init__(self):
+        object.__setattr__(self, "deg", _series_degree("Silu", self.deg))
+
+    def _functions(self):
+        return (lambda x: x * _sigmoid(x)), (lambda x: _sigmoid(x) * (1.0 + x * _sigmoid(-x)))
+
+
+@_frozen
+class Elu(_SeriesActivation):
+    """ELU, ``x`` for x > 0 and ``α(e^x − 1)`` otherwise (Hermite series of degree ``deg``; its
+    kink in φ' at 0 makes the series converge slowly near |ρ| = 1)."""
+
+    alpha: float = 1.0
+    deg: int = _DEFAULT_SERIES_DEGREE
+
+    def __post_init__(self):
+        object.__setattr__(self, "alpha", _real("Elu", "alpha", self.alpha))
+        object.__setattr__(self, "deg", _series_degree("Elu", self.deg))
+
+    def _functions(self):
+        return _elu_functions(self.alpha, 1.0)
+
+
+def _elu_functions(alpha, scale):
+    def phi(x):
+        return scale * np.where(x > 0, x, alpha * np.expm1(np.minimum(x, 0.0)))
+
+    def dphi(x):
+        return scale * np.where(x > 0, 1.0, alpha * np.exp(np.minimum(x, 0.0)))
+
+    return phi, dphi
+
+
+@_frozen
+class Selu(_SeriesActivation):
+    """SELU (Klambauer et al. 2017): ``λ·Elu(α)`` with their α and λ (Hermite series)."""
+
+    deg: int = _DEFAULT_SERIES_DEGREE
+
+    def __post_init__(self):
+        object.__setattr__(self, "deg", _series_degree("Selu", self.deg))
+
+    def _functions(self):
+        return _elu_functions(1.6732632423543772848170429916717, 1.0507009873554804934193349852946)
+
+
+@_frozen
+class Mish(_SeriesActivation):
+    """Mish, ``x · tanh(softplus(x))`` (Hermite series of degree ``deg``)."""
+
+    deg: int = _DEFAULT_SERIES_DEGREE
+
+    def __post_init__(self):
+        object.__setattr__(self, "deg", _series_degree("Mish", self.deg))
+
+    def _functions(self):
+        def phi(x):
+            return x * np.tanh(np.logaddexp(0.0, x))
+
+        def dphi(x):
+            sp = np.logaddexp(0.0, x)
+            return np.tanh(sp) + x * _sech2(sp) * _sigmoid(x)
+
+        return phi, dphi
+
+
+@_frozen
+class ElementwiseNumerical(_SeriesActivation):
+    """Any elementwise activation given as a vectorised callable, as
+    ``neural_tangents.stax.ElementwiseNumerical``; its kernels are exact Hermite series here.
+
+    ``fn`` is called on arrays of quadrature nodes per row and layer (never per Gram entry).
+
+    Parameters
+    ----------
+    fn : callable
+        φ, vectorised: ``fn(x)`` for a float64 array returns an array of its shape.
+    deg : int
+        Degree of the Hermite series (default 256, at most ``MAX_SERIES_DEGREE``). Unlike
+        neural-tangents' quadrature degree, a larger deg only matters for pairs with |ρ| near 1.
+    df : callable, optional
+        φ', vectorised. Without it φ' comes from a 6th-order finite difference (relative error
+        ~1e-12; kinks are allowed at 0 only).
+
+    Examples
+    --------
+    >>> import numpy as np, ntkfast
+    >>> x = np.random.default_rng(0).standard_normal((6, 4))
+    >>> a = ntkfast.gram(x, net=ntkfast.MLP(2, ntkfast.ElementwiseNumerical(np.tanh)), get="ntk")
+    >>> b = ntkfast.gram(x, net=ntkfast.MLP(2, "tanh"), get="ntk")
+    >>> bool(np.allclose(a, b, rtol=1e-10, atol=0))
+    True
+    """
+
+    fn: object
+    deg: int = _DEFAULT_SERIES_DEGREE
+    df: object = None
+
+    def __post_init__(self):
+        if not callable(self.fn):
+            raise TypeError(f"ElementwiseNumerical: fn must be a callable, got {self.fn!r}")
+        if self.df is not None and not callable(self.df):
+            raise TypeError(f"ElementwiseNumerical: df must be a callable or None, got {self.df!r}")
+        object.__setattr__(self, "deg", _series_degree("ElementwiseNumerical", self.deg))
+
+    def _functions(self):
+        return self.fn, self.df
+
+
+def Elementwise(fn=None, nngp_fn=None, d_nngp_fn=None, *, deg=_DEFAULT_SERIES_DEGREE):
+    """neural-tangents' ``stax.Elementwise``: here only with ``fn`` (its dual kernels are then
+    computed exactly, as :class:`ElementwiseNumerical`).
+
+    Raises
+    ------
+    NotImplementedError
+        ``nngp_fn`` or ``d_nngp_fn`` given: user-supplied dual kernels would have to run in
+        Python on every Gram entry, which the fused engine does not do.
+    """
+    if nngp_fn is not None or d_nngp_fn is not None:
+        raise NotImplementedError(
+            "Elementwise: nngp_fn/d_nngp_fn (user-supplied dual kernels) are not supported; pass "
+            "fn=φ instead (ntkfast computes its dual kernels exactly), or a built-in activation")
+    if fn is None:
+        raise TypeError("Elementwise: fn is required")
+    return ElementwiseNumerical(fn, deg=deg)
+
+
+@lru_cache(maxsize=256)
+def series_activations(net: Layer):
+    """The Series activation layers of ``net``, in program order."""
+    ctx = _Lowering(1, repr(net))
+    net._ops(ctx)
+    return tuple(ctx.series_layers)
+
+
 def _hermite_table(coef):
     """Pool record of p = Σ a_k x^k for layer_math.hpp's hermite_dual:
     [n, then for l = 0..n: m_l, l!, A_l's m_l coefficients in q], where
@@ -955,7 +1194,8 @@ ACTIVATIONS = {
     "sigmoid_like": Sigmoid_like, "gelu": Gelu, "sin": Sin, "cos": Cos, "rbf": Rbf, "exp": Exp,
     "exp_normalized": ExpNormalized, "gaussian": Gaussian, "gabor": Gabor, "sign": Sign,
     "monomial": Monomial, "rectified_monomial": RectifiedMonomial, "polynomial": Polynomial,
-    "hermite": Hermite, "identity": Identity,
+    "hermite": Hermite, "identity": Identity, "tanh": Tanh, "sigmoid": Sigmoid,
+    "softplus": Softplus, "silu": Silu, "swish": Silu, "elu": Elu, "selu": Selu, "mish": Mish,
 }
 
 
@@ -1046,6 +1286,8 @@ class _Lowering:
         self.sources = []  # the layer each op came from, for error messages
         self.source = source
         self.fan_in = n_features
+        self.series_rows = 0      # rows of the Series tables so far (_series.py)
+        self.series_layers = []   # the Series activations, in op order
 
     def emit(self, kind, params, degree=0, offset=0):
         self.ops.append((kind, degree, offset, tuple(float(p) for p in params)))

@@ -60,11 +60,22 @@ T* output_ptr(std::optional<CArray<T>>& out, py::ssize_t rows, py::ssize_t cols,
   return out->mutable_data();  // raises if the array is read-only
 }
 
-// What must not change while the engine writes into an output array.
+// A point set's Series tables (engine.hpp): a (rows, n) float64 array, or none.
+ntkfast::SeriesTables series_tables(const std::optional<CArray<double>>& tables, py::ssize_t n,
+                                    const char* name) {
+  if (!tables) return {};
+  if (tables->ndim() != 2 || tables->shape(1) != n)
+    throw std::invalid_argument(std::string(name) + ": wrong shape");
+  return {tables->data(), int64_t(tables->shape(0))};
+}
+
+// Returns the largest tail bound the Series ops left (0 without them; engine.hpp SeriesOptions).
 template <class T>
-void gram(const Program& prog, const CArray<T>& x1, std::optional<CArray<T>> x2,
-          std::optional<CArray<T>> nngp, std::optional<CArray<T>> ntk, int num_threads,
-          int64_t tile, std::optional<py::function> progress) {
+double gram(const Program& prog, const CArray<T>& x1, std::optional<CArray<T>> x2,
+            std::optional<CArray<T>> nngp, std::optional<CArray<T>> ntk, int num_threads,
+            int64_t tile, std::optional<py::function> progress,
+            std::optional<CArray<double>> series1, std::optional<CArray<double>> series2,
+            std::optional<CArray<double>> series_profiles) {
   if (x1.ndim() != 2 || (x2 && x2->ndim() != 2)) throw std::invalid_argument("x must be 2-D");
   const py::ssize_t n1 = x1.shape(0), d = x1.shape(1);
   const py::ssize_t n2 = x2 ? x2->shape(0) : n1;
@@ -82,17 +93,28 @@ void gram(const Program& prog, const CArray<T>& x1, std::optional<CArray<T>> x2,
   options.num_threads = num_threads;
   options.tile = tile;
   options.poll = poll.callback();
+  options.series.set1 = series_tables(series1, n1, "series1");
+  options.series.set2 = series_tables(series2, x2 ? n2 : 0, "series2");
+  double max_tail_bound = 0.0;
+  if (series_profiles) {
+    if (series_profiles->ndim() != 2) throw std::invalid_argument("series_profiles must be 2-D");
+    options.series.profiles = series_profiles->data();
+    options.series.profile_len = series_profiles->shape(1);
+  }
+  options.series.max_tail_bound = &max_tail_bound;
   const T* x1_ptr = x1.data();
   const T* x2_ptr = x2 ? x2->data() : nullptr;
   poll.run_released<ntkfast::Cancelled>([&] {
     ntkfast::compute_gram<T>(prog, x1_ptr, n1, x2_ptr, n2, d, nngp_ptr, n2, ntk_ptr, n2, g_blas,
                              options);
   });
+  return max_tail_bound;
 }
 
 template <class T>
 void diagonal(const Program& prog, const CArray<T>& x, std::optional<CArray<T>> nngp,
-              std::optional<CArray<T>> ntk, int num_threads) {
+              std::optional<CArray<T>> ntk, int num_threads,
+              std::optional<CArray<double>> series) {
   if (x.ndim() != 2) throw std::invalid_argument("x must be 2-D");
   const py::ssize_t n = x.shape(0), d = x.shape(1);
   auto vec_ptr = [n](std::optional<CArray<T>>& out, const char* name) -> T* {
@@ -104,8 +126,9 @@ void diagonal(const Program& prog, const CArray<T>& x, std::optional<CArray<T>> 
   T* nngp_ptr = vec_ptr(nngp, "nngp");
   T* ntk_ptr = vec_ptr(ntk, "ntk");
   const T* x_ptr = x.data();
+  const ntkfast::SeriesTables tables = series_tables(series, n, "series");
   py::gil_scoped_release release;
-  ntkfast::compute_diagonal<T>(prog, x_ptr, n, d, nngp_ptr, ntk_ptr, num_threads);
+  ntkfast::compute_diagonal<T>(prog, x_ptr, n, d, nngp_ptr, ntk_ptr, num_threads, tables);
 }
 
 // One band of a stored kernel against transposed vectors (band_product.hpp). The band may be a
@@ -171,14 +194,20 @@ PYBIND11_MODULE(_core, m) {
 
   m.def("gram", &gram<double>, py::arg("program"), py::arg("x1").noconvert(),
         py::arg("x2").noconvert(), py::arg("nngp").noconvert(), py::arg("ntk").noconvert(),
-        py::arg("num_threads"), py::arg("tile"), py::arg("progress"));
+        py::arg("num_threads"), py::arg("tile"), py::arg("progress"),
+        py::arg("series1").noconvert() = py::none(), py::arg("series2").noconvert() = py::none(),
+        py::arg("series_profiles").noconvert() = py::none());
   m.def("gram", &gram<float>, py::arg("program"), py::arg("x1").noconvert(),
         py::arg("x2").noconvert(), py::arg("nngp").noconvert(), py::arg("ntk").noconvert(),
-        py::arg("num_threads"), py::arg("tile"), py::arg("progress"));
+        py::arg("num_threads"), py::arg("tile"), py::arg("progress"),
+        py::arg("series1").noconvert() = py::none(), py::arg("series2").noconvert() = py::none(),
+        py::arg("series_profiles").noconvert() = py::none());
   m.def("diagonal", &diagonal<double>, py::arg("program"), py::arg("x").noconvert(),
-        py::arg("nngp").noconvert(), py::arg("ntk").noconvert(), py::arg("num_threads"));
+        py::arg("nngp").noconvert(), py::arg("ntk").noconvert(), py::arg("num_threads"),
+        py::arg("series").noconvert() = py::none());
   m.def("diagonal", &diagonal<float>, py::arg("program"), py::arg("x").noconvert(),
-        py::arg("nngp").noconvert(), py::arg("ntk").noconvert(), py::arg("num_threads"));
+        py::arg("nngp").noconvert(), py::arg("ntk").noconvert(), py::arg("num_threads"),
+        py::arg("series").noconvert() = py::none());
 
   m.def("band_matmat", &band_matmat<double>, py::arg("band").noconvert(), py::arg("row0"),
         py::arg("col0"), py::arg("v_cols").noconvert(), py::arg("v_rows").noconvert(),
@@ -196,6 +225,7 @@ PYBIND11_MODULE(_core, m) {
 #undef NTKFAST_OP_ENTRY
   m.attr("OP_KINDS") = op_kinds;
   m.attr("MAX_DEGREE") = ntkfast::kMaxDegree;
+  m.attr("MAX_SERIES_DEGREE") = ntkfast::kMaxSeriesDegree;
   m.attr("MAX_THREADS") = ntkfast::kMaxThreads;
 #if defined(NTKFAST_VERSION)
   m.attr("__version__") = NTKFAST_VERSION;

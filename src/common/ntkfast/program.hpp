@@ -24,10 +24,13 @@ namespace ntkfast {
 //   RectifiedMonomial  degree n: max(0, x)^n
 //   Polynomial         degree n; pool[offset]: NNGP table, pool[p0]: NTK table (layer_math.hpp)
 //   Hermite            degree n: neural-tangents' normalised He_n (assumes unit variance)
+//   Series             degree K: a Hermite series of K + 1 terms (Mehler's formula) whose per-row
+//                      coefficients come with the call, not the program (SeriesTables, engine.hpp);
+//                      p0 = its first row in the series tables, p1 = its tail profile
 #define NTKFAST_OP_KINDS(X)                                                                      \
   X(Dense, 0) X(Identity, 1) X(ABRelu, 2) X(Erf, 3) X(Gelu, 4) X(Sin, 5) X(Rbf, 6) X(Exp, 7)     \
   X(ExpNormalized, 8) X(Gaussian, 9) X(Gabor, 10) X(Sign, 11) X(RectifiedMonomial, 12)           \
-  X(Polynomial, 13) X(Hermite, 14)
+  X(Polynomial, 13) X(Hermite, 14) X(Series, 15)
 
 // No count enumerator and no `default:` in the switches over it: with -Werror=switch (and the
 // pragma in layer_math.hpp) a switch that forgets an op does not compile.
@@ -60,6 +63,10 @@ struct LayerOp {
 
 // Highest degree accepted for Monomial, Polynomial, RectifiedMonomial and Hermite.
 constexpr int kMaxDegree = 24;
+// Highest degree of a Series op.
+constexpr int kMaxSeriesDegree = 1024;
+// Rows of the series tables per Series op of degree K: E[φ²], E[φ'²], then A_0..A_K, B_0..B_K.
+constexpr int64_t series_table_rows(int degree) { return 2 * int64_t(degree) + 4; }
 
 // A borrowed view of a program: ops, and the pool their tables live in.
 struct ProgramView {

@@ -67,6 +67,7 @@ NTKFAST_HD int homogeneous_degree(const LayerOp& op) {
     case kGabor:
     case kPolynomial:
     case kHermite:
+    case kSeries:
       return -1;
   }
   return -1;

@@ -87,9 +87,85 @@ void rescue_rescaled(const LayerOp& op, const double* pool, const RowTables& row
 // A Dense op followed by another op is not a pass of its own: it is applied as the next op's
 // first pass loads the chunk (the same operations in the same order, so the same bits as
 // row_step's diagonal).
+// A Series op on a chunk (program.hpp): Mehler's formula, for u = √q1 z1, v = √q2 z2 with
+// corr(z1, z2) = ρ,
+//   E[φ(u)φ(v)] = F(ρ) = Σ_k A_k(q1) A_k(q2) ρ^k,   E[φ'(u)φ'(v)] = Σ_k B_k(q1) B_k(q2) ρ^k,
+// with A_k(q) = E[φ(√q z) He_k(z)]/√k! and B_k likewise for φ' (the per-row tables). Since
+// B_k(q) = √(k+1) A_{k+1}(q)/√q, the second series is F'(ρ)/√(q1 q2) (Price's theorem), which one
+// Horner pass gives with F: 3 flops and one load per term. Rows with √(q1 q2) below
+// kSeriesMinScale, where dividing would amplify the rounding of A, sum the B series instead.
+// By Cauchy-Schwarz the terms from n on are at most |ρ|^n times the tables' tail profile, so the
+// chunk sums the fewest terms that bound allows at its largest |ρ|. A pair with c = q1 = q2 (a
+// duplicate row) takes the row's own E[φ²], E[φ'²]: the diagonal, to the last bit.
+constexpr double kSeriesMinScale = 1e-6;
+
+template <bool WithNtk>
+void series_chunk(const LayerOp& op, const RowTables& rows1, int64_t i, const RowTables& rows2,
+                  int64_t j0, int k, int m, SeriesTails* tails, double* c, double* t) {
+  constexpr int G = kPackOnePass;
+  const int64_t row0 = int64_t(op.p[0]), degree = op.degree;
+  const int64_t s1 = rows1.stride, s2 = rows2.stride;
+  const double* a1 = rows1.series + (row0 + 2) * s1 + i;
+  const double* b1 = a1 + (degree + 1) * s1;
+  const double* a2 = rows2.series + (row0 + 2) * s2 + j0;
+  const double* b2 = a2 + (degree + 1) * s2;
+  const double m0 = rows1.series[row0 * s1 + i], m1 = rows1.series[(row0 + 1) * s1 + i];
+  const double q1 = rows1.q[k * s1 + i], sq1 = rows1.sq[k * s1 + i];
+  const double* q2 = rows2.q + k * s2 + j0;
+  const double* sq2 = rows2.sq + k * s2 + j0;
+  alignas(64) double rho[kChunk];
+  double rho_max = 0.0;
+  for (int j = 0; j < m; ++j) {
+    // A zero-variance row has A_k = B_k = 0 for k > 0, so its ρ does not matter: 0.
+    const double s = sq1 * sq2[j];
+    const double r = s > 0 ? c[j] / s : 0.0;
+    rho[j] = r > 1.0 ? 1.0 : (r < -1.0 ? -1.0 : r);
+    rho_max = __builtin_fabs(rho[j]) > rho_max ? __builtin_fabs(rho[j]) : rho_max;
+  }
+  for (int j = m; j < kChunk; ++j) rho[j] = 0.0;
+  // The fewest terms n whose tail bound |ρ|^n profile[n] is <= 1 (profile[n] is non-increasing);
+  // F then sums A_0..A_n (B_0..B_{n-1} through F').
+  const double* profile = tails->profiles + int64_t(op.p[1]) * tails->profile_len;
+  int64_t n = 1;
+  double power = rho_max;
+  while (n < degree && power * profile[n] > 1.0) {
+    power *= rho_max;
+    ++n;
+  }
+  if (power * profile[n] > tails->max_bound) tails->max_bound = power * profile[n];
+  const int m_packs = (m + G * kLanes - 1) / (G * kLanes) * (G * kLanes);
+  for (int p = 0; p < m_packs; p += G * kLanes) {
+    const Pack<G> r = load_pack<G>(rho + p);
+    const Pack<G> scale = sq1 * load_pack<G>(sq2 + p);
+    Pack<G> e = splat<Pack<G>>(a1[n * s1]) * load_pack<G>(a2 + n * s2 + p);
+    Pack<G> de = splat<Pack<G>>(0.0);
+    for (int64_t q = n - 1; q >= 0; --q) {
+      if (WithNtk) de = nt_mad(de, r, e);
+      e = nt_mad(e, r, splat<Pack<G>>(a1[q * s1]) * load_pack<G>(a2 + q * s2 + p));
+    }
+    Pack<G> ed = de / scale;
+    if (WithNtk) {
+      bool small = false;
+      for (int g = 0; g < G; ++g)
+        for (int l = 0; l < kLanes; ++l) small = small || !(scale.v[g][l] >= kSeriesMinScale);
+      if (small) {  // rare: the B series itself
+        Pack<G> direct = splat<Pack<G>>(b1[(n - 1) * s1]) * load_pack<G>(b2 + (n - 1) * s2 + p);
+        for (int64_t q = n - 2; q >= 0; --q)
+          direct = nt_mad(direct, r, splat<Pack<G>>(b1[q * s1]) * load_pack<G>(b2 + q * s2 + p));
+        ed = nt_select(scale >= kSeriesMinScale, ed, direct);
+      }
+    }
+    const Pack<G> cv = load_pack<G>(c + p);
+    const PackMask<G> duplicate = (cv == q1) & (load_pack<G>(q2 + p) == q1);
+    store_pack(c + p, nt_select(duplicate, splat<Pack<G>>(m0), e));
+    if (WithNtk)
+      store_pack(t + p, load_pack<G>(t + p) * nt_select(duplicate, splat<Pack<G>>(m1), ed));
+  }
+}
+
 template <bool WithNtk, bool Full>
 void run_program_chunk(ProgramView prog, const RowTables& rows1, int64_t i, const RowTables& rows2,
-                       int64_t j0, int m_given, double* c, double* t) {
+                       int64_t j0, int m_given, SeriesTails* tails, double* c, double* t) {
   const int m = Full ? kChunk : m_given;
   const bool any_rescaled = rows1.rescale || rows2.rescale;
   const LayerOp* dense = nullptr;  // a Dense op still to be applied to c and t
@@ -164,6 +240,12 @@ void run_program_chunk(ProgramView prog, const RowTables& rows1, int64_t i, cons
       case kRectifiedMonomial: NTKFAST_ONE_PASS(op_rectified_monomial<WithNtk>(op, ps, cv, tv))
       case kPolynomial: NTKFAST_ONE_PASS(op_polynomial<WithNtk>(op, prog.pool, ps, cv, tv))
       case kHermite: NTKFAST_ONE_PASS(op_hermite<WithNtk>(op, cv, tv))
+      case kSeries:
+        if (dense) {
+          NTKFAST_CHUNK_LOOP(kPackOnePass, dense, (void)0)
+        }
+        series_chunk<WithNtk>(op, rows1, i, rows2, j0, k, m, tails, c, t);
+        break;
     }
 #undef NTKFAST_ONE_PASS
 #undef NTKFAST_CHUNK_LOOP
@@ -183,6 +265,15 @@ bool row_pass_impl(ProgramView prog, int64_t n, RowTables tab, double* ntk_diag)
       const vdouble q = load(tab.q + k * tab.stride + i0), sq = load(tab.sq + k * tab.stride + i0);
       vdouble q_next, sq_next;
       const vdouble t_in = t;
+      if (op.kind == kSeries) {  // the row's own E[φ²], E[φ'²] from its table (series_chunk)
+        const int64_t row0 = int64_t(op.p[0]);
+        q_next = load(tab.series + row0 * tab.stride + i0);
+        sq_next = nt_sqrt(q_next);
+        if (WithNtk) t = t * load(tab.series + (row0 + 1) * tab.stride + i0);
+        store(tab.q + (k + 1) * tab.stride + i0, q_next);
+        store(tab.sq + (k + 1) * tab.stride + i0, sq_next);
+        continue;
+      }
       row_step<WithNtk>(op, prog.pool, q, sq, t, q_next, sq_next);
       if (homogeneous_degree(op) >= 0) {
         // Lanes whose variance is out of range: again, exactly, at a rescaled variance.
@@ -237,9 +328,11 @@ void tile_impl(const TileArgs<T>& a) {
       if (WithNtk)
         for (int j = 0; j < kChunk; ++j) t[j] = 0.0;
       if (m == kChunk)
-        run_program_chunk<WithNtk, true>(a.prog, a.rows1, i, a.rows2, j0, kChunk, c, t);
+        run_program_chunk<WithNtk, true>(a.prog, a.rows1, i, a.rows2, j0, kChunk, a.series_tails,
+                                         c, t);
       else
-        run_program_chunk<WithNtk, false>(a.prog, a.rows1, i, a.rows2, j0, int(m), c, t);
+        run_program_chunk<WithNtk, false>(a.prog, a.rows1, i, a.rows2, j0, int(m),
+                                          a.series_tails, c, t);
       if (a.nngp) {
         T* out = a.nngp + i * a.ld_nngp + j0;
         for (int64_t j = 0; j < m; ++j) out[j] = T(c[j]);

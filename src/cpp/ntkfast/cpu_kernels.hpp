@@ -18,6 +18,16 @@ struct RowTables {
   // rescale[k * stride + i]: row_step.hpp's rescale_exponent of row i entering op k where op k is
   // homogeneous, else 0. Null in a tile: no row of this point set needs rescaling (the fast path).
   int32_t* rescale = nullptr;
+  // series[r * stride + i]: row r of the Series ops' tables (engine.hpp SeriesTables), padded
+  // like q; null when the program has no Series op.
+  const double* series = nullptr;
+};
+
+// A Series op's tail profiles (engine.hpp SeriesOptions) and the largest bound a tile left.
+struct SeriesTails {
+  const double* profiles;
+  int64_t profile_len;
+  double max_bound;
 };
 
 constexpr int64_t kRowPad = 64;
@@ -42,6 +52,7 @@ struct TileArgs {
   // safe range): entry (i, j) is multiplied back by 2^(e1[i] + e2[j]). Offset like rows1/rows2.
   const int32_t* scale_exp1 = nullptr;
   const int32_t* scale_exp2 = nullptr;
+  SeriesTails* series_tails = nullptr;  // per thread; null without Series ops
 };
 
 struct CpuKernels {

@@ -73,9 +73,14 @@ Program::Program(std::vector<LayerOp> ops, std::vector<double> pool)
       throw std::invalid_argument(where.str() + "unknown op kind " + std::to_string(op.kind));
     for (double p : op.p)
       if (!std::isfinite(p)) throw std::invalid_argument(where.str() + "non-finite parameter");
-    if (op.degree < 0 || op.degree > kMaxDegree)
+    const int max_degree = op.kind == kSeries ? kMaxSeriesDegree : kMaxDegree;
+    if (op.degree < 0 || op.degree > max_degree)
       throw std::invalid_argument(where.str() + "degree out of range [0, " +
-                                  std::to_string(kMaxDegree) + "]");
+                                  std::to_string(max_degree) + "]");
+    if (op.kind == kSeries)
+      for (int m = 0; m < 2; ++m)
+        if (!(op.p[m] >= 0 && op.p[m] <= 1e9 && op.p[m] == std::floor(op.p[m])))
+          throw std::invalid_argument(where.str() + "malformed series op");
     if (op.kind == kPolynomial) {
       if (polynomial_table_size(pool_, op.offset) < 0 ||
           polynomial_table_size(pool_, int64_t(op.p[0])) < 0)
@@ -235,11 +240,40 @@ struct RowStats {
   std::vector<int32_t> rescale;    // per op and row (RowTables::rescale)
   bool any_rescaled = false;       // else the tiles get no rescale table: the fast path
   std::vector<uint8_t> input_underflow;  // per row (input_variance_underflows); empty: none
+  std::vector<double> series;            // the Series tables in the stride layout; empty: none
   RowTables tables(int64_t first_row = 0) {
     return {q.data() + first_row, sq.data() + first_row, stride,
-            any_rescaled ? rescale.data() + first_row : nullptr};
+            any_rescaled ? rescale.data() + first_row : nullptr,
+            series.empty() ? nullptr : series.data() + first_row};
   }
 };
+
+// The Series tables of a point set (engine.hpp) copied into the row tables' stride layout, with
+// padding rows that are harmless (E[φ²] = E[φ'²] = 1, coefficients 0); null for a program without
+// Series ops. Checks that the tables cover every Series op's rows.
+const double* copy_series_tables(const ProgramView& prog, const SeriesTables& series, int64_t n,
+                                 int64_t stride, std::vector<double>& out) {
+  int64_t needed = 0;
+  for (int k = 0; k < prog.n_ops; ++k)
+    if (prog.ops[k].kind == kSeries)
+      needed = std::max(needed, int64_t(prog.ops[k].p[0]) + series_table_rows(prog.ops[k].degree));
+  if (needed == 0) return nullptr;
+  if (!series.data || series.rows < needed)
+    throw std::invalid_argument("series: the program needs " + std::to_string(needed) +
+                                " rows of series tables, got " + std::to_string(series.rows));
+  out.assign(size_t(series.rows) * size_t(stride), 0.0);
+  for (int64_t r = 0; r < series.rows; ++r) {
+    std::copy(series.data + r * n, series.data + (r + 1) * n, out.begin() + r * stride);
+    std::fill(out.begin() + r * stride + n, out.begin() + (r + 1) * stride, 0.0);
+  }
+  for (int k = 0; k < prog.n_ops; ++k)
+    if (prog.ops[k].kind == kSeries)
+      for (int64_t r = 0; r < 2; ++r) {
+        const int64_t row = int64_t(prog.ops[k].p[0]) + r;
+        std::fill(out.begin() + row * stride + n, out.begin() + (row + 1) * stride, 1.0);
+      }
+  return out.data();
+}
 
 // The range policy of row_step.hpp on every tabulated variance, the input one (k = 0) included,
 // in (op, row) order with the NTK diagonal last (the CUDA engine reports in the same order).
@@ -265,7 +299,7 @@ void check_row_stats(const ProgramView& prog, const RowStats& st, int point_set)
 
 template <class T>
 RowStats row_stats(const ProgramView& prog, const T* x, int64_t n, int64_t d, bool with_ntk,
-                   int threads, int point_set) {
+                   int threads, int point_set, SeriesTables series) {
   RowStats st;
   st.n = n;
   st.stride = (n + kRowPad - 1) / kRowPad * kRowPad + kRowPad;
@@ -285,6 +319,7 @@ RowStats row_stats(const ProgramView& prog, const T* x, int64_t n, int64_t d, bo
   std::atomic<bool> any_scaled{false}, any_rescaled{false}, any_input_underflow{false};
   std::vector<uint8_t> input_underflow(size_t(n), 0);
   int32_t* rescale = st.rescale.data();
+  const double* series_rows = copy_series_tables(prog, series, n, stride, st.series);
 #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1 && blocks > 1)
   for (int64_t b = 0; b < blocks; ++b) {
     const int64_t i0 = b * kRowPad, i1 = std::min(n, i0 + kRowPad);
@@ -305,7 +340,9 @@ RowStats row_stats(const ProgramView& prog, const T* x, int64_t n, int64_t d, bo
       scale_exp[size_t(i)] = gemm_scale_exponent<T>(sum);
       if (scale_exp[size_t(i)] != 0) any_scaled.store(true, std::memory_order_relaxed);
     }
-    if (kernels.row_pass(prog, kRowPad, RowTables{q + i0, sq + i0, stride, rescale + i0},
+    if (kernels.row_pass(prog, kRowPad,
+                         RowTables{q + i0, sq + i0, stride, rescale + i0,
+                                   series_rows ? series_rows + i0 : nullptr},
                          ntk_diag ? ntk_diag + i0 : nullptr))
       any_rescaled.store(true, std::memory_order_relaxed);
   }
@@ -459,9 +496,18 @@ void compute_gram(const Program& prog, const T* x1, int64_t n1, const T* x2, int
   const ProgramView pv = prog.view();
   const int threads = resolve_threads(options.num_threads);
   const bool with_ntk = ntk != nullptr;
-  RowStats stats1 = row_stats(pv, x1, n1, n_features, with_ntk, threads, 1);
+  RowStats stats1 = row_stats(pv, x1, n1, n_features, with_ntk, threads, 1, options.series.set1);
   RowStats stats2_own;
-  if (!symmetric) stats2_own = row_stats(pv, x2, n2, n_features, with_ntk, threads, 2);
+  if (!symmetric)
+    stats2_own = row_stats(pv, x2, n2, n_features, with_ntk, threads, 2, options.series.set2);
+  const bool has_series = !stats1.series.empty();
+  if (has_series && (!options.series.profiles || options.series.profile_len < 2))
+    throw std::invalid_argument("series: tail profiles required");
+  for (int k = 0; k < pv.n_ops; ++k)
+    if (pv.ops[k].kind == kSeries &&
+        (options.series.profile_len < pv.ops[k].degree + 2))
+      throw std::invalid_argument("series: tail profile shorter than degree + 2");
+  double series_bound = 0.0;
   RowStats& stats2 = symmetric ? stats1 : stats2_own;
   const T* xb = symmetric ? x1 : x2;
 
@@ -518,6 +564,7 @@ void compute_gram(const Program& prog, const T* x1, int64_t n1, const T* x2, int
   {
     // Per thread: the tile's input Gram, its finished NNGP/NTK, and a transpose scratch.
     std::vector<T> gram, nngp_tile, ntk_tile, scratch;
+    SeriesTails tails{options.series.profiles, options.series.profile_len, 0.0};
     try {
       gram.resize(size_t(tile * tile));
       if (nngp) nngp_tile.resize(size_t(tile * tile));
@@ -555,7 +602,8 @@ void compute_gram(const Program& prog, const T* x1, int64_t n1, const T* x2, int
                          tile,
                          diagonal_tile,
                          scaled ? stats1.scale_exp.data() + i0 : nullptr,
-                         scaled ? stats2.scale_exp.data() + j0 : nullptr};
+                         scaled ? stats2.scale_exp.data() + j0 : nullptr,
+                         has_series ? &tails : nullptr};
         if constexpr (std::is_same<T, double>::value)
           kernels.tile_f64(args);
         else
@@ -599,7 +647,12 @@ void compute_gram(const Program& prog, const T* x1, int64_t n1, const T* x2, int
         record_error();
       }
     }
+    if (has_series) {
+      std::lock_guard<std::mutex> lock(error_mutex);
+      series_bound = std::max(series_bound, tails.max_bound);
+    }
   }
+  if (options.series.max_tail_bound) *options.series.max_tail_bound = series_bound;
   if (error) std::rethrow_exception(error);
   if (cancelled) throw Cancelled();
   if (options.poll && !options.poll(total, total)) throw Cancelled();
@@ -607,11 +660,12 @@ void compute_gram(const Program& prog, const T* x1, int64_t n1, const T* x2, int
 
 template <class T>
 void compute_diagonal(const Program& prog, const T* x, int64_t n, int64_t n_features, T* nngp,
-                      T* ntk, int num_threads) {
+                      T* ntk, int num_threads, SeriesTables series) {
   if (n < 0 || n_features < 0) throw std::invalid_argument("negative size");
   if (n == 0 || (!nngp && !ntk)) return;
   const ProgramView pv = prog.view();
-  RowStats st = row_stats(pv, x, n, n_features, ntk != nullptr, resolve_threads(num_threads), 1);
+  RowStats st =
+      row_stats(pv, x, n, n_features, ntk != nullptr, resolve_threads(num_threads), 1, series);
   const double* q_final = st.q.data() + size_t(pv.n_ops) * size_t(st.stride);
   for (int64_t i = 0; i < n; ++i) {
     if (nngp) nngp[i] = T(q_final[i]);
@@ -626,9 +680,9 @@ template void compute_gram<float>(const Program&, const float*, int64_t, const f
                                   int64_t, float*, int64_t, float*, int64_t, const Blas&,
                                   const GramOptions&);
 template void compute_diagonal<double>(const Program&, const double*, int64_t, int64_t, double*,
-                                       double*, int);
+                                       double*, int, SeriesTables);
 template void compute_diagonal<float>(const Program&, const float*, int64_t, int64_t, float*, float*,
-                                      int);
+                                      int, SeriesTables);
 template double snap_tolerance<double>(int64_t);
 template double snap_tolerance<float>(int64_t);
 

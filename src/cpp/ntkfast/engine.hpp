@@ -52,11 +52,33 @@ using PollFn = std::function<bool(int64_t tiles_done, int64_t tiles_total)>;
 // Thread counts above this are rejected (std::invalid_argument): each thread owns tile buffers.
 constexpr int kMaxThreads = 4096;
 
+// The per-row coefficients of a program's Series ops for one point set (program.hpp): `rows` rows
+// of n values each, row-major; op k's rows start at its p0, series_table_rows(degree) of them:
+// E[φ(u)²] and E[φ'(u)²] at the row's variance (its exact diagonal), then the Hermite coefficients
+// A_0..A_K of φ(√q z) and B_0..B_K of φ'(√q z) (normalised, He_k/√k!).
+struct SeriesTables {
+  const double* data = nullptr;
+  int64_t rows = 0;
+};
+
+// What the tiles need beyond the tables: per Series op (its p1), a tail profile of
+// profile_len >= degree + 2 values, profile[k] a bound on the tail Σ_{m>=k} of both series
+// (A and B) in units of the tolerated error, over the rows of both point sets. A tile sums,
+// per chunk of entries, the fewest terms n whose bound |ρ|^n profile[n] is <= 1; where all
+// degree + 1 terms leave more, the largest such bound is reported in max_tail_bound.
+struct SeriesOptions {
+  SeriesTables set1, set2;  // set2 unused for a symmetric Gram
+  const double* profiles = nullptr;
+  int64_t profile_len = 0;
+  double* max_tail_bound = nullptr;  // out, may be null
+};
+
 struct GramOptions {
   int num_threads = 0;       // <= 0: OpenMP's default; in a forked child always 1
   int64_t tile = 0;          // <= 0: default_tile(n_features); larger than the problem: clamped
   PollFn poll;               // may be empty
   double poll_interval = 0.1;
+  SeriesOptions series;      // required when the program has Series ops
 };
 
 class Cancelled : public std::exception {
@@ -76,7 +98,7 @@ void compute_gram(const Program& prog, const T* x1, int64_t n1, const T* x2, int
 // Per-row NNGP variance and NTK diagonal in O(n · (n_features + n_ops)).
 template <class T>
 void compute_diagonal(const Program& prog, const T* x, int64_t n, int64_t n_features, T* nngp,
-                      T* ntk, int num_threads);
+                      T* ntk, int num_threads, SeriesTables series = {});
 
 // The tile edge used when GramOptions::tile is not set: large enough for GEMM efficiency, small
 // enough that one tile's GEMM takes well under the poll interval.

@@ -143,6 +143,13 @@ NTKFAST_PACK_OPERATOR(PackMask, ==)
 #undef NTKFAST_PACK_OPERATOR
 
 // Unary and n-ary functions of Packs, part by part.
+template <int G>
+NTKFAST_SIMD_INLINE PackMask<G> operator&(const PackMask<G>& a, const PackMask<G>& b) {
+  PackMask<G> r;
+  for (int g = 0; g < G; ++g) r.v[g] = a.v[g] & b.v[g];
+  return r;
+}
+
 #define NTKFAST_PACK_FUNCTION(R, NAME, PARAMS, EXPR) \
   template <int G>                                  \
   NTKFAST_SIMD_INLINE R<G> NAME PARAMS {            \

@@ -1,0 +1,293 @@
+"""Activations without a closed form: the per-row Hermite coefficients of the engines' Series op.
+
+For u = √q1 z1, v = √q2 z2 with corr(z1, z2) = ρ, Mehler's formula gives the dual kernels as
+power series in ρ with per-row coefficients (e.g. O'Donnell, *Analysis of Boolean Functions*,
+§11.2; Daniely et al. 2016):
+
+    E[φ(u)φ(v)]   = Σ_k A_k(q1) A_k(q2) ρ^k,   A_k(q) = E[φ(√q z) He_k(z)] / √k!,
+    E[φ'(u)φ'(v)] = Σ_k B_k(q1) B_k(q2) ρ^k,   B_k(q) likewise for φ'.
+
+The coefficients are 1-D Gaussian integrals, computed here per row (never per entry) by composite
+Gauss-Legendre quadrature, graded towards z = 0 where a scaled activation has its features and
+the built-in ones their kinks; the engine sums the series per entry in C++. Rows are grouped by
+octave of √q: the coefficients are interpolated in log √q from a few exactly computed ones (cached
+per layer and octave), the interpolation checked against direct values, so the cost does not grow
+with the rows and equal variances always get equal coefficients.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from functools import lru_cache
+
+import numpy as np
+
+from . import _core
+from ._program import compiled_program
+
+__all__ = ["SeriesInputs", "series_inputs", "table_rows", "coefficients"]
+
+# The quadrature in z: panels of width _PANEL out to ±_Z_MAX (the integrands decay like
+# e^{-z²/4} times φ's growth: below 1e-18 beyond 14), the first one split geometrically
+# _GRADING times towards 0, each with _NODES Gauss-Legendre nodes.
+_PANEL = 0.25
+_Z_MAX = 14.0
+_GRADING = 24
+_NODES = 24
+# Chebyshev interpolation in log2 √q: per octave, _CHEB nodes; checked at _CHECKS points.
+_CHEB = 16
+_CHECK_POINTS = (-0.8314, -0.3120, 0.2741, 0.7529)
+
+
+def table_rows(degree: int) -> int:
+    """Rows of the series tables of one Series op (program.hpp series_table_rows)."""
+    return 2 * degree + 4
+
+
+@lru_cache(maxsize=1)
+def _rule():
+    """Nodes z and weights w·pdf(z) of the composite rule (both halves of the line)."""
+    x, w = np.polynomial.legendre.leggauss(_NODES)
+    edges = [0.0] + [_PANEL * 2.0 ** -j for j in range(_GRADING, 0, -1)]
+    edges += list(np.arange(_PANEL, _Z_MAX + _PANEL / 2, _PANEL))
+    nodes, weights = [], []
+    for a, b in zip(edges[:-1], edges[1:]):
+        nodes.append((b - a) / 2 * x + (a + b) / 2)
+        weights.append((b - a) / 2 * w)
+    z = np.concatenate(nodes)
+    wz = np.concatenate(weights) * np.exp(-z * z / 2) / math.sqrt(2 * math.pi)
+    z = np.concatenate([-z[::-1], z])
+    wz = np.concatenate([wz[::-1], wz])
+    return z, wz
+
+
+@lru_cache(maxsize=8)
+def _hermite_weights(degree: int):
+    """(M, degree + 1): w(z)·He_k(z)/√k! at the rule's nodes (the normalised three-term recurrence,
+    stable: |He_k(z)|/√k! <= 1.09 e^{z²/4})."""
+    z, wz = _rule()
+    h = np.empty((degree + 1, z.size))
+    h[0] = 1.0
+    if degree >= 1:
+        h[1] = z
+    for k in range(1, degree):
+        h[k + 1] = (z * h[k] - math.sqrt(k) * h[k - 1]) / math.sqrt(k + 1)
+    return np.ascontiguousarray((h * wz).T)
+
+
+def _checked(name, fn, x):
+    """fn(x) as a float64 array of x's shape, or an error naming the layer."""
+    try:
+        y = fn(x)
+    except Exception as error:  # a user callable: say which layer failed and why
+        raise type(error)(f"{name}: calling the activation on an array of shape {x.shape} failed "
+                          f"({error}); it must be vectorised (NumPy ufuncs)") from error
+    y = np.asarray(y)
+    if y.shape != x.shape:
+        raise ValueError(f"{name}: the activation returned shape {y.shape} for input shape "
+                         f"{x.shape}; it must be elementwise and vectorised")
+    if not (np.issubdtype(y.dtype, np.floating) or np.issubdtype(y.dtype, np.integer)):
+        raise TypeError(f"{name}: the activation returned dtype {y.dtype}; expected real numbers")
+    y = y.astype(np.float64, copy=False)
+    if not np.all(np.isfinite(y)):
+        bad = x[~np.isfinite(y)].ravel()[0]
+        raise ValueError(f"{name}: the activation returned a non-finite value at x = {bad!r}")
+    return y
+
+
+def _derivative(name, fn, x):
+    """φ'(x) by a 6th-order finite difference whose stencil stays on x's side of 0 (kinks at 0)."""
+    h = 2.0 ** -12 * np.maximum(1.0, np.abs(x))
+    central = np.abs(x) > 3.5 * h
+    side = np.where(x >= 0, 1.0, -1.0)
+    out = np.empty_like(x)
+    # central: (-f(-3h) + 9f(-2h) - 45f(-h) + 45f(h) - 9f(2h) + f(3h)) / 60h
+    c = [(-3, -1.0), (-2, 9.0), (-1, -45.0), (1, 45.0), (2, -9.0), (3, 1.0)]
+    xc, hc = x[central], h[central]
+    out[central] = sum(w * _checked(name, fn, xc + m * hc) for m, w in c) / (60 * hc)
+    # one-sided (forward on x's side): coefficients of the 6th-order forward difference
+    f = [(0, -49 / 20), (1, 6.0), (2, -15 / 2), (3, 20 / 3), (4, -15 / 4), (5, 6 / 5), (6, -1 / 6)]
+    xs, hs = x[~central], (h * side)[~central]
+    out[~central] = sum(w * _checked(name, fn, xs + m * hs) for m, w in f) / hs
+    return out
+
+
+def _direct(layer, s, degree):
+    """(2·degree + 4, len(s)) tables at √q = s: E[φ²], E[φ'²], A_0..A_K, B_0..B_K."""
+    z, wz = _rule()
+    hw = _hermite_weights(degree)
+    name = repr(layer)
+    phi, dphi = layer._functions()
+    out = np.empty((table_rows(degree), s.size))
+    for start in range(0, s.size, 64):  # bounded temporaries
+        block = s[start:start + 64]
+        x = block[:, None] * z[None, :]
+        f = _checked(name, phi, x)
+        df = _checked(name, dphi, x) if dphi is not None else _derivative(name, phi, x)
+        cols = slice(start, start + block.size)
+        out[0, cols] = (f * f) @ wz
+        out[1, cols] = (df * df) @ wz
+        out[2:degree + 3, cols] = (f @ hw).T
+        out[degree + 3:, cols] = (df @ hw).T
+    return out
+
+
+def _cheb_nodes():
+    k = np.arange(_CHEB)
+    return np.cos((2 * k + 1) * np.pi / (2 * _CHEB))
+
+
+def _barycentric(t_nodes, values, t):
+    """Interpolant through (t_nodes, values[:, j]) at t (first-kind Chebyshev weights)."""
+    k = np.arange(t_nodes.size)
+    w = (-1.0) ** k * np.sin((2 * k + 1) * np.pi / (2 * t_nodes.size))
+    diff = t[:, None] - t_nodes[None, :]
+    exact = diff == 0
+    diff[exact] = 1.0
+    kernel = w / diff
+    result = (kernel @ values.T) / kernel.sum(axis=1)[:, None]
+    hit = exact.any(axis=1)
+    if hit.any():
+        result[hit] = values.T[np.argmax(exact[hit], axis=1)]
+    return result.T
+
+
+@lru_cache(maxsize=512)
+def _octave(layer, degree, octave):
+    """The interpolant of the tables over √q in [2^octave, 2^(octave+1)): Chebyshev values at
+    _CHEB nodes in log2 √q, or None where it misses direct values at the check points by more
+    than 4e-15 of the scale (then rows are computed one by one). Cached per layer and octave."""
+    t_nodes = _cheb_nodes()
+    checks = np.asarray(_CHECK_POINTS)
+    anchors = _direct(layer, 2.0 ** (octave + (np.concatenate([t_nodes, checks]) + 1) / 2), degree)
+    values, expected = anchors[:, :_CHEB], anchors[:, _CHEB:]
+    error = np.abs(_barycentric(t_nodes, values, checks) - expected)
+    # Scales: E[φ²], E[φ'²] for themselves, √E[φ²] for the A_k, √E[φ'²] for the B_k.
+    m0, m1 = (max(np.abs(values[r]).max(), 1e-300) for r in (0, 1))
+    ok = (error[0].max() <= 4e-15 * m0 and error[1].max() <= 4e-15 * m1
+          and error[2:degree + 3].max() <= 4e-15 * math.sqrt(m0)
+          and error[degree + 3:].max() <= 4e-15 * math.sqrt(m1))
+    return values if ok else None
+
+
+def coefficients(layer, q, degree):
+    """The series tables of ``layer`` for rows with variances q (table_rows(degree), n). Equal
+    variances get bitwise equal columns (computed once), which the engine's exact duplicate rows
+    rely on."""
+    q, index = np.unique(np.asarray(q, dtype=np.float64), return_inverse=True)
+    return _coefficients(layer, q, degree)[:, index.ravel()]
+
+
+def _coefficients(layer, q, degree):
+    s = np.sqrt(np.maximum(q, 0.0))
+    out = np.empty((table_rows(degree), s.size))
+    zero = s == 0
+    if zero.any():  # φ(0) and φ'(0): the constant terms only
+        out[:, zero] = _direct(layer, np.zeros(1), degree)
+    rest = np.flatnonzero(~zero)
+    if rest.size == 0:
+        return out
+    octave = np.floor(np.log2(s[rest]))
+    t_nodes = _cheb_nodes()
+    for g in np.unique(octave):
+        rows = rest[octave == g]
+        values = _octave(layer, degree, int(g))
+        if values is None:  # not smooth enough in q at this resolution: per row
+            out[:, rows] = _direct(layer, s[rows], degree)
+        else:
+            out[:, rows] = _barycentric(t_nodes, values, 2 * (np.log2(s[rows]) - g) - 1)
+    return out
+
+
+def _tails(table, degree):
+    """Per row, the tails Σ_{m>=k} A_m² and Σ_{m>=k} B_m² for k = 0..degree+1 (from the exact
+    E[φ²], E[φ'²]; at least 8 ulps of them, the rounding of the difference)."""
+    a2 = table[2:degree + 3] ** 2
+    b2 = table[degree + 3:] ** 2
+    zeros = np.zeros((1, table.shape[1]))
+    tail_a = table[0] - np.concatenate([zeros, np.cumsum(a2, axis=0)])
+    tail_b = table[1] - np.concatenate([zeros, np.cumsum(b2, axis=0)])
+    eps = 8 * np.finfo(np.float64).eps
+    return (np.maximum(tail_a, eps * np.abs(table[0])),
+            np.maximum(tail_b, eps * np.abs(table[1])))
+
+
+class SeriesInputs:
+    """What the CPU engine needs for a program with Series ops: the tables of both point sets,
+    the tail profiles (engine.hpp SeriesOptions) and, for messages, each op's layer."""
+
+    def __init__(self, tables1, tables2, profiles, layers, rtol, warn_rtol):
+        self.tables1, self.tables2, self.profiles = tables1, tables2, profiles
+        self.layers, self.rtol, self.warn_rtol = layers, rtol, warn_rtol
+
+    def warn_if_truncated(self, bound):
+        """A RuntimeWarning when the engine's tail bound exceeds what the dtype promises."""
+        if bound * self.rtol > self.warn_rtol:
+            names = ", ".join(sorted({f"{l!r} (deg={l.deg})" for _, l in self.layers}))
+            warnings.warn(
+                f"{names}: the Hermite series was truncated with an error of up to "
+                f"{bound * self.rtol:.1e} relative to the layer's largest value, at the most "
+                "correlated pairs of inputs; a larger deg reduces it", RuntimeWarning,
+                stacklevel=4)
+
+
+def series_layers(ops, sources, net):
+    """[(op index, layer)] of the Series ops of a lowered network."""
+    from ._layers import series_activations
+
+    found = [k for k, op in enumerate(ops) if op[0] == _core.OP_KINDS["Series"]]
+    layers = series_activations(net)
+    return list(zip(found, layers))
+
+
+def _tables(ops, pool, series, point_sets, num_threads):
+    """The series tables of each point set. Op by op: the variances entering a Series op are the
+    diagonal of the network up to it (the same row recursion the engine runs, so the same bits),
+    with the tables of the earlier Series ops; the coefficients of all point sets come from one
+    call, so a row in both sets gets the same coefficients in both."""
+    total = sum(table_rows(layer.deg) for _, layer in series)
+    tables = [np.zeros((total, x.shape[0])) for x in point_sets]
+    xs = [np.require(np.asarray(x, dtype=np.float64), requirements=["C", "A"]) for x in point_sets]
+    for k, layer in series:
+        row0 = int(ops[k][3][0])
+        program = compiled_program(ops[:k], pool)
+        qs = []
+        for x, table in zip(xs, tables):
+            q = np.empty(x.shape[0])
+            _core.diagonal(program, x, q, None, num_threads, table)
+            qs.append(q)
+        both = coefficients(layer, np.concatenate(qs), layer.deg)
+        start = 0
+        for q, table in zip(qs, tables):
+            table[row0:row0 + table_rows(layer.deg)] = both[:, start:start + q.size]
+            start += q.size
+    return tables
+
+
+def series_inputs(net, ops, pool, sources, x1, x2, num_threads, dtype):
+    """SeriesInputs for a gram (x2 may be None) or a diagonal, or None without Series ops."""
+    series = series_layers(ops, sources, net)
+    if not series:
+        return None
+    threads = 0 if num_threads is None else num_threads
+    tables = _tables(ops, pool, series, [x1] if x2 is None else [x1, x2], threads)
+    tables1, tables2 = tables[0], (tables[1] if x2 is not None else None)
+    # Terms are summed to rtol of each layer's largest value; a bound above warn_rtol is reported.
+    float64 = np.dtype(dtype) == np.float64
+    rtol, warn_rtol = (1e-14, 1e-10) if float64 else (1e-8, 1e-6)
+    length = max(layer.deg for _, layer in series) + 2
+    profiles = np.zeros((len(series), length))
+    for s, (k, layer) in enumerate(series):
+        row0, degree = int(ops[k][3][0]), layer.deg
+        block = slice(row0, row0 + table_rows(degree))
+        parts = [tables1[block]] + ([] if tables2 is None else [tables2[block]])
+        scale_a = max(np.abs(p[0]).max() for p in parts) * rtol
+        scale_b = max(np.abs(p[1]).max() for p in parts) * rtol
+        for part in parts:
+            tail_a, tail_b = _tails(part, degree)
+            bound = np.maximum(tail_a.max(axis=1) / max(scale_a, 1e-300),
+                               tail_b.max(axis=1) / max(scale_b, 1e-300))
+            profiles[s, :degree + 2] = np.maximum(profiles[s, :degree + 2], bound)
+        # The engine needs profile[k] non-increasing in k, as the true tails are.
+        profiles[s, :degree + 2] = np.maximum.accumulate(profiles[s, :degree + 2][::-1])[::-1]
+    return SeriesInputs(tables1, tables2, profiles, series, rtol, warn_rtol)

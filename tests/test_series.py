@@ -1,0 +1,366 @@
+"""Activations without a closed form (Tanh, Sigmoid, Softplus, Silu, Elu, Selu, Mish and user
+callables through ElementwiseNumerical): their Hermite-series kernels against independent oracles.
+
+- 2-D quadrature of φ and φ' themselves (oracles.py; φ written here with SciPy, not taken from
+  ntkfast), per layer and through whole networks by a plain layer loop;
+- mpmath at 30 digits on hard cases (|ρ| -> 1, variances 1e-3 .. 1e3), stored in
+  tests/data/series_reference.json by tools/series_reference.py;
+- the closed forms of Erf and Gelu computed again through ElementwiseNumerical.
+Tolerances: float64 1e-12 of the layer's largest value per layer (1e-11 for φ' with a kink) and
+1e-10 of max|K| through a network; float32 outputs 1e-6 of max|K|. Where the series cannot reach the
+tolerance (slow tails near |ρ| = 1), ntkfast warns, and the warning's bound must hold.
+"""
+import json
+import math
+import pathlib
+import pickle
+import re
+import warnings
+
+import numpy as np
+import pytest
+from scipy import special
+
+import ntkfast as nf
+from oracles import ntkfast_dual, piecewise_quadrature
+
+SELU_ALPHA = 1.6732632423543772848170429916717
+SELU_SCALE = 1.0507009873554804934193349852946
+
+
+def _elu(alpha, scale=1.0):
+    return (lambda x: scale * np.where(x > 0, x, alpha * np.expm1(np.minimum(x, 0))),
+            lambda x: scale * np.where(x > 0, 1.0, alpha * np.exp(np.minimum(x, 0))))
+
+
+def _softplus(beta):
+    return (lambda x: np.logaddexp(0, beta * x) / beta, lambda x: special.expit(beta * x))
+
+
+def _mish():
+    def f(x):
+        return x * np.tanh(np.logaddexp(0, x))
+
+    def df(x):
+        sp = np.logaddexp(0, x)
+        return np.tanh(sp) + x * special.expit(x) / np.cosh(sp) ** 2
+
+    return f, df
+
+
+# (layer, φ, φ', kinked): φ written independently of ntkfast's.
+CASES = [
+    (nf.Tanh(), np.tanh, lambda x: 1 / np.cosh(x) ** 2, False),
+    (nf.Sigmoid(), special.expit, lambda x: special.expit(x) * special.expit(-x), False),
+    (nf.Softplus(), *_softplus(1.0), False),
+    (nf.Softplus(beta=2.5), *_softplus(2.5), False),
+    (nf.Silu(), lambda x: x * special.expit(x),
+     lambda x: special.expit(x) * (1 + x * special.expit(-x)), False),
+    (nf.Elu(), *_elu(1.0), True),
+    (nf.Elu(alpha=0.5), *_elu(0.5), True),
+    (nf.Selu(), *_elu(SELU_ALPHA, SELU_SCALE), True),
+    (nf.Mish(), *_mish(), False),
+    (nf.ElementwiseNumerical(lambda x: np.sin(x) + 0.3 * x), lambda x: np.sin(x) + 0.3 * x,
+     lambda x: np.cos(x) + 0.3, False),
+]
+IDS = [repr(c[0])[:30] for c in CASES]
+
+
+def _oracle(f, g, q1, q2, c, kinked):
+    """Gauss-Legendre on pieces split where u = 0 and v = 0 (exponentially accurate for these φ at
+    the variances used here; Gauss-Hermite needs > 400 nodes a side for tanh at q = 4)."""
+    return piecewise_quadrature(f, g, q1, q2, c, n=160)
+
+
+@pytest.mark.parametrize("layer,f,df,kinked", CASES, ids=IDS)
+def test_dual_kernels_match_2d_quadrature(layer, f, df, kinked):
+    """One layer, E[φφ] and E[φ'φ'] on a grid of variances and correlations."""
+    worst = 0.0
+    for q1, q2 in [(0.05, 0.05), (0.5, 1.0), (1.0, 1.0), (2.5, 0.3)]:
+        for rho in (-0.95, -0.5, 0.05, 0.3, 0.8, 0.95):
+            c = rho * math.sqrt(q1 * q2)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                got_nngp, got_dot, (eq1, eq2, ec) = ntkfast_dual(layer, q1, q2, c)
+            want_nngp = _oracle(f, f, eq1, eq2, ec, kinked)
+            want_dot = _oracle(df, df, eq1, eq2, ec, kinked)
+            scale = max(abs(_oracle(f, f, eq1, eq1, eq1, kinked)),
+                        abs(_oracle(f, f, eq2, eq2, eq2, kinked)))
+            scale_dot = max(abs(_oracle(df, df, eq1, eq1, eq1, kinked)),
+                            abs(_oracle(df, df, eq2, eq2, eq2, kinked)))
+            err = max(abs(got_nngp - want_nngp) / scale, abs(got_dot - want_dot) / scale_dot)
+            bound = _warned_bound(caught)
+            # Smooth φ: never a warning here. A jump in φ' (ELU with α != 1, SELU) makes the B
+            # coefficients decay like k^(-3/4): at |ρ| = 0.95 a warning, whose bound must hold.
+            assert bound is None or kinked, f"q=({q1}, {q2}), rho={rho}: unexpected warning"
+            worst = max(worst, err / max(1.0, (bound or 0) / 1e-12))
+    # A kink in φ'' (ELU with α = 1) leaves ~1e-12 at |ρ| = 0.95 (the warning threshold is 1e-10).
+    tol = 1e-11 if kinked else 1e-12
+    assert worst <= tol, f"worst relative error {worst:.1e} (or above a warned bound)"
+
+
+def _warned_bound(caught):
+    """The largest error bound stated by the truncation warnings caught, or None."""
+    bounds = [float(m.group(1)) for w in caught if issubclass(w.category, RuntimeWarning)
+              for m in [re.search(r"error of up to ([0-9.e+-]+)", str(w.message))] if m]
+    return max(bounds) if bounds else None
+
+
+def _network_oracle(x, layer, f, df, kinked, depth, w_std, b_std):
+    """(nngp, ntk) of MLP(depth, layer) by a plain layer loop, each entry of each layer by 2-D
+    quadrature of φ, φ' (the 'ntk' parameterisation: Θ <- W²Θ + Σ after each Dense)."""
+    d = x.shape[1]
+    w2, b2 = w_std ** 2, b_std ** 2
+    sigma = w2 * (x @ x.T) / d + b2
+    theta = sigma.copy()
+    n = len(x)
+    for _ in range(depth):
+        new, dot = np.empty_like(sigma), np.empty_like(sigma)
+        for i in range(n):
+            for j in range(i, n):
+                q1, q2, c = sigma[i, i], sigma[j, j], sigma[i, j]
+                c = float(np.clip(c, -math.sqrt(q1 * q2), math.sqrt(q1 * q2)))
+                new[i, j] = new[j, i] = _oracle(f, f, q1, q2, c, kinked)
+                dot[i, j] = dot[j, i] = _oracle(df, df, q1, q2, c, kinked)
+        sigma = w2 * new + b2
+        theta = w2 * theta * dot + sigma
+    return sigma, theta
+
+
+NETWORK_CASES = [(CASES[k], depth) for k in (0, 4, 2, 8) for depth in (1, 3)] + \
+    [(CASES[k], 10) for k in (0, 4)]
+
+
+@pytest.mark.parametrize("case,depth", NETWORK_CASES,
+                         ids=[f"{repr(c[0])[:20]}-L{d}" for c, d in NETWORK_CASES])
+def test_networks_match_layer_loop_oracle(case, depth):
+    layer, f, df, kinked = case
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((5, 7))
+    x[4] = 0.6 * x[3] + 0.4 * rng.standard_normal(7)
+    want_nngp, want_ntk = _network_oracle(x, layer, f, df, kinked, depth, 1.4, 0.1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # bounds checked in their own test
+        got = nf.gram(x, net=nf.MLP(depth, layer, W_std=1.4, b_std=0.1))
+    for name, want in (("nngp", want_nngp), ("ntk", want_ntk)):
+        err = np.abs(getattr(got, name) - want).max() / np.abs(want).max()
+        assert err <= 1e-10, f"{name}: {err:.1e}"
+
+
+def _erf_pair(a, b, c):
+    return (lambda x: a * special.erf(b * x) + c,
+            lambda x: a * b * 2 / math.sqrt(math.pi) * np.exp(-(b * x) ** 2))
+
+
+@pytest.mark.parametrize("with_df", [True, False])
+@pytest.mark.parametrize("closed,fn_pair", [
+    (nf.Erf(), _erf_pair(1.0, 1.0, 0.0)),
+    (nf.Erf(0.7, 1.8, 0.2), _erf_pair(0.7, 1.8, 0.2)),
+    (nf.Gelu(), (lambda x: x * special.ndtr(x),
+                 lambda x: special.ndtr(x) + x * np.exp(-x * x / 2) / math.sqrt(2 * math.pi))),
+], ids=["erf", "erf-scaled", "gelu"])
+@pytest.mark.parametrize("depth", [1, 3, 6])
+def test_elementwise_numerical_reproduces_closed_forms(closed, fn_pair, with_df, depth):
+    f, df = fn_pair
+    numerical = nf.ElementwiseNumerical(f, df=df if with_df else None)
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((12, 9))
+    x[11] = 0.9 * x[10] + 0.1 * rng.standard_normal(9)
+    want = nf.gram(x, net=nf.MLP(depth, closed, W_std=1.3, b_std=0.2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        got = nf.gram(x, net=nf.MLP(depth, numerical, W_std=1.3, b_std=0.2))
+    # Without df, φ' is a finite difference (documented ~1e-12).
+    tol = 1e-10
+    for name in ("nngp", "ntk"):
+        a, b = getattr(got, name), getattr(want, name)
+        assert np.abs(a - b).max() <= tol * np.abs(b).max(), name
+
+
+def test_relu_through_elementwise_numerical_moderate_correlations():
+    """ReLU's Hermite coefficients decay only algebraically: exact away from |ρ| = 1."""
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((10, 200))  # |ρ| ~ 0.1 between rows
+    relu = nf.ElementwiseNumerical(lambda v: np.maximum(v, 0), df=lambda v: (v > 0) * 1.0)
+    want = nf.gram(x, net=nf.MLP(1, "relu", W_std=1.5, b_std=0.0))
+    got = nf.gram(x, net=nf.MLP(1, relu, W_std=1.5, b_std=0.0))
+    for name in ("nngp", "ntk"):
+        a, b = getattr(got, name), getattr(want, name)
+        assert np.abs(a - b).max() <= 1e-10 * np.abs(b).max(), name
+
+
+REFERENCE = pathlib.Path(__file__).parent / "data" / "series_reference.json"
+
+
+def _reference_cases():
+    data = json.loads(REFERENCE.read_text())
+    return [(name, case) for name, cases in data["cases"].items() for case in cases]
+
+
+LAYERS = {"tanh": nf.Tanh(), "softplus": nf.Softplus(), "silu": nf.Silu(), "elu": nf.Elu(),
+          "mish": nf.Mish(), "sigmoid": nf.Sigmoid(), "selu": nf.Selu(),
+          "gelu_numerical": nf.ElementwiseNumerical(
+              lambda x: x * special.ndtr(x),
+              df=lambda x: special.ndtr(x) + x * np.exp(-x * x / 2) / math.sqrt(2 * math.pi))}
+
+
+@pytest.mark.parametrize("name,case", _reference_cases(),
+                         ids=lambda v: v if isinstance(v, str) else
+                         f"q{v['q1']:g},{v['q2']:g},1-rho={v['one_minus_rho']:g}")
+def test_against_mpmath_or_a_true_warning(name, case):
+    """Hard cases at 30 digits: either within 1e-12 of the layer's scale, or a RuntimeWarning
+    whose stated bound covers the actual error (never a silently wrong number)."""
+    layer = LAYERS[name]
+    q1, q2, omr = case["q1"], case["q2"], case["one_minus_rho"]
+    rho = 1.0 - omr
+    c = rho * math.sqrt(q1 * q2)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got_nngp, got_dot, (eq1, eq2, ec) = ntkfast_dual(layer, q1, q2, c)
+    # The engine's inputs are the rounded variances of ntkfast_dual's points: compare at those
+    # only where they equal the case's (they do to ~1 ulp; the reference's slope in q is O(1)).
+    assert abs(eq1 - q1) <= 4e-16 * q1 and abs(eq2 - q2) <= 4e-16 * q2
+    scale, scale_dot = case["scale"], case["scale_dot"]
+    err = max(abs(got_nngp - float(case["nngp"])) / scale,
+              abs(got_dot - float(case["dot"])) / scale_dot)
+    bounds = [b for b in [_warned_bound(caught)] if b is not None]
+    # Rounding of the inputs (ρ from rounded points) moves a value by ~1e-15 of the scale, more
+    # near |ρ| = 1 where the kernel's slope in ρ is steep: allow 1e-12 plus that slope's share.
+    slack = 1e-12 + case["slope"] * 4e-16 * max(1.0, abs(rho)) / scale
+    if bounds:
+        assert err <= max(bounds) + slack, f"error {err:.1e} above the warned bound {max(bounds):.1e}"
+    else:
+        assert err <= slack, f"error {err:.1e} without a warning"
+
+
+def test_truncation_warning_names_the_layer_and_bounds_the_error():
+    layer = nf.Tanh(deg=6)
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((4, 6)) * 2.0
+    x[1] = x[0] + 1e-3 * rng.standard_normal(6)  # near-parallel
+    with pytest.warns(RuntimeWarning, match=r"Tanh\(deg=6\).*error of up to ([0-9.e+-]+)") as rec:
+        got = nf.gram(x, net=nf.MLP(1, layer, W_std=1.0, b_std=0.0), get="nngp")
+    bound = float(re.search(r"error of up to ([0-9.e+-]+)", str(rec[0].message)).group(1))
+    q = np.sum(x * x, axis=1) / 6
+    err = 0.0
+    for i, j in [(0, 1), (0, 2), (1, 3), (2, 3)]:
+        exact = piecewise_quadrature(np.tanh, np.tanh, q[i], q[j], x[i] @ x[j] / 6, n=400)
+        err = max(err, abs(got[i, j] - exact) / np.abs(np.diag(got)).max())
+    assert 1e-8 < err <= bound
+
+
+def test_float32_outputs_within_float32_rounding():
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((40, 16))
+    net = nf.MLP(3, "silu", W_std=1.5, b_std=0.1)
+    k64 = nf.gram(x, net=net)
+    k32 = nf.gram(x.astype(np.float32), net=net)
+    assert k32.ntk.dtype == np.float32
+    for name in ("nngp", "ntk"):
+        a, b = getattr(k32, name), getattr(k64, name)
+        assert np.abs(a - b).max() <= 1e-6 * np.abs(b).max(), name
+
+
+@pytest.mark.parametrize("act", ["tanh", "softplus", "silu", "elu", "selu", "mish", "sigmoid"])
+def test_symmetry_diagonal_and_duplicates_are_exact(act):
+    rng = np.random.default_rng(10)
+    x = rng.standard_normal((30, 8))
+    x[7] = x[3]
+    net = nf.MLP(3, act, W_std=1.5, b_std=0.1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        k = nf.gram(x, net=net)
+        d = nf.diagonal(x, net=net)
+        k12 = nf.gram(x[:11], x, net=net)
+    for name in ("nngp", "ntk"):
+        m = getattr(k, name)
+        assert np.array_equal(m, m.T)
+        assert np.array_equal(np.diag(m), getattr(d, name))
+        assert m[3, 7] == m[3, 3] == m[7, 7]
+        # The rectangular path sums the same series to the same tolerance (its tail profile
+        # comes from other rows, so a chunk may stop at another term).
+        np.testing.assert_allclose(getattr(k12, name), m[:11], rtol=0, atol=1e-12 * np.abs(m).max())
+
+
+def test_wide_range_of_row_variances_uses_exact_coefficients():
+    """Rows spanning many octaves of variance (the interpolation's groups and the per-row path)."""
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((80, 5)) * np.logspace(-2, 0.5, 80)[:, None]
+    net = nf.serial(nf.Dense(1, 1.0, 0.0), nf.Softplus())
+    f, df = _softplus(1.0)
+    k = nf.gram(x, net=net, get="nngp")
+    q = np.sum(x * x, axis=1) / 5
+    for i, j in [(0, 1), (10, 60), (40, 41), (79, 5)]:
+        c = x[i] @ x[j] / 5
+        want = piecewise_quadrature(f, f, q[i], q[j], c, n=600)
+        assert abs(k[i, j] - want) <= 1e-12 * max(abs(k[i, i]), abs(k[j, j]))
+
+
+def test_user_callables_are_checked_and_named():
+    x = np.random.default_rng(12).standard_normal((6, 3))
+
+    def run(fn, **kw):
+        return nf.gram(x, net=nf.MLP(2, nf.ElementwiseNumerical(fn, **kw)))
+
+    with pytest.raises(ValueError, match=r"ElementwiseNumerical.*returned shape"):
+        run(lambda v: np.ones(3))
+    with pytest.raises(ValueError, match=r"ElementwiseNumerical.*non-finite"):
+        run(lambda v: np.where(v > 2, np.nan, v))
+    with pytest.raises(TypeError, match=r"ElementwiseNumerical.*vectorised"):
+        run(math.tanh)
+    with pytest.raises(TypeError, match=r"ElementwiseNumerical.*real numbers"):
+        run(lambda v: v.astype(complex))
+    with pytest.raises(ValueError, match=r"ElementwiseNumerical.*non-finite"):
+        run(np.tanh, df=lambda v: np.full_like(v, np.inf))
+    with pytest.raises(TypeError, match="fn must be a callable"):
+        nf.ElementwiseNumerical(3.0)
+    with pytest.raises(TypeError, match="df must be a callable"):
+        nf.ElementwiseNumerical(np.tanh, df="no")
+    with pytest.raises(ValueError, match=r"deg must be in \[0, \d+\]"):
+        nf.Tanh(deg=10 ** 6)
+    with pytest.raises(TypeError, match="deg must be an integer"):
+        nf.Silu(deg=2.5)
+    with pytest.raises(ValueError, match="beta must be > 0"):
+        nf.Softplus(beta=0.0)
+    with pytest.raises(NotImplementedError, match="nngp_fn"):
+        nf.Elementwise(nngp_fn=lambda c, q1, q2: c)
+    assert nf.Elementwise(np.tanh) == nf.ElementwiseNumerical(np.tanh)
+
+
+def test_inputs_are_not_modified_and_layers_are_values():
+    x = np.random.default_rng(13).standard_normal((9, 4))
+    before = x.copy()
+    nf.gram(x, net=nf.MLP(2, "mish"))
+    assert np.array_equal(x, before)
+    assert nf.Tanh() == nf.Tanh() and hash(nf.Elu(0.5)) == hash(nf.Elu(0.5))
+    assert nf.Elu(0.5) != nf.Elu(0.6)
+    assert pickle.loads(pickle.dumps(nf.MLP(2, nf.Softplus(beta=2.0)))) == nf.MLP(2, nf.Softplus(beta=2.0))
+    assert repr(nf.Softplus(beta=2.0, deg=64)) == "Softplus(beta=2.0, deg=64)"
+    for name, cls in [("tanh", nf.Tanh), ("swish", nf.Silu), ("SiLU", nf.Silu), ("elu", nf.Elu),
+                      ("selu", nf.Selu), ("mish", nf.Mish), ("sigmoid", nf.Sigmoid),
+                      ("softplus", nf.Softplus)]:
+        assert isinstance(nf.MLP(1, name).layers[1], cls)
+
+
+def test_cuda_backend_refuses_series_activations_clearly():
+    from ntkfast._backends import CudaBackend
+    from ntkfast._validation import gram_request
+
+    x = np.zeros((2, 3))
+    request = gram_request(x, None, net=nf.MLP(1, "tanh"), get="ntk", dtype=None, out=None,
+                           backend="cpu", num_threads=None, check_finite=True, progress=False,
+                           tile_size=None)
+    with pytest.raises(NotImplementedError, match=r"backend='cuda'.*Tanh"):
+        CudaBackend._check_supported(request)
+
+
+def test_sklearn_gradient_refuses_series_activations():
+    pytest.importorskip("sklearn")
+    from ntkfast.sklearn import NTKKernel
+
+    kernel = NTKKernel(depth=2, activation="tanh")
+    x = np.random.default_rng(14).standard_normal((4, 3))
+    want = nf.gram(x, net=nf.MLP(2, "tanh", W_std=kernel.W_std, b_std=kernel.b_std), get="ntk")
+    assert np.allclose(kernel(x), want, rtol=1e-12, atol=0)
+    with pytest.raises(NotImplementedError, match="Tanh"):
+        kernel(x, eval_gradient=True)
