@@ -41,6 +41,15 @@ def _phi(layer):
     if isinstance(layer, nf.Polynomial):
         p = np.polynomial.Polynomial(layer.coef)
         return p, p.deriv()
+    if isinstance(layer, nf.Tanh):
+        return np.tanh, lambda h: 1 / np.cosh(h) ** 2
+    if isinstance(layer, nf.Silu):
+        return (lambda h: h * special.expit(h),
+                lambda h: special.expit(h) * (1 + h * special.expit(-h)))
+    if isinstance(layer, nf.Elu):
+        a = layer.alpha
+        return (lambda h: np.where(h > 0, h, a * np.expm1(np.minimum(h, 0))),
+                lambda h: np.where(h > 0, 1.0, a * np.exp(np.minimum(h, 0))))
     raise NotImplementedError(layer)
 
 
@@ -88,6 +97,10 @@ def empirical_kernels(x, act, depth, w_std, b_std, parameterization, width, rng)
 
 
 CASES = [
+    (nf.Tanh(), 2, 1.5, 0.1, "ntk"),
+    (nf.Silu(), 2, 1.4, 0.1, "ntk"),
+    (nf.Elu(), 2, 1.3, 0.2, "ntk"),
+    (nf.Tanh(), 2, 1.5, 0.1, "standard"),
     (nf.Relu(), 2, 1.5, 0.1, "ntk"),
     (nf.LeakyRelu(0.2), 3, 1.3, 0.2, "ntk"),
     (nf.Erf(), 2, 1.6, 0.3, "ntk"),

@@ -66,6 +66,7 @@ def in_forked_child() -> bool:
 def select_cpu_kernels(name: str) -> None:
     """Force a kernel variant: 'generic', 'avx2' or 'avx512' (ValueError if this CPU lacks it)."""
 
+def row_stride(n: int) -> int: ...
 def default_tile(n_features: int) -> int: ...
 def snap_tolerance(arg0: str, arg1: int) -> float:
     """The correlation snap tolerance for dtype `arg0` ('float32'/'float64') and `arg1` features."""

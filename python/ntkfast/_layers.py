@@ -977,8 +977,18 @@ def _sech2(x):
 
 @_frozen
 class Tanh(_SeriesActivation):
-    """``tanh(x)``, its kernels by a Hermite series of degree ``deg`` (per-row coefficients by
-    quadrature; see the module docs of ``ntkfast`` on accuracy).
+    """``tanh(x)``. Like every activation without a closed form (see the "Any activation" page
+    of the docs), its dual kernels are Hermite series (Mehler's formula) whose per-row
+    coefficients come from quadrature and whose terms the engine sums per entry, as many as the
+    entry's correlation needs for float64 accuracy (1e-14 of the layer's largest value), up to
+    ``deg``. Where ``deg`` terms cannot reach 1e-10 (pairs with |ρ| near 1 at large variances), a
+    RuntimeWarning states the bound of the error. CPU only for now.
+
+    Parameters
+    ----------
+    deg : int
+        Degree of the Hermite series (default 256, at most ``ntkfast.MAX_SERIES_DEGREE``); the
+        tables take (2·deg + 4)·8 bytes per point and layer.
 
     Examples
     --------
@@ -1000,7 +1010,16 @@ class Tanh(_SeriesActivation):
 
 @_frozen
 class Sigmoid(_SeriesActivation):
-    """The logistic function ``1 / (1 + e^{-x})`` (Hermite series of degree ``deg``)."""
+    """The logistic function ``1 / (1 + e^{-x})`` (Hermite series of degree ``deg``; see
+    :class:`Tanh`). Not :class:`Sigmoid_like`, neural-tangents' erf look-alike.
+
+    Examples
+    --------
+    >>> import numpy as np, ntkfast
+    >>> x = np.random.default_rng(0).standard_normal((5, 3))
+    >>> ntkfast.gram(x, net=ntkfast.MLP(2, "sigmoid"), get="ntk").shape
+    (5, 5)
+    """
 
     deg: int = _DEFAULT_SERIES_DEGREE
 
@@ -1013,7 +1032,22 @@ class Sigmoid(_SeriesActivation):
 
 @_frozen
 class Softplus(_SeriesActivation):
-    """``log(1 + e^{βx}) / β`` (Hermite series of degree ``deg``)."""
+    """Softplus, ``log(1 + e^{βx}) / β`` (Hermite series of degree ``deg``; see :class:`Tanh`).
+
+    Parameters
+    ----------
+    beta : float
+        Sharpness, > 0.
+    deg : int
+        Degree of the Hermite series.
+
+    Examples
+    --------
+    >>> import numpy as np, ntkfast
+    >>> x = np.random.default_rng(0).standard_normal((5, 3))
+    >>> ntkfast.gram(x, net=ntkfast.MLP(2, ntkfast.Softplus(beta=2.0)), get="ntk").shape
+    (5, 5)
+    """
 
     beta: float = 1.0
     deg: int = _DEFAULT_SERIES_DEGREE
@@ -1031,7 +1065,15 @@ class Softplus(_SeriesActivation):
 
 @_frozen
 class Silu(_SeriesActivation):
-    """SiLU / swish, ``x · sigmoid(x)`` (Hermite series of degree ``deg``)."""
+    """SiLU / swish, ``x · sigmoid(x)`` (Hermite series of degree ``deg``; see :class:`Tanh`).
+
+    Examples
+    --------
+    >>> import numpy as np, ntkfast
+    >>> x = np.random.default_rng(0).standard_normal((5, 3))
+    >>> ntkfast.gram(x, net=ntkfast.MLP(2, "silu"), get="ntk").shape
+    (5, 5)
+    """
 
     deg: int = _DEFAULT_SERIES_DEGREE
 
@@ -1044,8 +1086,24 @@ class Silu(_SeriesActivation):
 
 @_frozen
 class Elu(_SeriesActivation):
-    """ELU, ``x`` for x > 0 and ``α(e^x − 1)`` otherwise (Hermite series of degree ``deg``; its
-    kink in φ' at 0 makes the series converge slowly near |ρ| = 1)."""
+    """ELU, ``x`` for x > 0 and ``α(e^x − 1)`` otherwise (Hermite series of degree ``deg``; see
+    :class:`Tanh`). Its kink at 0 (in φ'' for α = 1, in φ' otherwise) makes the series converge
+    slowly for pairs with |ρ| near 1: there a warning states the bound of the error.
+
+    Parameters
+    ----------
+    alpha : float
+        Scale of the negative part.
+    deg : int
+        Degree of the Hermite series.
+
+    Examples
+    --------
+    >>> import numpy as np, ntkfast
+    >>> x = np.random.default_rng(0).standard_normal((5, 3))
+    >>> ntkfast.gram(x, net=ntkfast.MLP(2, ntkfast.Elu(alpha=0.5)), get="ntk").shape
+    (5, 5)
+    """
 
     alpha: float = 1.0
     deg: int = _DEFAULT_SERIES_DEGREE
@@ -1070,7 +1128,16 @@ def _elu_functions(alpha, scale):
 
 @_frozen
 class Selu(_SeriesActivation):
-    """SELU (Klambauer et al. 2017): ``λ·Elu(α)`` with their α and λ (Hermite series)."""
+    """SELU (Klambauer et al. 2017): ``λ·Elu(α)`` with their α ≈ 1.6733 and λ ≈ 1.0507
+    (Hermite series of degree ``deg``; see :class:`Elu`).
+
+    Examples
+    --------
+    >>> import numpy as np, ntkfast
+    >>> x = np.random.default_rng(0).standard_normal((5, 3))
+    >>> ntkfast.gram(x, net=ntkfast.MLP(2, "selu"), get="ntk").shape
+    (5, 5)
+    """
 
     deg: int = _DEFAULT_SERIES_DEGREE
 
@@ -1083,7 +1150,15 @@ class Selu(_SeriesActivation):
 
 @_frozen
 class Mish(_SeriesActivation):
-    """Mish, ``x · tanh(softplus(x))`` (Hermite series of degree ``deg``)."""
+    """Mish, ``x · tanh(softplus(x))`` (Hermite series of degree ``deg``; see :class:`Tanh`).
+
+    Examples
+    --------
+    >>> import numpy as np, ntkfast
+    >>> x = np.random.default_rng(0).standard_normal((5, 3))
+    >>> ntkfast.gram(x, net=ntkfast.MLP(2, "mish"), get="ntk").shape
+    (5, 5)
+    """
 
     deg: int = _DEFAULT_SERIES_DEGREE
 
@@ -1153,6 +1228,12 @@ def Elementwise(fn=None, nngp_fn=None, d_nngp_fn=None, *, deg=_DEFAULT_SERIES_DE
     NotImplementedError
         ``nngp_fn`` or ``d_nngp_fn`` given: user-supplied dual kernels would have to run in
         Python on every Gram entry, which the fused engine does not do.
+
+    Examples
+    --------
+    >>> import numpy as np, ntkfast
+    >>> ntkfast.Elementwise(np.tanh) == ntkfast.ElementwiseNumerical(np.tanh)
+    True
     """
     if nngp_fn is not None or d_nngp_fn is not None:
         raise NotImplementedError(

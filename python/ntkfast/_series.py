@@ -138,36 +138,57 @@ def _cheb_nodes():
 
 
 def _barycentric(t_nodes, values, t):
-    """Interpolant through (t_nodes, values[:, j]) at t (first-kind Chebyshev weights)."""
+    """Interpolant through (t_nodes, values[:, j]) at t (first-kind Chebyshev weights), as rows:
+    shape (len(t), len(values))."""
     k = np.arange(t_nodes.size)
     w = (-1.0) ** k * np.sin((2 * k + 1) * np.pi / (2 * t_nodes.size))
     diff = t[:, None] - t_nodes[None, :]
     exact = diff == 0
     diff[exact] = 1.0
     kernel = w / diff
-    result = (kernel @ values.T) / kernel.sum(axis=1)[:, None]
+    kernel /= kernel.sum(axis=1)[:, None]
     hit = exact.any(axis=1)
     if hit.any():
-        result[hit] = values.T[np.argmax(exact[hit], axis=1)]
-    return result.T
+        kernel[hit] = exact[hit]
+    return kernel @ values.T
+
+
+# Accepted interpolation error, relative to the scale of each row (see _octave).
+_INTERPOLATION_RTOL = 4e-15
 
 
 @lru_cache(maxsize=512)
 def _octave(layer, degree, octave):
-    """The interpolant of the tables over √q in [2^octave, 2^(octave+1)): Chebyshev values at
-    _CHEB nodes in log2 √q, or None where it misses direct values at the check points by more
-    than 4e-15 of the scale (then rows are computed one by one). Cached per layer and octave."""
+    """The interpolant of the tables over √q in [2^octave, 2^(octave+1)): (Chebyshev values at
+    _CHEB nodes in log2 √q, the largest tails of the node values), or None where it misses direct
+    values at the check points by more than _INTERPOLATION_RTOL of the scale (then rows are
+    computed one by one). Cached per layer and octave."""
     t_nodes = _cheb_nodes()
     checks = np.asarray(_CHECK_POINTS)
     anchors = _direct(layer, 2.0 ** (octave + (np.concatenate([t_nodes, checks]) + 1) / 2), degree)
     values, expected = anchors[:, :_CHEB], anchors[:, _CHEB:]
-    error = np.abs(_barycentric(t_nodes, values, checks) - expected)
+    error = np.abs(_barycentric(t_nodes, values, checks).T - expected)
     # Scales: E[φ²], E[φ'²] for themselves, √E[φ²] for the A_k, √E[φ'²] for the B_k.
     m0, m1 = (max(np.abs(values[r]).max(), 1e-300) for r in (0, 1))
-    ok = (error[0].max() <= 4e-15 * m0 and error[1].max() <= 4e-15 * m1
-          and error[2:degree + 3].max() <= 4e-15 * math.sqrt(m0)
-          and error[degree + 3:].max() <= 4e-15 * math.sqrt(m1))
-    return values if ok else None
+    tol = _INTERPOLATION_RTOL
+    ok = (error[0].max() <= tol * m0 and error[1].max() <= tol * m1
+          and error[2:degree + 3].max() <= tol * math.sqrt(m0)
+          and error[degree + 3:].max() <= tol * math.sqrt(m1))
+    if not ok:
+        return None
+    tail_a, tail_b = _tails(values, degree)
+    return values, tail_a.max(axis=1), tail_b.max(axis=1)
+
+
+def _lebesgue(t_nodes, t):
+    """Σ_j |L_j(t)| of the interpolant's Lagrange basis at each t (its Lebesgue function)."""
+    k = np.arange(t_nodes.size)
+    w = (-1.0) ** k * np.sin((2 * k + 1) * np.pi / (2 * t_nodes.size))
+    diff = t[:, None] - t_nodes[None, :]
+    diff[diff == 0] = np.inf  # at a node: that node's basis function is 1, the others 0
+    kernel = w / diff
+    total = np.abs(kernel.sum(axis=1))
+    return np.where(total > 0, np.abs(kernel).sum(axis=1) / np.where(total > 0, total, 1), 1.0)
 
 
 def coefficients(layer, q, degree):
@@ -175,28 +196,46 @@ def coefficients(layer, q, degree):
     variances get bitwise equal columns (computed once), which the engine's exact duplicate rows
     rely on."""
     q, index = np.unique(np.asarray(q, dtype=np.float64), return_inverse=True)
-    return _coefficients(layer, q, degree)[:, index.ravel()]
+    return _coefficients(layer, q, degree)[0][index.ravel()].T
 
 
 def _coefficients(layer, q, degree):
+    """(tables for the variances q as rows, (len(q), table_rows(degree)), and bounds on the rows'
+    tails of A and of B: arrays of degree + 2).
+
+    The tails of an interpolated row are bounded through its interpolant: with Lebesgue factor
+    Λ, √tail(k) <= Λ·√(largest node tail(k)) + √(degree + 1)·(interpolation error)."""
     s = np.sqrt(np.maximum(q, 0.0))
-    out = np.empty((table_rows(degree), s.size))
+    out = np.empty((s.size, table_rows(degree)))
+    tails = [np.zeros(degree + 2), np.zeros(degree + 2)]
+
+    def exact(rows, values):
+        out[rows] = values.T
+        for t, part in zip(tails, _tails(values, degree)):
+            np.maximum(t, part.max(axis=1), out=t)
+
     zero = s == 0
     if zero.any():  # φ(0) and φ'(0): the constant terms only
-        out[:, zero] = _direct(layer, np.zeros(1), degree)
+        exact(np.flatnonzero(zero), np.repeat(_direct(layer, np.zeros(1), degree), zero.sum(), 1))
     rest = np.flatnonzero(~zero)
-    if rest.size == 0:
-        return out
-    octave = np.floor(np.log2(s[rest]))
+    octave = np.floor(np.log2(s[rest])) if rest.size else np.zeros(0)
     t_nodes = _cheb_nodes()
     for g in np.unique(octave):
         rows = rest[octave == g]
-        values = _octave(layer, degree, int(g))
-        if values is None:  # not smooth enough in q at this resolution: per row
-            out[:, rows] = _direct(layer, s[rows], degree)
-        else:
-            out[:, rows] = _barycentric(t_nodes, values, 2 * (np.log2(s[rows]) - g) - 1)
-    return out
+        cached = _octave(layer, degree, int(g))
+        if cached is None:  # not smooth enough in q at this resolution: per row
+            exact(rows, _direct(layer, s[rows], degree))
+            continue
+        values, node_tail_a, node_tail_b = cached
+        t = 2 * (np.log2(s[rows]) - g) - 1
+        out[rows] = _barycentric(t_nodes, values, t)
+        lam = _lebesgue(t_nodes, t).max()
+        slack = math.sqrt(degree + 1) * _INTERPOLATION_RTOL
+        for tail, node_tail, m in ((tails[0], node_tail_a, values[0]),
+                                   (tails[1], node_tail_b, values[1])):
+            bound = (lam * np.sqrt(node_tail) + slack * math.sqrt(np.abs(m).max())) ** 2
+            np.maximum(tail, bound, out=tail)
+    return out, tails[0], tails[1]
 
 
 def _tails(table, degree):
@@ -240,28 +279,44 @@ def series_layers(ops, sources, net):
     return list(zip(found, layers))
 
 
-def _tables(ops, pool, series, point_sets, num_threads):
-    """The series tables of each point set. Op by op: the variances entering a Series op are the
-    diagonal of the network up to it (the same row recursion the engine runs, so the same bits),
-    with the tables of the earlier Series ops; the coefficients of all point sets come from one
-    call, so a row in both sets gets the same coefficients in both."""
+def _tables(ops, pool, series, point_sets, num_threads, rtol):
+    """The series tables of each point set, and the tail profiles (SeriesOptions). Op by op: the
+    variances entering a Series op are the diagonal of the network up to it (the same row
+    recursion the engine runs, so the same bits), with the tables of the earlier Series ops; the
+    coefficients of all point sets come from one call, so a row in both sets gets the same
+    coefficients in both."""
     total = sum(table_rows(layer.deg) for _, layer in series)
-    tables = [np.zeros((total, x.shape[0])) for x in point_sets]
+    # In the engine's padded layout (used in place); padding columns harmless: E[φ²] = E[φ'²] =
+    # 1, coefficients 0.
+    tables = [np.empty((total, _core.row_stride(x.shape[0]))) for x in point_sets]
     xs = [np.require(np.asarray(x, dtype=np.float64), requirements=["C", "A"]) for x in point_sets]
-    for k, layer in series:
-        row0 = int(ops[k][3][0])
+    profiles = np.zeros((len(series), max(layer.deg for _, layer in series) + 2))
+    for s, (k, layer) in enumerate(series):
+        row0, degree = int(ops[k][3][0]), layer.deg
         program = compiled_program(ops[:k], pool)
         qs = []
         for x, table in zip(xs, tables):
             q = np.empty(x.shape[0])
-            _core.diagonal(program, x, q, None, num_threads, table)
+            # Only the earlier ops' rows (a contiguous view): nothing else is read or copied.
+            _core.diagonal(program, x, q, None, num_threads, table[:row0] if row0 else None)
             qs.append(q)
-        both = coefficients(layer, np.concatenate(qs), layer.deg)
+        unique, index = np.unique(np.concatenate(qs), return_inverse=True)
+        values, tail_a, tail_b = _coefficients(layer, unique, degree)
+        both = values[index.ravel()]  # rows: a contiguous gather
         start = 0
         for q, table in zip(qs, tables):
-            table[row0:row0 + table_rows(layer.deg)] = both[:, start:start + q.size]
+            block = table[row0:row0 + table_rows(degree)]
+            block[:, :q.size] = both[start:start + q.size].T
+            block[:2, q.size:] = 1.0
+            block[2:, q.size:] = 0.0
             start += q.size
-    return tables
+        # profile[k]: the largest tail from term k on, of either series, in units of the
+        # tolerated error (rtol of the layer's largest E[φ²], E[φ'²]); non-increasing in k.
+        scale_a = max(np.abs(values[:, 0]).max() * rtol, 1e-300)
+        scale_b = max(np.abs(values[:, 1]).max() * rtol, 1e-300)
+        bound = np.maximum(tail_a / scale_a, tail_b / scale_b)
+        profiles[s, :degree + 2] = np.maximum.accumulate(bound[::-1])[::-1]
+    return tables, profiles
 
 
 def series_inputs(net, ops, pool, sources, x1, x2, num_threads, dtype):
@@ -270,24 +325,9 @@ def series_inputs(net, ops, pool, sources, x1, x2, num_threads, dtype):
     if not series:
         return None
     threads = 0 if num_threads is None else num_threads
-    tables = _tables(ops, pool, series, [x1] if x2 is None else [x1, x2], threads)
-    tables1, tables2 = tables[0], (tables[1] if x2 is not None else None)
     # Terms are summed to rtol of each layer's largest value; a bound above warn_rtol is reported.
     float64 = np.dtype(dtype) == np.float64
     rtol, warn_rtol = (1e-14, 1e-10) if float64 else (1e-8, 1e-6)
-    length = max(layer.deg for _, layer in series) + 2
-    profiles = np.zeros((len(series), length))
-    for s, (k, layer) in enumerate(series):
-        row0, degree = int(ops[k][3][0]), layer.deg
-        block = slice(row0, row0 + table_rows(degree))
-        parts = [tables1[block]] + ([] if tables2 is None else [tables2[block]])
-        scale_a = max(np.abs(p[0]).max() for p in parts) * rtol
-        scale_b = max(np.abs(p[1]).max() for p in parts) * rtol
-        for part in parts:
-            tail_a, tail_b = _tails(part, degree)
-            bound = np.maximum(tail_a.max(axis=1) / max(scale_a, 1e-300),
-                               tail_b.max(axis=1) / max(scale_b, 1e-300))
-            profiles[s, :degree + 2] = np.maximum(profiles[s, :degree + 2], bound)
-        # The engine needs profile[k] non-increasing in k, as the true tails are.
-        profiles[s, :degree + 2] = np.maximum.accumulate(profiles[s, :degree + 2][::-1])[::-1]
+    tables, profiles = _tables(ops, pool, series, [x1] if x2 is None else [x1, x2], threads, rtol)
+    tables1, tables2 = tables[0], (tables[1] if x2 is not None else None)
     return SeriesInputs(tables1, tables2, profiles, series, rtol, warn_rtol)

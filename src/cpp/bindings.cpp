@@ -64,9 +64,9 @@ T* output_ptr(std::optional<CArray<T>>& out, py::ssize_t rows, py::ssize_t cols,
 ntkfast::SeriesTables series_tables(const std::optional<CArray<double>>& tables, py::ssize_t n,
                                     const char* name) {
   if (!tables) return {};
-  if (tables->ndim() != 2 || tables->shape(1) != n)
+  if (tables->ndim() != 2 || (tables->shape(1) != n && tables->shape(1) != ntkfast::row_stride(n)))
     throw std::invalid_argument(std::string(name) + ": wrong shape");
-  return {tables->data(), int64_t(tables->shape(0))};
+  return {tables->data(), int64_t(tables->shape(0)), int64_t(tables->shape(1))};
 }
 
 // Returns the largest tail bound the Series ops left (0 without them; engine.hpp SeriesOptions).
@@ -235,6 +235,7 @@ PYBIND11_MODULE(_core, m) {
 
   m.def("select_cpu_kernels", &ntkfast::select_cpu_kernels, py::arg("name"));
   m.def("default_tile", &ntkfast::default_tile, py::arg("n_features"));
+  m.def("row_stride", &ntkfast::row_stride, py::arg("n"));
   m.def("snap_tolerance", [](const std::string& dtype, int64_t d) {
     if (dtype == "float64") return ntkfast::snap_tolerance<double>(d);
     if (dtype == "float32") return ntkfast::snap_tolerance<float>(d);

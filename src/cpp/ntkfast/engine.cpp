@@ -231,6 +231,8 @@ int resolve_threads(int requested) {
   return threads;
 }
 
+int64_t row_stride(int64_t n) { return (n + kRowPad - 1) / kRowPad * kRowPad + kRowPad; }
+
 namespace {
 
 struct RowStats {
@@ -240,11 +242,12 @@ struct RowStats {
   std::vector<int32_t> rescale;    // per op and row (RowTables::rescale)
   bool any_rescaled = false;       // else the tiles get no rescale table: the fast path
   std::vector<uint8_t> input_underflow;  // per row (input_variance_underflows); empty: none
-  std::vector<double> series;            // the Series tables in the stride layout; empty: none
+  std::vector<double> series_copy;       // the Series tables, where the caller's needed a copy
+  const double* series = nullptr;        // the Series tables in the stride layout; null: none
   RowTables tables(int64_t first_row = 0) {
     return {q.data() + first_row, sq.data() + first_row, stride,
             any_rescaled ? rescale.data() + first_row : nullptr,
-            series.empty() ? nullptr : series.data() + first_row};
+            series ? series + first_row : nullptr};
   }
 };
 
@@ -261,6 +264,8 @@ const double* copy_series_tables(const ProgramView& prog, const SeriesTables& se
   if (!series.data || series.rows < needed)
     throw std::invalid_argument("series: the program needs " + std::to_string(needed) +
                                 " rows of series tables, got " + std::to_string(series.rows));
+  if (series.cols == stride) return series.data;  // already in the layout, padded by the caller
+  if (series.cols != n) throw std::invalid_argument("series: tables of the wrong width");
   out.assign(size_t(series.rows) * size_t(stride), 0.0);
   for (int64_t r = 0; r < series.rows; ++r) {
     std::copy(series.data + r * n, series.data + (r + 1) * n, out.begin() + r * stride);
@@ -302,7 +307,7 @@ RowStats row_stats(const ProgramView& prog, const T* x, int64_t n, int64_t d, bo
                    int threads, int point_set, SeriesTables series) {
   RowStats st;
   st.n = n;
-  st.stride = (n + kRowPad - 1) / kRowPad * kRowPad + kRowPad;
+  st.stride = row_stride(n);
   const size_t size = size_t(prog.n_ops + 1) * size_t(st.stride);
   st.q.assign(size, 1.0);  // padding rows: unit variance, harmless
   st.sq.assign(size, 1.0);
@@ -319,7 +324,8 @@ RowStats row_stats(const ProgramView& prog, const T* x, int64_t n, int64_t d, bo
   std::atomic<bool> any_scaled{false}, any_rescaled{false}, any_input_underflow{false};
   std::vector<uint8_t> input_underflow(size_t(n), 0);
   int32_t* rescale = st.rescale.data();
-  const double* series_rows = copy_series_tables(prog, series, n, stride, st.series);
+  const double* series_rows = copy_series_tables(prog, series, n, stride, st.series_copy);
+  st.series = series_rows;
 #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1 && blocks > 1)
   for (int64_t b = 0; b < blocks; ++b) {
     const int64_t i0 = b * kRowPad, i1 = std::min(n, i0 + kRowPad);
@@ -500,7 +506,7 @@ void compute_gram(const Program& prog, const T* x1, int64_t n1, const T* x2, int
   RowStats stats2_own;
   if (!symmetric)
     stats2_own = row_stats(pv, x2, n2, n_features, with_ntk, threads, 2, options.series.set2);
-  const bool has_series = !stats1.series.empty();
+  const bool has_series = stats1.series != nullptr;
   if (has_series && (!options.series.profiles || options.series.profile_len < 2))
     throw std::invalid_argument("series: tail profiles required");
   for (int k = 0; k < pv.n_ops; ++k)

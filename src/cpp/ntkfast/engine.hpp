@@ -59,7 +59,13 @@ constexpr int kMaxThreads = 4096;
 struct SeriesTables {
   const double* data = nullptr;
   int64_t rows = 0;
+  int64_t cols = 0;  // n, or row_stride(n): then used in place (its padding must be harmless:
+                     // E[φ²] = E[φ'²] = 1, coefficients 0), else copied into that layout
 };
+
+// The padded row length of the per-row tables for n rows (multiples of the kernels' chunk, plus
+// one chunk the vector loads may read past the last row).
+int64_t row_stride(int64_t n);
 
 // What the tiles need beyond the tables: per Series op (its p1), a tail profile of
 // profile_len >= degree + 2 values, profile[k] a bound on the tail Σ_{m>=k} of both series
