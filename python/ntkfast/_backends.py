@@ -66,11 +66,13 @@ class CpuBackend:
             c1 = _engine_array(request.x1, request.dtype)
             c2 = None if request.x2 is None else _engine_array(request.x2, request.dtype)
             ops, pool, sources = lower(request.net, request.n_features)
-            series = series_inputs(request.net, ops, pool, sources, c1, c2, request.num_threads,
-                                   request.dtype)
             reporter = Progress(request.progress, "ntkfast.gram")
             try:
+                # Single-threaded BLAS also for the series tables' small products: OpenBLAS
+                # threads left spinning after them would take cores from the engine's threads.
                 with _blas.single_threaded():
+                    series = series_inputs(request.net, ops, pool, sources, c1, c2,
+                                           request.num_threads, request.dtype)
                     bound = _core.gram(
                         compiled_program(ops, pool), c1, c2, outputs.get("nngp"),
                         outputs.get("ntk"), request.num_threads, request.tile,

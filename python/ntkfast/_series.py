@@ -137,9 +137,9 @@ def _cheb_nodes():
     return np.cos((2 * k + 1) * np.pi / (2 * _CHEB))
 
 
-def _barycentric(t_nodes, values, t):
-    """Interpolant through (t_nodes, values[:, j]) at t (first-kind Chebyshev weights), as rows:
-    shape (len(t), len(values))."""
+def _barycentric_weights(t_nodes, t):
+    """(len(t), len(t_nodes)): the Lagrange basis of the nodes at t (barycentric formula with
+    first-kind Chebyshev weights), exact at the nodes."""
     k = np.arange(t_nodes.size)
     w = (-1.0) ** k * np.sin((2 * k + 1) * np.pi / (2 * t_nodes.size))
     diff = t[:, None] - t_nodes[None, :]
@@ -150,7 +150,7 @@ def _barycentric(t_nodes, values, t):
     hit = exact.any(axis=1)
     if hit.any():
         kernel[hit] = exact[hit]
-    return kernel @ values.T
+    return kernel
 
 
 # Accepted interpolation error, relative to the scale of each row (see _octave).
@@ -167,7 +167,7 @@ def _octave(layer, degree, octave):
     checks = np.asarray(_CHECK_POINTS)
     anchors = _direct(layer, 2.0 ** (octave + (np.concatenate([t_nodes, checks]) + 1) / 2), degree)
     values, expected = anchors[:, :_CHEB], anchors[:, _CHEB:]
-    error = np.abs(_barycentric(t_nodes, values, checks).T - expected)
+    error = np.abs(values @ _barycentric_weights(t_nodes, checks).T - expected)
     # Scales: E[φ²], E[φ'²] for themselves, √E[φ²] for the A_k, √E[φ'²] for the B_k.
     m0, m1 = (max(np.abs(values[r]).max(), 1e-300) for r in (0, 1))
     tol = _INTERPOLATION_RTOL
@@ -192,25 +192,26 @@ def _lebesgue(t_nodes, t):
 
 
 def coefficients(layer, q, degree):
-    """The series tables of ``layer`` for rows with variances q (table_rows(degree), n). Equal
-    variances get bitwise equal columns (computed once), which the engine's exact duplicate rows
-    rely on."""
-    q, index = np.unique(np.asarray(q, dtype=np.float64), return_inverse=True)
-    return _coefficients(layer, q, degree)[0][index.ravel()].T
+    """The series tables of ``layer`` for rows with variances q: (table_rows(degree), len(q))."""
+    return _coefficients(layer, np.asarray(q, dtype=np.float64), degree)[0]
 
 
 def _coefficients(layer, q, degree):
-    """(tables for the variances q as rows, (len(q), table_rows(degree)), and bounds on the rows'
-    tails of A and of B: arrays of degree + 2).
+    """(tables for the variances q, (table_rows(degree), len(q)), and bounds on the rows' tails
+    of A and of B: arrays of degree + 2). Rows with equal variances get bitwise equal columns,
+    which the engine's exact duplicate rows rely on.
 
-    The tails of an interpolated row are bounded through its interpolant: with Lebesgue factor
-    Λ, √tail(k) <= Λ·√(largest node tail(k)) + √(degree + 1)·(interpolation error)."""
+    Interpolated rows: one product of every octave's node values with the rows' barycentric
+    weights (zero outside the row's octave). Their tails are bounded through the interpolant:
+    with Lebesgue factor Λ, √tail(k) <= Λ·√(largest node tail(k)) + √(degree + 1)·(interpolation
+    error)."""
     s = np.sqrt(np.maximum(q, 0.0))
-    out = np.empty((s.size, table_rows(degree)))
+    rows_total = table_rows(degree)
+    out = np.empty((rows_total, s.size))
     tails = [np.zeros(degree + 2), np.zeros(degree + 2)]
 
     def exact(rows, values):
-        out[rows] = values.T
+        out[:, rows] = values
         for t, part in zip(tails, _tails(values, degree)):
             np.maximum(t, part.max(axis=1), out=t)
 
@@ -220,6 +221,8 @@ def _coefficients(layer, q, degree):
     rest = np.flatnonzero(~zero)
     octave = np.floor(np.log2(s[rest])) if rest.size else np.zeros(0)
     t_nodes = _cheb_nodes()
+    node_values, weights, slack = [], [], math.sqrt(degree + 1) * _INTERPOLATION_RTOL
+    interpolated = np.zeros(s.size, dtype=bool)
     for g in np.unique(octave):
         rows = rest[octave == g]
         cached = _octave(layer, degree, int(g))
@@ -228,13 +231,27 @@ def _coefficients(layer, q, degree):
             continue
         values, node_tail_a, node_tail_b = cached
         t = 2 * (np.log2(s[rows]) - g) - 1
-        out[rows] = _barycentric(t_nodes, values, t)
+        w = np.zeros((s.size, _CHEB))
+        w[rows] = _barycentric_weights(t_nodes, t)
+        node_values.append(values)
+        weights.append(w)
+        interpolated[rows] = True
         lam = _lebesgue(t_nodes, t).max()
-        slack = math.sqrt(degree + 1) * _INTERPOLATION_RTOL
         for tail, node_tail, m in ((tails[0], node_tail_a, values[0]),
                                    (tails[1], node_tail_b, values[1])):
             bound = (lam * np.sqrt(node_tail) + slack * math.sqrt(np.abs(m).max())) ** 2
             np.maximum(tail, bound, out=tail)
+    if node_values:
+        block = np.concatenate(node_values, axis=1) @ np.concatenate(weights, axis=1).T
+        if interpolated.all():
+            out = block
+        else:
+            out[:, interpolated] = block[:, interpolated]
+        # Equal variances, equal columns, whatever the BLAS does at different positions.
+        _, first, inverse = np.unique(q, return_index=True, return_inverse=True)
+        copies = np.flatnonzero(first[inverse.ravel()] != np.arange(q.size))
+        if copies.size:
+            out[:, copies] = out[:, first[inverse.ravel()][copies]]
     return out, tails[0], tails[1]
 
 
@@ -300,20 +317,18 @@ def _tables(ops, pool, series, point_sets, num_threads, rtol):
             # Only the earlier ops' rows (a contiguous view): nothing else is read or copied.
             _core.diagonal(program, x, q, None, num_threads, table[:row0] if row0 else None)
             qs.append(q)
-        unique, index = np.unique(np.concatenate(qs), return_inverse=True)
-        values, tail_a, tail_b = _coefficients(layer, unique, degree)
-        both = values[index.ravel()]  # rows: a contiguous gather
+        values, tail_a, tail_b = _coefficients(layer, np.concatenate(qs), degree)
         start = 0
         for q, table in zip(qs, tables):
             block = table[row0:row0 + table_rows(degree)]
-            block[:, :q.size] = both[start:start + q.size].T
+            block[:, :q.size] = values[:, start:start + q.size]
             block[:2, q.size:] = 1.0
             block[2:, q.size:] = 0.0
             start += q.size
         # profile[k]: the largest tail from term k on, of either series, in units of the
         # tolerated error (rtol of the layer's largest E[φ²], E[φ'²]); non-increasing in k.
-        scale_a = max(np.abs(values[:, 0]).max() * rtol, 1e-300)
-        scale_b = max(np.abs(values[:, 1]).max() * rtol, 1e-300)
+        scale_a = max(np.abs(values[0]).max() * rtol, 1e-300)
+        scale_b = max(np.abs(values[1]).max() * rtol, 1e-300)
         bound = np.maximum(tail_a / scale_a, tail_b / scale_b)
         profiles[s, :degree + 2] = np.maximum.accumulate(bound[::-1])[::-1]
     return tables, profiles

@@ -133,15 +133,18 @@ void series_chunk(const LayerOp& op, const RowTables& rows1, int64_t i, const Ro
     ++n;
   }
   if (power * profile[n] > tails->max_bound) tails->max_bound = power * profile[n];
+  // Row i's coefficients, contiguous: in the table they are a row stride apart (the same L1 set).
+  alignas(64) double a1_row[kMaxSeriesDegree + 1];
+  for (int64_t q = 0; q <= n; ++q) a1_row[q] = a1[q * s1];
   const int m_packs = (m + G * kLanes - 1) / (G * kLanes) * (G * kLanes);
   for (int p = 0; p < m_packs; p += G * kLanes) {
     const Pack<G> r = load_pack<G>(rho + p);
     const Pack<G> scale = sq1 * load_pack<G>(sq2 + p);
-    Pack<G> e = splat<Pack<G>>(a1[n * s1]) * load_pack<G>(a2 + n * s2 + p);
+    Pack<G> e = splat<Pack<G>>(a1_row[n]) * load_pack<G>(a2 + n * s2 + p);
     Pack<G> de = splat<Pack<G>>(0.0);
     for (int64_t q = n - 1; q >= 0; --q) {
       if (WithNtk) de = nt_mad(de, r, e);
-      e = nt_mad(e, r, splat<Pack<G>>(a1[q * s1]) * load_pack<G>(a2 + q * s2 + p));
+      e = nt_mad(e, r, splat<Pack<G>>(a1_row[q]) * load_pack<G>(a2 + q * s2 + p));
     }
     Pack<G> ed = de / scale;
     if (WithNtk) {
