@@ -555,7 +555,10 @@ void compute_gram(const Program& prog, const T* x1, int64_t n1, const T* x2, int
                          tile,
                          diagonal_tile,
                          scaled ? stats1.scale_exp.data() + i0 : nullptr,
-                         scaled ? stats2.scale_exp.data() + j0 : nullptr};
+                         scaled ? stats2.scale_exp.data() + j0 : nullptr,
+                         x1 + i0 * n_features,
+                         xb + j0 * n_features,
+                         n_features};
         if constexpr (std::is_same<T, double>::value)
           kernels.tile_f64(args);
         else
