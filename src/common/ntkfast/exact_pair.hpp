@@ -10,8 +10,8 @@
 // distance of the pair in feature space), each with a small relative error, where q1, q2 are the
 // tabulated per-row variances entering the op.
 //   Input:  from the rows themselves: G = |x1|²|x2|² - ⟨x1,x2⟩² is the Gram determinant of
-//           (x1, y), y = x2 - τ x1 for any τ; with τ the projection coefficient (refined once) y is
-//           nearly orthogonal to x1 and G = |x1|²|y|² - ⟨x1,y⟩² has no cancellation. r2 = G/d²,
+//           (x1, y), y = x2 - τ x1 for any τ; with τ the projection coefficient y is nearly
+//           orthogonal to x1 and G = |x1|²|y|² - ⟨x1,y⟩² has no cancellation. r2 = G/d²,
 //           e = |x1 - x2|²/d, c = (τ|x1|² + ⟨x1,y⟩)/d.
 //   Dense:  r2 <- W⁴ r2 + W² b² e,  e <- W² e  (exact identities of the affine map).
 //   ABRelu, Sign, RectifiedMonomial: θ = atan2(√r2, c) (or φ = π - θ = atan2(√r2, -c) beyond π/2,
@@ -20,7 +20,9 @@
 //   other ops: the ordinary maps of layer_math.hpp on the accurate c; r2', e' then come from c'
 //           (their θ is not amplified, but a following arc-cosine op sees only the usual accuracy).
 // c and t always follow the ordinary formulas of layer_math.hpp (they are not ill-conditioned), on
-// the accurate θ.
+// the accurate θ. e' takes √q1' - √q2' from the tables (absolute error ~ε√q): exact for the degree-0
+// maps (equal output variances), and below their own rounding for the others unless a degree-0 map
+// follows a layer where the two rows' variances differ by ~θ (mixed networks; ~1e-12 then).
 //
 // Left to the ordinary path (exact_pair_entry returns false): identical rows (they must equal the
 // diagonal to the last bit, and the ordinary path does that), rows whose squared norms leave
@@ -77,6 +79,35 @@ NTKFAST_HD double sin_minus_theta_cos(double th, double sin_th, double cos_th) {
   return sin_th - th * cos_th;
 }
 
+// The sums below run in 4 interleaved partial sums: one chain of d dependent FMAs would take ~4d
+// cycles (d = 784: ~1 µs a pass).
+constexpr int kPartials = 4;
+
+NTKFAST_HD double sum_partials(const double* s) { return (s[0] + s[1]) + (s[2] + s[3]); }
+
+// Σ y_k² and Σ x1_k y_k for y = x2 - τ x1 (one rounding per component, fma).
+template <class T>
+NTKFAST_HD void residual_sums(const T* x1, const T* x2, int64_t d, double tau, double& y2,
+                              double& ay) {
+  double s[kPartials] = {}, t[kPartials] = {};
+  int64_t k = 0;
+  for (; k + kPartials <= d; k += kPartials)
+    for (int l = 0; l < kPartials; ++l) {
+      const double a = double(x1[k + l]);
+      const double y = nt_fma(-tau, a, double(x2[k + l]));
+      s[l] = nt_fma(y, y, s[l]);
+      t[l] = nt_fma(a, y, t[l]);
+    }
+  for (; k < d; ++k) {
+    const double a = double(x1[k]);
+    const double y = nt_fma(-tau, a, double(x2[k]));
+    s[0] = nt_fma(y, y, s[0]);
+    t[0] = nt_fma(a, y, t[0]);
+  }
+  y2 = sum_partials(s);
+  ay = sum_partials(t);
+}
+
 // (c, r2, e) of the input layer from the rows (see the top). False: leave the entry to the
 // ordinary path (identical rows, norms out of range).
 template <class T>
@@ -89,40 +120,35 @@ NTKFAST_HD bool exact_input_pair(const T* x1, const T* x2, int64_t d, double inv
     x1 = x2;
     x2 = tmp;
   }
-  double a2 = 0.0, b2 = 0.0, ab = 0.0, dist = 0.0;
-  for (int64_t k = 0; k < d; ++k) {
-    const double a = double(x1[k]), b = double(x2[k]);
-    a2 = nt_fma(a, a, a2);
-    b2 = nt_fma(b, b, b2);
-    ab = nt_fma(a, b, ab);
-    const double diff = a - b;
-    dist = nt_fma(diff, diff, dist);
-  }
+  double a2s[kPartials] = {}, b2s[kPartials] = {}, abs_[kPartials] = {}, dists[kPartials] = {};
+  for (int64_t k = 0; k < d; k += kPartials)
+    for (int l = 0; l < kPartials; ++l) {
+      if (k + l >= d) break;
+      const double a = double(x1[k + l]), b = double(x2[k + l]), diff = a - b;
+      a2s[l] = nt_fma(a, a, a2s[l]);
+      b2s[l] = nt_fma(b, b, b2s[l]);
+      abs_[l] = nt_fma(a, b, abs_[l]);
+      dists[l] = nt_fma(diff, diff, dists[l]);
+    }
+  const double a2 = sum_partials(a2s), b2 = sum_partials(b2s);
   // Products of two squared norms (and their square) stay inside the double range.
   constexpr double lo = 0x1p-480, hi = 0x1p480;
   if (!(a2 >= lo && a2 <= hi && b2 >= lo && b2 <= hi)) return false;
-  // τ = ⟨x1,x2⟩/|x1|², refined once by the residual's projection: y = x2 - τ x1 (one rounding per
-  // component, fma) is then orthogonal to x1 up to ~ε|x2|.
-  double tau = ab / a2;
-  double proj = 0.0;
-  for (int64_t k = 0; k < d; ++k) {
-    const double a = double(x1[k]);
-    proj = nt_fma(a, nt_fma(-tau, a, double(x2[k])), proj);
-  }
-  tau = tau + proj / a2;
-  double y2 = 0.0, ay = 0.0;
-  for (int64_t k = 0; k < d; ++k) {
-    const double a = double(x1[k]);
-    const double y = nt_fma(-tau, a, double(x2[k]));
-    y2 = nt_fma(y, y, y2);
-    ay = nt_fma(a, y, ay);
+  // τ = ⟨x1,x2⟩/|x1|² leaves y = x2 - τ x1 orthogonal to x1 up to ~√d ε|x2|; where that is not
+  // small against y itself (θ ≲ √d ε: scaled copies), τ is refined once by y's projection, which
+  // leaves ~ε|x2|. Then ⟨x1,y⟩² ≤ |x1|²|y|²/256 and G = |x1|²|y|² - ⟨x1,y⟩² has no cancellation.
+  double tau = sum_partials(abs_) / a2, y2, ay;
+  residual_sums(x1, x2, d, tau, y2, ay);
+  if (ay * ay * 256.0 > a2 * y2) {
+    tau = tau + ay / a2;
+    residual_sums(x1, x2, d, tau, y2, ay);
   }
   // |x1|²|y|² - ⟨x1,y⟩², both products exact inside FMAs (sine_sq).
   const double g = sine_sq(a2, y2, ay);
   p.c = nt_fma(tau, a2, ay) * inv_d;
   p.t = 0.0;
   p.r2 = g * inv_d * inv_d;
-  p.e = dist * inv_d;
+  p.e = sum_partials(dists) * inv_d;
   return true;
 }
 
@@ -167,8 +193,9 @@ NTKFAST_HD void exact_pair_op(const LayerOp& op, const double* pool, const PairS
   const double r = sqrt(p.r2), c = p.c;
   // θ where it is at most π/2, else φ = π - θ: each with a small relative error.
   const bool far = c < 0;
-  const double phi = far ? atan2(r, -c) : 0.0;
-  const double theta = far ? kPi - phi : atan2(r, c);
+  // angle(): layer_math.hpp's atan2 (≤ 1.5 ulp relative), a few times cheaper than the C library's
+  const double phi = far ? angle(r, -c) : 0.0;
+  const double theta = far ? kPi - phi : angle(r, c);
   const double small = far ? phi : theta;  // the angle to the nearer of ρ = ±1
   // 1 - cos(small) = sin²/(1 + cos) = r²/(s (s + |c|)): no cancellation, no call.
   const double vers = p.r2 / (s * (s + nt_abs(c)));
