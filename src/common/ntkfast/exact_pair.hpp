@@ -37,11 +37,6 @@
 #include "layer_math.hpp"
 #include "program.hpp"
 
-#if defined(__GNUC__)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic error "-Wswitch"
-#endif
-
 namespace ntkfast {
 inline namespace NTKFAST_ISA_NAMESPACE {
 
@@ -62,8 +57,16 @@ struct ExactPair {
 // Taylor series Σ_{k≥1} (-1)^{k+1} 2k θ^{2k+1}/(2k+1)! below 1 (10 terms: the 11th is below 2^-60
 // of θ³/3), where the direct form loses up to all of its digits as θ -> 0 (above 1, at most ~3x).
 NTKFAST_HD double sin_minus_theta_cos(double th, double sin_th, double cos_th) {
+  const double z = th * th;
+  if (th < 0x1p-5) {  // the common case, where 5 terms do (the 6th is below 2^-62 of the first)
+    double p = 1.0 / 3991680.0;
+    p = p * z - 1.0 / 45360.0;
+    p = p * z + 1.0 / 840.0;
+    p = p * z - 1.0 / 30.0;
+    p = p * z + 1.0 / 3.0;
+    return th * z * p;
+  }
   if (th < 1.0) {
-    const double z = th * th;
     double p = -1.0 / 2554547108585472000.0;
     p = p * z + 1.0 / 6758061133824000.0;
     p = p * z - 1.0 / 22230464256000.0;
@@ -198,99 +201,85 @@ NTKFAST_HD void exact_pair_op(const LayerOp& op, const double* pool, const PairS
   const double theta = far ? kPi - phi : angle(r, c);
   const double small = far ? phi : theta;  // the angle to the nearer of ρ = ±1
   // 1 - cos(small) = sin²/(1 + cos) = r²/(s (s + |c|)): no cancellation, no call.
-  const double vers = p.r2 / (s * (s + nt_abs(c)));
-  const double sin_small = r / s, cos_small = nt_abs(c) / s;
-  switch (static_cast<OpKind>(op.kind)) {
-    case kABRelu: {
-      // a·min(x,0) + b·max(x,0): k1 = (a-b)²/(2π), k0 = (a²+b²)/2, ab = a·b (p2).
-      //   ρ' = cos θ + κ h(θ)  (κ = k1/k0 ≤ 2/π):  1 - ρ' = vers θ - κ h(θ), no cancellation;
-      //   θ = π - φ:  c'/s = k1 h(φ) - ab cos φ,  E[φ'φ'] = ab + k1 φ,
-      //   1 - ρ' = (k0 + ab)/k0 - (ab/k0) vers φ - κ h(φ),  1 + ρ' = π κ + (ab/k0) vers φ + κ h(φ).
-      const double k1 = op.p[0], k0 = op.p[1], ab = op.p[2];
-      if (!(k0 > 0)) {  // a = b = 0: everything is 0
-        apply_op<WithNtk>(op, pool, in, p.c, p.t);
-        exact_set_from_c(out, p);
-        return;
-      }
-      const double kappa = k1 / k0, h = sin_minus_theta_cos(small, sin_small, cos_small);
-      double one_minus, one_plus;
-      if (!far) {
-        const double dot = nt_mad(-k1, theta, k0);  // op_abrelu's operations
-        p.c = nt_mad(k1, r, dot * c);
-        if (WithNtk) p.t = dot * p.t;
-        one_minus = vers - kappa * h;
-        one_plus = 2.0 - one_minus;
-      } else {
-        p.c = s * k1 * h + ab * c;  // s (k1 h(φ) - ab cos φ), cos φ = -c/s
-        if (WithNtk) p.t = (ab + k1 * phi) * p.t;
-        one_minus = (k0 + ab) / k0 - (ab / k0) * vers - kappa * h;
-        one_plus = kPi * kappa + (ab / k0) * vers + kappa * h;
-      }
-      exact_set_from_rho(out, one_minus, one_plus, p);
+  const double inv_s = 1.0 / s;
+  const double vers = p.r2 * inv_s / (s + nt_abs(c));
+  const double sin_small = r * inv_s, cos_small = nt_abs(c) * inv_s;
+  // Only these three get here (arc_cosine); other ops took the ordinary path above.
+  if (op.kind == kABRelu) {
+    // a·min(x,0) + b·max(x,0): k1 = (a-b)²/(2π), k0 = (a²+b²)/2, ab = a·b (p2).
+    //   ρ' = cos θ + κ h(θ)  (κ = k1/k0 ≤ 2/π):  1 - ρ' = vers θ - κ h(θ), no cancellation;
+    //   θ = π - φ:  c'/s = k1 h(φ) - ab cos φ,  E[φ'φ'] = ab + k1 φ,
+    //   1 - ρ' = (k0 + ab)/k0 - (ab/k0) vers φ - κ h(φ),  1 + ρ' = π κ + (ab/k0) vers φ + κ h(φ).
+    const double k1 = op.p[0], k0 = op.p[1], ab = op.p[2];
+    if (!(k0 > 0)) {  // a = b = 0: everything is 0
+      apply_op<WithNtk>(op, pool, in, p.c, p.t);
+      exact_set_from_c(out, p);
       return;
     }
-    case kSign: {
-      // E = (2/π) asin ρ = 1 - 2θ/π:  1 - ρ' = 2θ/π,  1 + ρ' = 2φ/π.
-      p.c = (kHalfPi - theta) * (2.0 / kPi);
-      if (WithNtk) p.t = 0.0;
-      exact_set_from_rho(out, theta * (2.0 / kPi), (far ? phi : kPi - theta) * (2.0 / kPi), p);
-      return;
+    const double kappa = k1 / k0, h = sin_minus_theta_cos(small, sin_small, cos_small);
+    double one_minus, one_plus;
+    if (!far) {
+      const double dot = nt_mad(-k1, theta, k0);  // op_abrelu's operations
+      p.c = nt_mad(k1, r, dot * c);
+      if (WithNtk) p.t = dot * p.t;
+      one_minus = vers - kappa * h;
+      one_plus = 2.0 - one_minus;
+    } else {
+      p.c = s * k1 * h + ab * c;  // s (k1 h(φ) - ab cos φ), cos φ = -c/s
+      if (WithNtk) p.t = (ab + k1 * phi) * p.t;
+      one_minus = (k0 + ab) / k0 - (ab / k0) * vers - kappa * h;
+      one_plus = kPi * kappa + (ab / k0) * vers + kappa * h;
     }
-    case kRectifiedMonomial: {
-      // Cho & Saul's J_n / (2π) at unit variances, j_n(θ); ρ' = j_n(θ)/j_n(0), j_n(0) = (2n-1)!!/2.
-      // The deficits e_n = j_n(0) - j_n(θ) by their own recursion (from j's):
-      //   e_0 = θ/(2π),  e_1 = (π vers θ - h(θ))/(2π),
-      //   e_n = (2n-1) (vers θ · j_{n-1}(0) + cos θ · e_{n-1}) - (n-1)² sin²θ j_{n-2}(θ),
-      // where the last two terms cancel at most ~2x. c', t' by the ordinary recursion on c, r2
-      // (for n = 1 beyond π/2 as s h(φ)/(2π), its cancellation-free form; n ≥ 2 there keeps the
-      // ordinary absolute accuracy).
-      const int n = op.degree;
-      const double cos_t = c / s, sin2 = p.r2 / (s * s);
-      const double h = sin_minus_theta_cos(small, sin_small, cos_small);
-      const double th_vers = far ? 2.0 - vers : vers;  // vers θ = 2 - vers φ
-      // j_0 = (π - θ)/(2π), from φ itself beyond π/2 (π - (π - φ) would lose φ's relative accuracy)
-      double j_prev2 = 0.0, j_prev = (far ? phi : kPi - theta) * (0.5 / kPi);  // j_{k-2}, j_{k-1}
-      double g_prev = j_prev, g_cur = j_prev;  // g_{k-1}, g_k (with s^k)
-      double e_cur = theta * (0.5 / kPi), j0_cur = 0.5;  // e_k, j_k(0)
-      if (n >= 1) {
-        const double j1 = far ? h * (0.5 / kPi) : (sqrt(sin2) + (kPi - theta) * cos_t) * (0.5 / kPi);
-        e_cur = far ? 0.5 - h * (0.5 / kPi) : (kPi * vers - h) * (0.5 / kPi);
-        g_cur = (r + (kPi - theta) * c) * (0.5 / kPi);
-        if (far) g_cur = s * h * (0.5 / kPi);
+    exact_set_from_rho(out, one_minus, one_plus, p);
+    return;
+  }
+  if (op.kind == kSign) {
+    // E = (2/π) asin ρ = 1 - 2θ/π:  1 - ρ' = 2θ/π,  1 + ρ' = 2φ/π.
+    p.c = (kHalfPi - theta) * (2.0 / kPi);
+    if (WithNtk) p.t = 0.0;
+    exact_set_from_rho(out, theta * (2.0 / kPi), (far ? phi : kPi - theta) * (2.0 / kPi), p);
+    return;
+  }
+  {  // RectifiedMonomial
+    // Cho & Saul's J_n / (2π) at unit variances, j_n(θ); ρ' = j_n(θ)/j_n(0), j_n(0) = (2n-1)!!/2.
+    // The deficits e_n = j_n(0) - j_n(θ) by their own recursion (from j's):
+    //   e_0 = θ/(2π),  e_1 = (π vers θ - h(θ))/(2π),
+    //   e_n = (2n-1) (vers θ · j_{n-1}(0) + cos θ · e_{n-1}) - (n-1)² sin²θ j_{n-2}(θ),
+    // where the last two terms cancel at most ~2x. c', t' by the ordinary recursion on c, r2
+    // (for n = 1 beyond π/2 as s h(φ)/(2π), its cancellation-free form; n ≥ 2 there keeps the
+    // ordinary absolute accuracy).
+    const int n = op.degree;
+    const double cos_t = c * inv_s, sin2 = p.r2 * inv_s * inv_s;
+    const double h = sin_minus_theta_cos(small, sin_small, cos_small);
+    const double th_vers = far ? 2.0 - vers : vers;  // vers θ = 2 - vers φ
+    // j_0 = (π - θ)/(2π), from φ itself beyond π/2 (π - (π - φ) would lose φ's relative accuracy)
+    double j_prev2 = 0.0, j_prev = (far ? phi : kPi - theta) * (0.5 / kPi);  // j_{k-2}, j_{k-1}
+    double g_prev = j_prev, g_cur = j_prev;  // g_{k-1}, g_k (with s^k)
+    double e_cur = theta * (0.5 / kPi), j0_cur = 0.5;  // e_k, j_k(0)
+    if (n >= 1) {
+      const double j1 = far ? h * (0.5 / kPi) : (sqrt(sin2) + (kPi - theta) * cos_t) * (0.5 / kPi);
+      e_cur = far ? 0.5 - h * (0.5 / kPi) : (kPi * vers - h) * (0.5 / kPi);
+      g_cur = (r + (kPi - theta) * c) * (0.5 / kPi);
+      if (far) g_cur = s * h * (0.5 / kPi);
+      j_prev2 = j_prev;
+      j_prev = j1;
+      for (int k = 2; k <= n; ++k) {
+        const double j_k = (2.0 * k - 1.0) * cos_t * j_prev + double((k - 1) * (k - 1)) * sin2 * j_prev2;
+        const double e_k = (2.0 * k - 1.0) * (th_vers * j0_cur + cos_t * e_cur) -
+                           double((k - 1) * (k - 1)) * sin2 * j_prev2;
+        const double g_k = (2.0 * k - 1.0) * c * g_cur + double((k - 1) * (k - 1)) * p.r2 * g_prev;
+        j0_cur = (2.0 * k - 1.0) * j0_cur;
+        e_cur = e_k;
         j_prev2 = j_prev;
-        j_prev = j1;
-        for (int k = 2; k <= n; ++k) {
-          const double j_k = (2.0 * k - 1.0) * cos_t * j_prev + double((k - 1) * (k - 1)) * sin2 * j_prev2;
-          const double e_k = (2.0 * k - 1.0) * (th_vers * j0_cur + cos_t * e_cur) -
-                             double((k - 1) * (k - 1)) * sin2 * j_prev2;
-          const double g_k = (2.0 * k - 1.0) * c * g_cur + double((k - 1) * (k - 1)) * p.r2 * g_prev;
-          j0_cur = (2.0 * k - 1.0) * j0_cur;
-          e_cur = e_k;
-          j_prev2 = j_prev;
-          j_prev = j_k;
-          g_prev = g_cur;
-          g_cur = g_k;
-        }
+        j_prev = j_k;
+        g_prev = g_cur;
+        g_cur = g_k;
       }
-      p.c = g_cur;
-      if (WithNtk) p.t = n == 0 ? 0.0 : double(n) * double(n) * g_prev * p.t;
-      const double one_minus = e_cur / j0_cur;
-      exact_set_from_rho(out, one_minus, 2.0 - one_minus, p);
-      return;
     }
-    case kDense:
-    case kIdentity:
-    case kErf:
-    case kGelu:
-    case kSin:
-    case kRbf:
-    case kExp:
-    case kExpNormalized:
-    case kGaussian:
-    case kGabor:
-    case kPolynomial:
-    case kHermite:
-      break;
+    p.c = g_cur;
+    if (WithNtk) p.t = n == 0 ? 0.0 : double(n) * double(n) * g_prev * p.t;
+    const double one_minus = e_cur / j0_cur;
+    exact_set_from_rho(out, one_minus, 2.0 - one_minus, p);
   }
 }
 
@@ -320,7 +309,3 @@ NTKFAST_HD bool exact_pair_entry(const ProgramView& prog, const T* x1, const T* 
 
 }  // namespace NTKFAST_ISA_NAMESPACE
 }  // namespace ntkfast
-
-#if defined(__GNUC__)
-#pragma GCC diagnostic pop
-#endif
