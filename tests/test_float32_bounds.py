@@ -8,7 +8,9 @@ import pytest
 import ntkfast as nf
 
 # max |K32 - K64| / max |K64| of the NTK; measured at d = 784 (README): generic 3e-8 to 6e-8,
-# near-duplicates 2e-4 / 5e-4 / 1.5e-3 at depths 1 / 3 / 10. Bounds with 2x headroom.
+# near-duplicates 1.5e-5 / 4.5e-5 / 1.4e-4 at depths 1 / 3 / 10, at 1 - ρ just above the exact
+# near-parallel path's 2^-16 (exact_pair.hpp; below it they are generic; before it, 4.8e-4 / 1.4e-3
+# / 4.6e-3 at 1 - ρ ~ 5e-6). Bounds kept from then.
 GENERIC_BOUND = 1.2e-7
 NEAR_DUPLICATE_BOUND = {1: 4e-4, 3: 1e-3, 10: 3e-3}
 

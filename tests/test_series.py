@@ -364,3 +364,23 @@ def test_sklearn_gradient_refuses_series_activations():
     assert np.allclose(kernel(x), want, rtol=1e-12, atol=0)
     with pytest.raises(NotImplementedError, match="Tanh"):
         kernel(x, eval_gradient=True)
+
+
+def test_near_parallel_inputs_with_series_layers():
+    """Closed forms recompute near-parallel pairs exactly (exact_pair.hpp); Series layers have no
+    such form, and a network mixing both must still give finite values within the stated bound."""
+    rng = np.random.default_rng(15)
+    x = rng.standard_normal((4, 9))
+    x[1] = x[0] + 1e-9 * rng.standard_normal(9)
+    x[2] = 2.5 * x[3]
+    net = nf.serial(nf.Dense(None, 1.3, 0.1), nf.Relu(), nf.Dense(None, 1.3, 0.1), nf.Silu(),
+                    nf.Dense(1, 1.3, 0.1))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        k = nf.gram(x, net=net)
+    bound = _warned_bound(caught) or 1e-10
+    for name in ("nngp", "ntk"):
+        m = getattr(k, name)
+        assert np.all(np.isfinite(m))
+        # x[1] is x[0] to 1e-9: its entries differ from the diagonal by O(1e-9), plus the bound.
+        assert abs(m[0, 1] - m[0, 0]) <= 1e-7 * m[0, 0] + bound * np.abs(m).max()

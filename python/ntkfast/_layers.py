@@ -409,11 +409,12 @@ class ABRelu(_Activation):
 
 
 def _abrelu_params(owner, a, b, a_name, b_name):
-    """((a-b)²/(2π), (a²+b²)/2), each finite or a ValueError naming the parameters."""
+    """((a-b)²/(2π), (a²+b²)/2, a·b), each finite or a ValueError naming the parameters (a·b: the
+    exact constant (a²+b²)/2 - π·(a-b)²/(2π) of the map near ρ = -1, for the engines' exact path)."""
     hint = f"|{a_name}| and |{b_name}| must be below {_SQRT_MAX / 2:.2g}"
     diff = _finite(owner, f"({a_name} - {b_name})**2", (a - b) * (a - b), hint)
     total = _finite(owner, f"{a_name}**2 + {b_name}**2", a * a + b * b, hint)
-    return diff / (2 * math.pi), total / 2
+    return diff / (2 * math.pi), total / 2, a * b
 
 
 @_frozen

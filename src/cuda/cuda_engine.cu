@@ -14,7 +14,9 @@
 //   scale_rows    the GEMM's x·2^-e copy of a point set with rows outside the safe range.
 //   gram_tile     per tile, after the plan's cuBLAS GEMM of x_I · x_Jᵀ (of rows x·2^-e when
 //                 scale exponents are given, multiplied back here): c = (x_i · x_j)/d snapped
-//                 to ±√(q1 q2) when |ρ| is within snap_tol of 1, t = 0, then every op.
+//                 to ±√(q1 q2) when |ρ| is within snap_tol of 1, t = 0, then every op; when
+//                 the plan passes the input rows, entries whose |ρ| is near 1 are flagged and
+//                 near_parallel_kernel redoes them from the rows (exact_pair.hpp, as on the CPU).
 //
 // Layout: row-major everywhere. A block of 32 x 8 threads owns a 32 x 32 sub-tile; thread (x, y)
 // computes rows y, y + 8, y + 16, y + 24 of column x and writes them along j (coalesced). For the
@@ -38,6 +40,7 @@
 
 #include "cuda_check.cuh"
 #include "cuda_engine.hpp"
+#include "ntkfast/exact_pair.hpp"
 #include "ntkfast/layer_math.hpp"
 #include "ntkfast/program.hpp"
 #include "ntkfast/row_step.hpp"
@@ -200,18 +203,33 @@ struct TileParams {
   const int32_t* scale_exp2;
   const int32_t* rescale1;    // per op and row (row_pass_kernel); null: no row rescaled
   const int32_t* rescale2;
+  const T* x1;  // null: no exact near-parallel path
+  const T* x2;
+  int64_t d;
+  unsigned* near_flag;  // with x1: set where an entry is near-parallel
   bool diagonal;
 };
+
+// The snapped input c = (x_i · x_j)/d of entry (i, j), and s = √(q1 q2).
+template <class T>
+__device__ __forceinline__ void input_entry(const TileParams<T>& a, int64_t i, int64_t j, double& c,
+                                            double& s) {
+  c = double(a.gram[i * a.ld_gram + j]);
+  if (a.scale_exp1) c = ldexp(c, a.scale_exp1[i] + a.scale_exp2[j]);  // exact: see gemm_scale_exponent
+  c = c * a.inv_d;
+  s = pair_scale(a.q1[i], a.q2[j], a.sq1[i], a.sq2[j]);
+  c = snap_input_correlation(c, s, a.snap_tol);
+}
 
 // (c, t) of entry (i, j) of a tile: the CPU engine's tile_impl (cpu_kernels.cpp) for one entry.
 template <bool WithNtk, class T>
 __device__ __forceinline__ void tile_entry(const TileParams<T>& a, int64_t i, int64_t j, double& c,
                                            double& t) {
-  c = double(a.gram[i * a.ld_gram + j]);
-  if (a.scale_exp1) c = ldexp(c, a.scale_exp1[i] + a.scale_exp2[j]);  // exact: see gemm_scale_exponent
-  c = c * a.inv_d;
-  c = snap_input_correlation(c, pair_scale(a.q1[i], a.q2[j], a.sq1[i], a.sq2[j]), a.snap_tol);
+  double s;
+  input_entry(a, i, j, c, s);
   t = 0.0;
+  // |ρ| near 1: near_parallel_kernel redoes the entry from the rows (a benign race: all write 1).
+  if (a.near_flag && near_parallel(c, s)) *a.near_flag = 1u;
   for (int k = 0; k < a.n_ops; ++k) {
     const int64_t o1 = k * a.stride1 + i, o2 = k * a.stride2 + j;
     const PairStats<double> ps{a.q1[o1], a.q2[o2], a.sq1[o1], a.sq2[o2]};
@@ -270,6 +288,35 @@ __global__ void __launch_bounds__(kTileDim * kBlockRows) tile_kernel(const TileP
     if (i >= a.rows || jj >= a.cols || (a.diagonal && jj <= i)) continue;
     if (a.nngp_mirror) a.nngp_mirror[jj * a.ld_nngp_mirror + i] = s_nngp[tx][lj];
     if (WithNtk && a.ntk_mirror) a.ntk_mirror[jj * a.ld_ntk_mirror + i] = s_ntk[WithNtk ? tx : 0][lj];
+  }
+}
+
+// The entries of a tile whose input |ρ| is near 1, again from the input rows (exact_pair.hpp, as
+// the CPU engine), over what tile_kernel wrote there. A pass of its own, run after tile_kernel,
+// so that the rare path costs the tile kernel no registers (called from it, it took 63 -> 80
+// registers and spills); it returns at once unless tile_kernel flagged an entry of this tile.
+template <class T, bool WithNtk>
+__global__ void __launch_bounds__(256) near_parallel_kernel(const TileParams<T> a) {
+  if (*a.near_flag == 0u) return;
+  const int64_t total = a.rows * a.cols;
+  for (int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
+       idx += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t i = idx / a.cols, j = idx % a.cols;
+    if (a.diagonal && j <= i) continue;
+    double c, s, t = 0.0;
+    input_entry(a, i, j, c, s);
+    if (!near_parallel(c, s)) continue;
+    if (!exact_pair_entry<WithNtk>(ProgramView{a.ops, a.n_ops, a.pool}, a.x1 + i * a.d,
+                                   a.x2 + j * a.d, a.d, a.inv_d, a.q1 + i, a.sq1 + i,
+                                   a.rescale1 ? a.rescale1 + i : nullptr, a.stride1, a.q2 + j,
+                                   a.sq2 + j, a.rescale2 ? a.rescale2 + j : nullptr, a.stride2, c, t))
+      continue;  // declined (identical rows, ...): tile_kernel's value stands
+    if (a.nngp) a.nngp[i * a.ld_nngp + j] = T(c);
+    if (a.nngp_mirror) a.nngp_mirror[j * a.ld_nngp_mirror + i] = T(c);
+    if (WithNtk) {
+      a.ntk[i * a.ld_ntk + j] = T(t);
+      if (a.ntk_mirror) a.ntk_mirror[j * a.ld_ntk_mirror + i] = T(t);
+    }
   }
 }
 
@@ -339,11 +386,21 @@ void launch_tile(const TileArgs& a, cudaStream_t stream) {
   p.scale_exp2 = as_ptr<const int32_t>(a.scale_exp2);
   p.rescale1 = as_ptr<const int32_t>(a.rescale1);
   p.rescale2 = as_ptr<const int32_t>(a.rescale2);
+  p.x1 = as_ptr<const T>(a.x1);
+  p.x2 = as_ptr<const T>(a.x2);
+  p.d = a.d;
+  p.near_flag = p.x1 ? as_ptr<unsigned>(a.near_flag) : nullptr;
   p.diagonal = a.diagonal;
+  if (p.near_flag) NTKFAST_CUDA_CHECK(cudaMemsetAsync(p.near_flag, 0, sizeof(unsigned), stream));
   const dim3 grid(unsigned((a.cols + kTileDim - 1) / kTileDim), unsigned((a.rows + kTileDim - 1) / kTileDim));
   const dim3 block(kTileDim, kBlockRows);
   tile_kernel<T, WithNtk><<<grid, block, 0, stream>>>(p);
   NTKFAST_CUDA_CHECK_LAUNCH("tile_kernel");
+  if (p.near_flag) {
+    const int64_t blocks = std::min<int64_t>((a.rows * a.cols + 255) / 256, 1024);
+    near_parallel_kernel<T, WithNtk><<<unsigned(blocks), 256, 0, stream>>>(p);
+    NTKFAST_CUDA_CHECK_LAUNCH("near_parallel_kernel");
+  }
 }
 
 std::string version_string(int v) {
@@ -431,6 +488,8 @@ void gram_tile(Dtype dtype, const TileArgs& a, int device, uintptr_t stream) {
   require(a.gram != 0 && a.q1 != 0 && a.sq1 != 0 && a.q2 != 0 && a.sq2 != 0, "gram_tile: null input");
   require(a.ld_gram >= a.cols, "gram_tile: ld_gram < cols");
   require((a.scale_exp1 == 0) == (a.scale_exp2 == 0), "gram_tile: give both scale tables or neither");
+  require((a.x1 == 0) == (a.x2 == 0) && (a.x1 == 0 || a.near_flag != 0),
+          "gram_tile: give both input row sets and the flag word, or none of them");
   require(a.stride1 > 0 && a.stride2 > 0, "gram_tile: table strides must be positive");
   require(a.prog.n_ops >= 0 && (a.prog.n_ops == 0 || a.prog.ops != 0), "gram_tile: no program");
   require(a.nngp == 0 || a.ld_nngp >= a.cols, "gram_tile: ld_nngp < cols");

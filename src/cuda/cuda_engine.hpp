@@ -112,6 +112,12 @@ struct TileArgs {
   // Optional rescale tables (DeviceRowTables::rescale, either may be 0) offset to the tile's first
   // row / column, with the strides stride1 / stride2.
   uintptr_t rescale1 = 0, rescale2 = 0;
+  // Optional (both or neither) input rows, C-contiguous with d features, offset to the tile's
+  // first row / column: entries whose input |ρ| is near 1 are recomputed from them
+  // (exact_pair.hpp, as the CPU engine). 0: the ordinary path only.
+  uintptr_t x1 = 0, x2 = 0;
+  int64_t d = 0;
+  uintptr_t near_flag = 0;  // with x1, x2: 4 bytes of device scratch for the tile's kernels
 };
 void gram_tile(Dtype dtype, const TileArgs& args, int device, uintptr_t stream);
 

@@ -150,6 +150,10 @@ class DeviceExecutor final : public TileExecutor {
     if (a.scale_exp2) a.scale_exp2 += uintptr_t(4 * j0);
     if (a.rescale1) a.rescale1 += uintptr_t(4 * i0);
     if (a.rescale2) a.rescale2 += uintptr_t(4 * j0);
+    if (a.x1) {
+      a.x1 += uintptr_t(i0 * a.d * itemsize_);
+      a.x2 += uintptr_t(j0 * a.d * itemsize_);
+    }
     a.diagonal = step.diagonal;
     a.diag_nngp = a.diag_ntk = 0;
     const PlanSpec& spec = plan_.spec();
@@ -287,7 +291,8 @@ GramPlan::GramPlan(PlanSpec spec)
   };
   layout_.ops = take(int64_t(spec_.ops.size()));
   layout_.pool = take(int64_t(spec_.pool.size()) * 8);
-  layout_.status = take(kRowStatsStatusBytes);
+  // row_stats's status words, then the tiles' near-parallel flag (cuda_engine.hpp)
+  layout_.status = take(kRowStatsStatusBytes + 8);
   const int64_t n_max = std::max(schedule_.n1(), spec_.symmetric ? 0 : schedule_.n2());
   layout_.stride = std::max<int64_t>(32, (n_max + 31) / 32 * 32);
   const int64_t rows = int64_t(n_ops_) + 1, stride = layout_.stride;
@@ -394,6 +399,13 @@ void GramPlan::run(const RunArgs& args) {
   if (scaled) {
     base.scale_exp1 = ws + uintptr_t(t1.scale);
     base.scale_exp2 = ws + uintptr_t(t2.scale);
+  }
+  // The unscaled rows, for the exact near-parallel path (exact_pair.hpp).
+  if (spec_.d > 0) {
+    base.x1 = args.x1;
+    base.x2 = spec_.symmetric ? args.x1 : args.x2;
+    base.d = spec_.d;
+    base.near_flag = ws + uintptr_t(layout_.status + kRowStatsStatusBytes);
   }
   if (flags_[0].any_rescaled) base.rescale1 = ws + uintptr_t(t1.rescale);
   if (flags_[1].any_rescaled) base.rescale2 = ws + uintptr_t(t2.rescale);

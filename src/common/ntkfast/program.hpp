@@ -13,7 +13,7 @@ namespace ntkfast {
 //   Dense              p0 = W², p1 = b², p2 = α (NTK weight of c_old: n_in for 'standard', 0 for
 //                      'ntk'), p3 = β (+1 for a bias under 'standard'), p4 = γ (1 for 'ntk': t
 //                      gets c_new)
-//   ABRelu             p0 = (a-b)²/(2π), p1 = (a²+b²)/2
+//   ABRelu             p0 = (a-b)²/(2π), p1 = (a²+b²)/2, p2 = a·b (exact_pair.hpp near ρ = -1)
 //   Erf                p0 = a², p1 = b², p2 = c²  (a·erf(b·x) + c)
 //   Sin                p0 = a²/2, p1 = b², p2 = cos(2c)  (a·sin(b·x + c))
 //   Rbf                p0 = γ

@@ -12,12 +12,15 @@
 // Invariants: the GEMM result is read once and the outputs are written once per entry; the
 // per-row tables are read as whole vectors past the last row (they are padded, cpu_kernels.hpp);
 // a Gram entry goes through exactly the operations of row_step.hpp's per-row recursion, in the
-// same order, so a duplicate row equals the diagonal to the last bit.
+// same order, so a duplicate row equals the diagonal to the last bit. Entries whose input |ρ| is
+// near 1 (a mask test per chunk, in the snap's pass) take their values from the input rows
+// instead (exact_pair.hpp): rare, scalar, out of line, so a chunk without them costs one branch.
 // Only the C library and this directory's headers are used here: no standard-library templates,
 // whose out-of-line copies the linker could share with code compiled for another ISA.
 #include <cstring>
 
 #include "simd.hpp"
+#include "ntkfast/exact_pair.hpp"
 #include "ntkfast/layer_math.hpp"
 #include "ntkfast/row_step.hpp"
 #include "cpu_kernels.hpp"
@@ -305,6 +308,34 @@ bool row_pass(ProgramView prog, int64_t n, RowTables tab, double* ntk_diag) {
   return row_pass_impl<false>(prog, n, tab, nullptr);
 }
 
+// The near-parallel entries of a chunk, from the input rows (exact_pair.hpp), before the vector
+// passes run (c: the snapped input Gram): their (c, t) go to c_exact, t_exact, and the result has
+// bit j set where entry j is to be replaced. Out of line and only called for a chunk with such an
+// entry, so the common path pays one mask test per chunk.
+template <bool WithNtk, class T>
+__attribute__((noinline)) uint64_t exact_pairs(const TileArgs<T>& a, int64_t i, int64_t j0, int m,
+                                               const double* c, double* c_exact, double* t_exact) {
+  static_assert(kChunk <= 64, "one bit per entry");
+  const RowTables &r1 = a.rows1, &r2 = a.rows2;
+  vmask near[kChunk / kLanes];
+  const vdouble q1 = splat<vdouble>(r1.q[i]), sq1 = splat<vdouble>(r1.sq[i]);
+  for (int p = 0; p < kChunk; p += kLanes)
+    near[p / kLanes] = near_parallel(load(c + p), pair_scale(q1, load(r2.q + j0 + p), sq1,
+                                                             load(r2.sq + j0 + p)));
+  uint64_t bits = 0;
+  for (int j = 0; j < m; ++j) {
+    if (!near[j / kLanes][j % kLanes]) continue;
+    const int64_t jj = j0 + j;
+    if (exact_pair_entry<WithNtk>(a.prog, a.x1 + i * a.n_features, a.x2 + jj * a.n_features,
+                                  a.n_features, a.inv_d, r1.q + i, r1.sq + i,
+                                  r1.rescale ? r1.rescale + i : nullptr, r1.stride, r2.q + jj,
+                                  r2.sq + jj, r2.rescale ? r2.rescale + jj : nullptr, r2.stride,
+                                  c_exact[j], t_exact[j]))
+      bits |= uint64_t(1) << j;
+  }
+  return bits;
+}
+
 template <class T, bool WithNtk>
 void tile_impl(const TileArgs<T>& a) {
   alignas(64) double c[kChunk];
@@ -324,10 +355,18 @@ void tile_impl(const TileArgs<T>& a) {
       } else {
         for (int j = 0; j < kChunk; ++j) c[j] = j < m ? double(g[j]) * a.inv_d : 0.0;
       }
+      vmask near{};  // any entry whose input |ρ| is near 1 (exact_pair.hpp): rare
       for (int p = 0; p < kChunk; p += kLanes) {
         const vdouble s = pair_scale(q1, load(a.rows2.q + j0 + p), sq1, load(a.rows2.sq + j0 + p));
-        store(c + p, snap_input_correlation(load(c + p), s, a.snap_tol));
+        const vdouble cs = snap_input_correlation(load(c + p), s, a.snap_tol);
+        near |= near_parallel(cs, s);
+        store(c + p, cs);
       }
+      bool any_near = false;
+      for (int l = 0; l < kLanes; ++l) any_near |= near[l] != 0;
+      uint64_t exact = 0;
+      alignas(64) double c_exact[kChunk], t_exact[kChunk];
+      if (any_near && a.x1) exact = exact_pairs<WithNtk>(a, i, j0, int(m), c, c_exact, t_exact);
       if (WithNtk)
         for (int j = 0; j < kChunk; ++j) t[j] = 0.0;
       if (m == kChunk)
@@ -336,6 +375,12 @@ void tile_impl(const TileArgs<T>& a) {
       else
         run_program_chunk<WithNtk, false>(a.prog, a.rows1, i, a.rows2, j0, int(m),
                                           a.series_tails, c, t);
+      if (exact)
+        for (int j = 0; j < m; ++j)
+          if (exact >> j & 1) {
+            c[j] = c_exact[j];
+            if (WithNtk) t[j] = t_exact[j];
+          }
       if (a.nngp) {
         T* out = a.nngp + i * a.ld_nngp + j0;
         for (int64_t j = 0; j < m; ++j) out[j] = T(c[j]);

@@ -52,6 +52,11 @@ struct TileArgs {
   // safe range): entry (i, j) is multiplied back by 2^(e1[i] + e2[j]). Offset like rows1/rows2.
   const int32_t* scale_exp1 = nullptr;
   const int32_t* scale_exp2 = nullptr;
+  // The input rows (row-major, n_features each), offset like rows1/rows2: entries whose input |ρ|
+  // is near 1 are recomputed from them (exact_pair.hpp). Null: no such recomputation.
+  const T* x1 = nullptr;
+  const T* x2 = nullptr;
+  int64_t n_features = 0;
   SeriesTails* series_tails = nullptr;  // per thread; null without Series ops
 };
 

@@ -609,6 +609,10 @@ void compute_gram(const Program& prog, const T* x1, int64_t n1, const T* x2, int
                          diagonal_tile,
                          scaled ? stats1.scale_exp.data() + i0 : nullptr,
                          scaled ? stats2.scale_exp.data() + j0 : nullptr,
+                         // Series ops have no exact-pair form (exact_pair.hpp): not recomputed.
+                         has_series ? nullptr : x1 + i0 * n_features,
+                         has_series ? nullptr : xb + j0 * n_features,
+                         n_features,
                          has_series ? &tails : nullptr};
         if constexpr (std::is_same<T, double>::value)
           kernels.tile_f64(args);
