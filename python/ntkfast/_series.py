@@ -160,7 +160,8 @@ _INTERPOLATION_RTOL = 4e-15
 @lru_cache(maxsize=512)
 def _octave(layer, degree, octave):
     """The interpolant of the tables over √q in [2^octave, 2^(octave+1)): (Chebyshev values at
-    _CHEB nodes in log2 √q, the largest tails of the node values), or None where it misses direct
+    _CHEB nodes in log2 √q, the square roots of the nodes' tails of A and of B, (_CHEB,
+    degree + 2) each), or None where it misses direct
     values at the check points by more than _INTERPOLATION_RTOL of the scale (then rows are
     computed one by one). Cached per layer and octave."""
     t_nodes = _cheb_nodes()
@@ -177,18 +178,7 @@ def _octave(layer, degree, octave):
     if not ok:
         return None
     tail_a, tail_b = _tails(values, degree)
-    return values, tail_a.max(axis=1), tail_b.max(axis=1)
-
-
-def _lebesgue(t_nodes, t):
-    """Σ_j |L_j(t)| of the interpolant's Lagrange basis at each t (its Lebesgue function)."""
-    k = np.arange(t_nodes.size)
-    w = (-1.0) ** k * np.sin((2 * k + 1) * np.pi / (2 * t_nodes.size))
-    diff = t[:, None] - t_nodes[None, :]
-    diff[diff == 0] = np.inf  # at a node: that node's basis function is 1, the others 0
-    kernel = w / diff
-    total = np.abs(kernel.sum(axis=1))
-    return np.where(total > 0, np.abs(kernel).sum(axis=1) / np.where(total > 0, total, 1), 1.0)
+    return values, np.sqrt(tail_a.T), np.sqrt(tail_b.T)
 
 
 def coefficients(layer, q, degree):
@@ -202,9 +192,9 @@ def _coefficients(layer, q, degree):
     which the engine's exact duplicate rows rely on.
 
     Interpolated rows: one product of every octave's node values with the rows' barycentric
-    weights (zero outside the row's octave). Their tails are bounded through the interpolant:
-    with Lebesgue factor Λ, √tail(k) <= Λ·√(largest node tail(k)) + √(degree + 1)·(interpolation
-    error)."""
+    weights L_j (zero outside the row's octave). Their tails are bounded through the interpolant
+    (the triangle inequality on the tail's coefficients): √tail(k) <= Σ_j |L_j|·√tail_j(k) +
+    √(degree + 1)·(interpolation error)."""
     s = np.sqrt(np.maximum(q, 0.0))
     rows_total = table_rows(degree)
     out = np.empty((rows_total, s.size))
@@ -229,18 +219,18 @@ def _coefficients(layer, q, degree):
         if cached is None:  # not smooth enough in q at this resolution: per row
             exact(rows, _direct(layer, s[rows], degree))
             continue
-        values, node_tail_a, node_tail_b = cached
+        values, root_tail_a, root_tail_b = cached
         t = 2 * (np.log2(s[rows]) - g) - 1
         w = np.zeros((s.size, _CHEB))
         w[rows] = _barycentric_weights(t_nodes, t)
         node_values.append(values)
         weights.append(w)
         interpolated[rows] = True
-        lam = _lebesgue(t_nodes, t).max()
-        for tail, node_tail, m in ((tails[0], node_tail_a, values[0]),
-                                   (tails[1], node_tail_b, values[1])):
-            bound = (lam * np.sqrt(node_tail) + slack * math.sqrt(np.abs(m).max())) ** 2
-            np.maximum(tail, bound, out=tail)
+        magnitude = np.abs(w[rows])
+        for tail, root_tail, m in ((tails[0], root_tail_a, values[0]),
+                                   (tails[1], root_tail_b, values[1])):
+            bound = (magnitude @ root_tail).max(axis=0) + slack * math.sqrt(np.abs(m).max())
+            np.maximum(tail, bound ** 2, out=tail)
     if node_values:
         block = np.concatenate(node_values, axis=1) @ np.concatenate(weights, axis=1).T
         if interpolated.all():
