@@ -952,7 +952,7 @@ def _series_degree(owner, value):
 class _SeriesActivation(_Activation):
     """An activation whose dual kernels are Hermite series (Mehler's formula): exact to the
     tolerance of the output dtype except where a series of degree ``deg`` cannot reach it (pairs
-    of inputs with |ρ| near 1 at large variances), which is reported by a RuntimeWarning with
+    of inputs with ``|ρ|`` near 1 at large variances), which is reported by a RuntimeWarning with
     the bound of the error."""
 
     __slots__ = ()
@@ -982,7 +982,7 @@ class Tanh(_SeriesActivation):
     of the docs), its dual kernels are Hermite series (Mehler's formula) whose per-row
     coefficients come from quadrature and whose terms the engine sums per entry, as many as the
     entry's correlation needs for float64 accuracy (1e-14 of the layer's largest value), up to
-    ``deg``. Where ``deg`` terms cannot reach 1e-10 (pairs with |ρ| near 1 at large variances), a
+    ``deg``. Where ``deg`` terms cannot reach 1e-10 (pairs with ``|ρ|`` near 1 at large variances), a
     RuntimeWarning states the bound of the error. CPU only for now.
 
     Parameters
@@ -1089,7 +1089,7 @@ class Silu(_SeriesActivation):
 class Elu(_SeriesActivation):
     """ELU, ``x`` for x > 0 and ``α(e^x − 1)`` otherwise (Hermite series of degree ``deg``; see
     :class:`Tanh`). Its kink at 0 (in φ'' for α = 1, in φ' otherwise) makes the series converge
-    slowly for pairs with |ρ| near 1: there a warning states the bound of the error.
+    slowly for pairs with ``|ρ|`` near 1: there a warning states the bound of the error.
 
     Parameters
     ----------
@@ -1190,7 +1190,7 @@ class ElementwiseNumerical(_SeriesActivation):
         φ, vectorised: ``fn(x)`` for a float64 array returns an array of its shape.
     deg : int
         Degree of the Hermite series (default 256, at most ``MAX_SERIES_DEGREE``). Unlike
-        neural-tangents' quadrature degree, a larger deg only matters for pairs with |ρ| near 1.
+        neural-tangents' quadrature degree, a larger deg only matters for pairs with ``|ρ|`` near 1.
     df : callable, optional
         φ', vectorised. Without it φ' comes from a 6th-order finite difference (relative error
         ~1e-12; kinks are allowed at 0 only).
