@@ -268,8 +268,9 @@ def test_engine_exports_op_kinds_and_limits():
     assert _core.OP_KINDS == {
         "Dense": 0, "Identity": 1, "ABRelu": 2, "Erf": 3, "Gelu": 4, "Sin": 5, "Rbf": 6, "Exp": 7,
         "ExpNormalized": 8, "Gaussian": 9, "Gabor": 10, "Sign": 11, "RectifiedMonomial": 12,
-        "Polynomial": 13, "Hermite": 14}
+        "Polynomial": 13, "Hermite": 14, "Series": 15}
     assert _core.MAX_DEGREE == 24 and isinstance(_core.MAX_DEGREE, int)
+    assert _core.MAX_SERIES_DEGREE == 1024 and isinstance(_core.MAX_SERIES_DEGREE, int)
     assert _core.in_forked_child() is False
 
 
@@ -325,3 +326,30 @@ def test_engine_unrepresentable_input_variance_raises(tiny):
     x[3] = 0.0
     k = ntkfast.gram(x, net=net, get="nngp")
     assert np.all(k[3] == 0.0) and np.all(np.isfinite(k))
+
+
+def test_series_ops_are_validated_by_the_engine():
+    """A Series op whose tables are missing, short or misshapen is refused before any tile runs."""
+    kind = _core.OP_KINDS["Series"]
+    x = np.random.default_rng(0).standard_normal((5, 3))
+    dense = (_core.OP_KINDS["Dense"], 0, 0, [1.0, 0.0, 0.0, 0.0, 1.0])
+    prog = _core.Program([dense, (kind, 4, 0, [0.0, 0.0]), dense], [])
+    out = np.empty((5, 5))
+    tables = np.zeros((2 * 4 + 4, 5))
+    profiles = np.zeros((1, 6))
+    with _blas.single_threaded():
+        with pytest.raises(ValueError, match="rows of series tables"):
+            _core.gram(prog, x, None, out, None, 0, 0, None)
+        with pytest.raises(ValueError, match="rows of series tables"):
+            _core.gram(prog, x, None, out, None, 0, 0, None, tables[:5], None, profiles)
+        with pytest.raises(ValueError, match="series1: wrong shape"):
+            _core.gram(prog, x, None, out, None, 0, 0, None, np.zeros((12, 4)), None, profiles)
+        with pytest.raises(ValueError, match="tail profiles required"):
+            _core.gram(prog, x, None, out, None, 0, 0, None, tables, None, None)
+        with pytest.raises(ValueError, match="shorter than degree"):
+            _core.gram(prog, x, None, out, None, 0, 0, None, tables, None, profiles[:, :3])
+    for params in ([-1.0, 0.0], [0.5, 0.0], [0.0, 1e12]):
+        with pytest.raises(ValueError, match="malformed series op"):
+            _core.Program([dense, (kind, 4, 0, params), dense], [])
+    with pytest.raises(ValueError, match="degree out of range"):
+        _core.Program([(kind, 1025, 0, [0.0, 0.0])], [])
