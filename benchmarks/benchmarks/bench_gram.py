@@ -13,9 +13,10 @@ from baselines import numpy_gemm, numpy_kernels  # noqa: E402
 
 
 class Gram:
-    """Symmetric NNGP + NTK Gram of MLP(depth, activation, W_std=1.5, b_std=0.05), d = 784."""
+    """Symmetric NNGP + NTK Gram of MLP(depth, activation, W_std=1.5, b_std=0.05), d = 784 (tanh: a
+    Hermite-series activation, no closed form)."""
 
-    params = ([1000, 3000], [3, 10], ["float64", "float32"], ["relu", "erf"])
+    params = ([1000, 3000], [3, 10], ["float64", "float32"], ["relu", "erf", "tanh"])
     param_names = ["n", "depth", "dtype", "activation"]
     timeout = 300
 
