@@ -353,3 +353,23 @@ def test_series_ops_are_validated_by_the_engine():
             _core.Program([dense, (kind, 4, 0, params), dense], [])
     with pytest.raises(ValueError, match="degree out of range"):
         _core.Program([(kind, 1025, 0, [0.0, 0.0])], [])
+
+
+@pytest.mark.parametrize("n1,n2", [(1, None), (63, None), (65, None), (130, 3), (2, 129)])
+def test_series_layers_at_edge_sizes(n1, n2):
+    """Hermite-series layers read the per-row tables past the last row (the padding) and the
+    caller's tables in place: ragged sizes, both shapes (a slice run under ASan, tools/sanitize.sh)."""
+    rng = np.random.default_rng(n1)
+    x1 = rng.standard_normal((n1, 5))
+    x2 = None if n2 is None else rng.standard_normal((n2, 5))
+    net = ntkfast.serial(ntkfast.Dense(None, 1.4, 0.1), ntkfast.Tanh(deg=40),
+                         ntkfast.Dense(None, 1.4, 0.1), ntkfast.Elu(deg=40), ntkfast.Dense(1))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # deg 40: truncation warnings expected
+        k = ntkfast.gram(x1, x2, net=net)
+        k_t = ntkfast.gram(x2 if x2 is not None else x1, x1, net=net)
+    for name in ("nngp", "ntk"):
+        assert np.all(np.isfinite(getattr(k, name)))
+        np.testing.assert_allclose(getattr(k, name), getattr(k_t, name).T, rtol=1e-9, atol=1e-12)
