@@ -312,6 +312,8 @@ def test_user_callables_are_checked_and_named():
         run(lambda v: v.astype(complex))
     with pytest.raises(ValueError, match=r"ElementwiseNumerical.*non-finite"):
         run(np.tanh, df=lambda v: np.full_like(v, np.inf))
+    with pytest.raises(ValueError, match=r"ElementwiseNumerical.*read-only"):
+        run(lambda v: np.tanh(v, out=v))  # would move the quadrature nodes: refused
     with pytest.raises(TypeError, match="fn must be a callable"):
         nf.ElementwiseNumerical(3.0)
     with pytest.raises(TypeError, match="df must be a callable"):

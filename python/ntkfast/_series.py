@@ -76,7 +76,9 @@ def _hermite_weights(degree: int):
 
 
 def _checked(name, fn, x):
-    """fn(x) as a float64 array of x's shape, or an error naming the layer."""
+    """fn(x) as a float64 array of x's shape, or an error naming the layer. x is passed read-only:
+    a callable that wrote into its argument would change the nodes of later evaluations."""
+    x.flags.writeable = False
     try:
         y = fn(x)
     except Exception as error:  # a user callable: say which layer failed and why
