@@ -123,7 +123,10 @@ void series_chunk(const LayerOp& op, const RowTables& rows1, int64_t i, const Ro
     const double s = sq1 * sq2[j];
     const double r = s > 0 ? c[j] / s : 0.0;
     rho[j] = r > 1.0 ? 1.0 : (r < -1.0 ? -1.0 : r);
-    rho_max = __builtin_fabs(rho[j]) > rho_max ? __builtin_fabs(rho[j]) : rho_max;
+    // Duplicates take the exact diagonal below: their ρ = 1 must not set the chunk's terms.
+    const bool duplicate = c[j] == q1 && q2[j] == q1;
+    const double a = duplicate ? 0.0 : __builtin_fabs(rho[j]);
+    rho_max = a > rho_max ? a : rho_max;
   }
   for (int j = m; j < kChunk; ++j) rho[j] = 0.0;
   // The fewest terms n whose tail bound |ρ|^n profile[n] is <= 1 (profile[n] is non-increasing);
