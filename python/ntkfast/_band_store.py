@@ -31,7 +31,7 @@ from ._progress import Progress
 from ._validation import available_memory, human_bytes
 
 __all__ = ["band_bounds", "fill_band", "BandFile", "memory_product", "bands_product",
-           "file_product", "write_bands"]
+           "file_product", "write_bands", "transposed_vectors"]
 
 #: Bytes of one band of a file (two are held during a product, three while writing).
 FILE_BAND_BYTES = 64 << 20
@@ -80,7 +80,8 @@ def _apply_band(band, r0, c0, symmetric, transpose, vt, out, num_threads):
         _core.band_matmat(band, r0, c0, vt, None, out, None, band.shape[1], num_threads)
 
 
-def _transposed(v, n_out):
+def transposed_vectors(v, n_out):
+    """(V transposed, C-contiguous (k x n); zero outputs (k x n_out)): band_matmat's layout."""
     vt = np.ascontiguousarray(v.T)
     return vt, np.zeros((v.shape[1], n_out))
 
@@ -96,7 +97,7 @@ def memory_product(k, v, *, symmetric, transpose, num_threads, progress, desc):
 def bands_product(bands, shape, v, *, symmetric, transpose, num_threads, progress=False, desc=""):
     """The share of K @ V (Kᵀ @ V) of the given bands [((r0, r1, c0), array)], in float64 (all
     bands of K: the whole product)."""
-    vt, out = _transposed(v, shape[1] if transpose else shape[0])
+    vt, out = transposed_vectors(v, shape[1] if transpose else shape[0])
     with _progress(progress, desc, len(bands)) as step:
         for b, ((r0, _, c0), band) in enumerate(bands):
             _apply_band(band, r0, c0, symmetric, transpose, vt, out, num_threads)
@@ -211,7 +212,7 @@ def write_bands(store, compute_band, *, progress, desc):
 def file_product(store, v, *, transpose, num_threads, progress, desc):
     """K @ V (Kᵀ @ V) from a BandFile, in float64; band b + 1 is read while band b is used."""
     n1, n2 = store.shape
-    vt, out = _transposed(v, n2 if transpose else n1)
+    vt, out = transposed_vectors(v, n2 if transpose else n1)
     buffers = store.buffers(2)
     with concurrent.futures.ThreadPoolExecutor(1) as reader, \
             _progress(progress, desc, len(store.bounds)) as step:
