@@ -239,3 +239,46 @@ def test_memory_product_one_thread_and_two(rng, monkeypatch, dtype, k):
     for g in got:
         np.testing.assert_allclose(g, want, rtol=1e-13, atol=1e-13 * np.abs(want).max())
     np.testing.assert_allclose(got[0], got[1], rtol=1e-14, atol=1e-14 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_engine_symmetric_band_reads_the_upper_triangle_once(rng, dtype):
+    """A band of a symmetric kernel (its first columns its diagonal block): each entry of the
+    upper triangle serves its row and its column, the diagonal block's lower triangle is never
+    read (NaN there), for ragged row blocks, corners split between threads and 1 to 5 vectors;
+    every thread count gives the same within rounding."""
+    for rows, cols, k in [(1, 1, 1), (3, 3, 2), (5, 12, 3), (9, 9, 5), (13, 1100, 1),
+                          (20, 2100, 2), (700, 1400, 3)]:
+        r0, n = 7, 7 + cols + 4
+        band = rng.standard_normal((rows, cols)).astype(dtype)
+        wide = band.astype(np.float64)
+        band[np.tril_indices(rows, -1)] = np.nan
+        v = rng.standard_normal((k, n))
+        want = np.zeros((k, n))
+        upper = np.triu(wide)  # column >= row, band-relative: the rows' sums
+        want[:, r0:r0 + rows] += v[:, r0:r0 + cols] @ upper.T
+        want[:, r0:r0 + cols] += v[:, r0:r0 + rows] @ np.triu(wide, 1)  # the mirrored sums
+        scale = np.abs(upper).sum(axis=1).max() * 8
+        results = []
+        for threads in (1, 2, 3):
+            out = np.zeros((k, n))
+            _core.symmetric_band_matmat(band, r0, v, out, threads)
+            np.testing.assert_allclose(out, want, rtol=0, atol=1e-14 * scale)
+            results.append(out)
+        for out in results[1:]:
+            np.testing.assert_allclose(out, results[0], rtol=0, atol=1e-15 * scale)
+
+
+def test_engine_symmetric_band_refuses_bad_arguments(rng):
+    tall, v = rng.standard_normal((6, 4)), np.zeros((2, 10))
+    band = np.ascontiguousarray(tall.T)
+    with pytest.raises(ValueError, match="diagonal block"):
+        _core.symmetric_band_matmat(tall, 0, v, np.zeros((2, 10)), 1)
+    with pytest.raises(ValueError, match="alike"):
+        _core.symmetric_band_matmat(band, 0, v, np.zeros((3, 10)), 1)
+    with pytest.raises(ValueError, match="wrong shape"):
+        _core.symmetric_band_matmat(band, 7, v, np.zeros((2, 10)), 1)
+    with pytest.raises(ValueError, match="contiguous rows"):
+        _core.symmetric_band_matmat(tall.T, 0, v, np.zeros((2, 10)), 1)
+    with pytest.raises(TypeError):  # no silent copy of the output
+        _core.symmetric_band_matmat(band, 0, v, np.zeros((10, 2)).T, 1)

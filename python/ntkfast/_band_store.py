@@ -1,8 +1,9 @@
 """Stored kernels of :class:`ntkfast.KernelOperator`: products that read each stored entry once.
 
 A symmetric kernel is used as the bands of its upper triangle: band b holds rows [r0, r1) and
-columns [r0, n), and serves both its own rows (K[r0:r1, r0:] @ V[r0:]) and, mirrored, the rows
-right of its diagonal block (K[r0:r1, r1:]ᵀ @ V[r0:r1]), so a product reads N²/2 entries. A cross
+columns [r0, n), and each entry of the upper triangle serves both its row (K_ij v_j) and,
+mirrored, its column (K_ij v_i); of the band's diagonal block only the upper triangle is read, so
+a product reads N²/2 entries. A cross
 kernel is used as full row bands. The engine's ``band_matmat`` widens each entry in registers
 and sums in float64, so a float32 kernel costs half the memory traffic of a float64 one and
 never a float64 copy.
@@ -71,9 +72,8 @@ def fill_band(block, x, x2, r0, r1, out):
 
 def _apply_band(band, r0, c0, symmetric, transpose, vt, out, num_threads):
     """out (k × n) += this band's share of K @ V (or Kᵀ @ U), vectors transposed (vt: k × n)."""
-    rows = band.shape[0]
-    if symmetric:
-        _core.band_matmat(band, r0, c0, vt, vt, out, out, rows, num_threads)
+    if symmetric:  # c0 == r0: the band starts with its diagonal block
+        _core.symmetric_band_matmat(band, r0, vt, out, num_threads)
     elif transpose:
         _core.band_matmat(band, r0, c0, None, vt, None, out, 0, num_threads)
     else:

@@ -301,8 +301,7 @@ class KernelOperator:
             return file_product(self._store, v, transpose=transpose, num_threads=threads,
                                 progress=self.progress, desc=desc)
         k = self._matrix
-        if self._xp is not np or (k.dtype == np.float64 and v.shape[1] > 8):
-            # GPU arrays, or enough vectors for a float64 GEMM to beat one pass over K
+        if self._xp is not np:  # GPU arrays: cuBLAS
             return (k.T if transpose else k) @ v
         return memory_product(k, v, symmetric=self.symmetric, transpose=transpose,
                               num_threads=threads, progress=self.progress, desc=desc)
@@ -336,7 +335,9 @@ class KernelOperator:
                                         out=buffer[:rows * cols].reshape(rows, cols))
                     if transpose:  # cross operator: Kᵀ U, block by block
                         _core.band_matmat(block, i0, j0, None, vt, None, out, 0, threads)
-                    elif self.symmetric and j0 != i0:  # the mirror block, used without recomputing
+                    elif self.symmetric and i0 == j0:  # its upper triangle, each entry twice
+                        _core.symmetric_band_matmat(block, i0, vt, out, threads)
+                    elif self.symmetric:  # the mirror block, used without recomputing
                         _core.band_matmat(block, i0, j0, vt, vt, out, out, 0, threads)
                     else:
                         _core.band_matmat(block, i0, j0, vt, None, out, None, cols, threads)

@@ -141,31 +141,62 @@ NTKFAST_INLINE void rows_kernel(const T* band, int64_t ld, int64_t r, int64_t c0
   if (j < vec.k) rows_against<Sums, R, 1>(band, ld, r, c0, mirror, c1, vec, j, sums);
 }
 
+// The corner of R rows from row r of a triangular band (its first columns are its diagonal
+// block): columns [c0, c1) within [r, r + R), where row r + i reads only columns c >= r + i
+// (upper triangle) and mirrors only c > r + i.
+template <int R, class T>
+NTKFAST_INLINE void corner(const T* band, int64_t ld, int64_t r, int64_t c0, int64_t c1,
+                           const BandVectors& vec, double* sums) {
+  for (int64_t c = c0; c < c1; ++c)
+    for (int i = 0; i < R && r + i <= c; ++i) {
+      const double kc = double(band[(r + i) * ld + c]);
+      for (int64_t j = 0; j < vec.k; ++j) {
+        sums[(r + i) * vec.k + j] += kc * vec.v_cols[j * vec.ld_v_cols + c];
+        if (r + i < c) vec.out_cols[j * vec.ld_out_cols + c] += kc * vec.v_rows[j * vec.ld_v_rows + r + i];
+      }
+    }
+}
+
+// R rows from row r over columns [c0, c1): a plain band's (mirrored from `mirror` on), or a
+// triangular one's (the corner, then all R rows mirrored).
+template <bool Sums, int R, class T>
+NTKFAST_INLINE void rows_over(const T* band, int64_t ld, int64_t r, int64_t c0, int64_t mirror,
+                              int64_t c1, bool triangular, const BandVectors& vec, double* sums) {
+  if (triangular) {
+    const int64_t full = std::clamp(r + R, c0, c1);  // where all R rows read and mirror
+    corner<R>(band, ld, r, std::max(c0, r), full, vec, sums);
+    c0 = mirror = full;
+  }
+  rows_kernel<Sums, R>(band, ld, r, c0, mirror, c1, vec, sums);
+}
+
 // Columns [c0, c1) of the band, all rows (R at a time, then four, then one by one) and all
 // vectors; row sums into sums (rows x k).
 template <bool Sums, int R, class T>
 NTKFAST_INLINE void columns_kernel(const T* band, int64_t rows, int64_t ld, int64_t c0,
-                                   int64_t mirror, int64_t c1, const BandVectors& vec,
-                                   double* sums) {
+                                   int64_t mirror, int64_t c1, bool triangular,
+                                   const BandVectors& vec, double* sums) {
+  if (triangular) rows = std::min(rows, c1);  // rows below the columns read none of them
   int64_t r = 0;
-  for (; r + R <= rows; r += R) rows_kernel<Sums, R>(band, ld, r, c0, mirror, c1, vec, sums);
+  for (; r + R <= rows; r += R)
+    rows_over<Sums, R>(band, ld, r, c0, mirror, c1, triangular, vec, sums);
   if (R > 4 && r + 4 <= rows) {
-    rows_kernel<Sums, 4>(band, ld, r, c0, mirror, c1, vec, sums);
+    rows_over<Sums, 4>(band, ld, r, c0, mirror, c1, triangular, vec, sums);
     r += 4;
   }
-  for (; r < rows; ++r) rows_kernel<Sums, 1>(band, ld, r, c0, mirror, c1, vec, sums);
+  for (; r < rows; ++r) rows_over<Sums, 1>(band, ld, r, c0, mirror, c1, triangular, vec, sums);
 }
 
 // R: rows per block. 8 rows x 2 vectors keep 16 row sums in registers, which suits AVX-512's
 // 32 vector registers; AVX2's 16 take 4 x 2.
 template <int R, class T>
 NTKFAST_BAND_CLONES void columns(const T* band, int64_t rows, int64_t ld, int64_t c0,
-                                 int64_t mirror, int64_t c1, const BandVectors& vec,
-                                 double* sums) {
+                                 int64_t mirror, int64_t c1, bool triangular,
+                                 const BandVectors& vec, double* sums) {
   if (sums != nullptr)
-    columns_kernel<true, R>(band, rows, ld, c0, mirror, c1, vec, sums);
+    columns_kernel<true, R>(band, rows, ld, c0, mirror, c1, triangular, vec, sums);
   else
-    columns_kernel<false, R>(band, rows, ld, c0, mirror, c1, vec, sums);
+    columns_kernel<false, R>(band, rows, ld, c0, mirror, c1, triangular, vec, sums);
 }
 
 bool has_32_vector_registers() {
@@ -177,14 +208,21 @@ bool has_32_vector_registers() {
 #endif
 }
 
-}  // namespace
+// Entries of columns [0, c) of a triangular band of the given rows: column c' holds
+// min(c' + 1, rows) of them.
+int64_t triangular_entries(int64_t rows, int64_t c) {
+  const int64_t head = std::min(c, rows);
+  return head * (head + 1) / 2 + (c - head) * rows;
+}
 
+// The product of both public entry points: a plain band (columns from `mirror` on mirrored),
+// or a triangular one (symmetric_band_matmat).
 template <class T>
-void band_matmat(const T* band, int64_t rows, int64_t cols, int64_t ld, const BandVectors& vec,
-                 int64_t mirror, int num_threads) {
+void band_product(const T* band, int64_t rows, int64_t cols, int64_t ld, const BandVectors& vec,
+                  int64_t mirror, bool triangular, int num_threads) {
   const int64_t k = vec.k;
   if (rows <= 0 || cols <= 0 || k <= 0) return;
-  mirror = std::clamp<int64_t>(mirror, 0, cols);
+  mirror = triangular ? 0 : std::clamp<int64_t>(mirror, 0, cols);
   const bool rows_product = vec.out_rows != nullptr;
   if (!rows_product && mirror == cols) return;
   // Without row sums only the mirrored columns are read.
@@ -196,6 +234,23 @@ void band_matmat(const T* band, int64_t rows, int64_t cols, int64_t ld, const Ba
   // Each thread's row sums, added in thread order afterwards: the result does not depend on
   // which thread finished first.
   std::vector<double> sums(rows_product ? size_t(threads) * size_t(rows * k) : 0, 0.0);
+  // Each thread's contiguous share of the columns, as many entries each (a triangular band's
+  // first columns hold fewer), split at cache lines.
+  std::vector<int64_t> bounds(size_t(threads) + 1, cols);
+  bounds[0] = first;
+  for (int t = 1; t < threads; ++t) {
+    int64_t c = first + (cols - first) * t / threads;
+    if (triangular) {
+      const int64_t target = triangular_entries(rows, cols) * t / threads;
+      int64_t lo = 0, hi = cols;  // the first c with at least `target` entries left of it
+      while (lo < hi) {
+        const int64_t mid = lo + (hi - lo) / 2;
+        if (triangular_entries(rows, mid) < target) lo = mid + 1; else hi = mid;
+      }
+      c = lo;
+    }
+    bounds[size_t(t)] = std::clamp<int64_t>(c - c % 8, bounds[size_t(t) - 1], cols);
+  }
 
 #pragma omp parallel num_threads(threads) if (threads > 1)
   {
@@ -204,19 +259,14 @@ void band_matmat(const T* band, int64_t rows, int64_t cols, int64_t ld, const Ba
 #else
     const int t = 0;
 #endif
-    // The thread's contiguous share of the columns, split at cache lines.
-    auto bound = [&](int i) {
-      const int64_t c = first + (cols - first) * i / threads;
-      return i == threads ? cols : std::max(first, c - c % 8);
-    };
-    const int64_t begin = bound(t), end = bound(t + 1);
+    const int64_t begin = bounds[size_t(t)], end = bounds[size_t(t) + 1];
     double* my_sums = rows_product ? sums.data() + size_t(t) * size_t(rows * k) : nullptr;
     for (int64_t c0 = begin; c0 < end; c0 += strip) {
       const int64_t c1 = std::min(c0 + strip, end);
       if (wide)
-        columns<8>(band, rows, ld, c0, mirror, c1, vec, my_sums);
+        columns<8>(band, rows, ld, c0, mirror, c1, triangular, vec, my_sums);
       else
-        columns<4>(band, rows, ld, c0, mirror, c1, vec, my_sums);
+        columns<4>(band, rows, ld, c0, mirror, c1, triangular, vec, my_sums);
     }
   }
 
@@ -228,9 +278,34 @@ void band_matmat(const T* band, int64_t rows, int64_t cols, int64_t ld, const Ba
   }
 }
 
+}  // namespace
+
+template <class T>
+void band_matmat(const T* band, int64_t rows, int64_t cols, int64_t ld, const BandVectors& vec,
+                 int64_t mirror, int num_threads) {
+  band_product(band, rows, cols, ld, vec, mirror, false, num_threads);
+}
+
+template <class T>
+void symmetric_band_matmat(const T* band, int64_t rows, int64_t cols, int64_t ld, int64_t k,
+                           const double* v, int64_t ld_v, double* out, int64_t ld_out,
+                           int num_threads) {
+  BandVectors vec;
+  vec.k = k;
+  vec.v_cols = vec.v_rows = v;
+  vec.ld_v_cols = vec.ld_v_rows = ld_v;
+  vec.out_rows = vec.out_cols = out;
+  vec.ld_out_rows = vec.ld_out_cols = ld_out;
+  band_product(band, std::min(rows, cols), cols, ld, vec, 0, true, num_threads);
+}
+
 template void band_matmat<float>(const float*, int64_t, int64_t, int64_t, const BandVectors&,
                                  int64_t, int);
 template void band_matmat<double>(const double*, int64_t, int64_t, int64_t, const BandVectors&,
                                   int64_t, int);
+template void symmetric_band_matmat<float>(const float*, int64_t, int64_t, int64_t, int64_t,
+                                           const double*, int64_t, double*, int64_t, int);
+template void symmetric_band_matmat<double>(const double*, int64_t, int64_t, int64_t, int64_t,
+                                            const double*, int64_t, double*, int64_t, int);
 
 }  // namespace ntkfast
