@@ -108,17 +108,23 @@ void diagonal(const Program& prog, const CArray<T>& x, std::optional<CArray<T>> 
   ntkfast::compute_diagonal<T>(prog, x_ptr, n, d, nngp_ptr, ntk_ptr, num_threads);
 }
 
-// One band of a stored kernel against transposed vectors (band_product.hpp). The band may be a
-// row slice of a larger matrix (its rows strided); the vectors are C-contiguous (k, n) float64
-// arrays, indexed from row0 (rows of the band) and col0 (its columns).
+// A band may be a row slice of a larger matrix: its rows strided, each row contiguous.
+template <class T>
+void check_band(const py::array_t<T>& band) {
+  const auto item = py::ssize_t(sizeof(T));
+  if (band.ndim() != 2 || (band.shape(1) > 1 && band.strides(1) != item) ||
+      band.strides(0) % item != 0 || band.strides(0) < band.shape(1) * item)
+    throw std::invalid_argument("band must be a 2-D array with contiguous rows");
+}
+
+// One band of a stored kernel against transposed vectors (band_product.hpp); the vectors are
+// C-contiguous (k, n) float64 arrays, indexed from row0 (rows of the band) and col0 (its columns).
 template <class T>
 void band_matmat(const py::array_t<T>& band, int64_t row0, int64_t col0,
                  std::optional<CArray<double>> v_cols, std::optional<CArray<double>> v_rows,
                  std::optional<CArray<double>> out_rows, std::optional<CArray<double>> out_cols,
                  int64_t mirror, int num_threads) {
-  if (band.ndim() != 2 || (band.shape(1) > 1 && band.strides(1) != py::ssize_t(sizeof(T))) ||
-      band.strides(0) % py::ssize_t(sizeof(T)) != 0 || band.strides(0) < band.shape(1) * py::ssize_t(sizeof(T)))
-    throw std::invalid_argument("band must be a 2-D array with contiguous rows");
+  check_band(band);
   const int64_t rows = band.shape(0), cols = band.shape(1);
   const int64_t ld = std::max<int64_t>(band.strides(0) / py::ssize_t(sizeof(T)), 1);
   mirror = std::clamp<int64_t>(mirror, 0, cols);
@@ -164,9 +170,7 @@ void band_matmat(const py::array_t<T>& band, int64_t row0, int64_t col0,
 template <class T>
 void symmetric_band_matmat(const py::array_t<T>& band, int64_t row0, const CArray<double>& v,
                            CArray<double> out, int num_threads) {
-  if (band.ndim() != 2 || (band.shape(1) > 1 && band.strides(1) != py::ssize_t(sizeof(T))) ||
-      band.strides(0) % py::ssize_t(sizeof(T)) != 0 || band.strides(0) < band.shape(1) * py::ssize_t(sizeof(T)))
-    throw std::invalid_argument("band must be a 2-D array with contiguous rows");
+  check_band(band);
   const int64_t rows = band.shape(0), cols = band.shape(1);
   if (rows > cols)
     throw std::invalid_argument("symmetric_band_matmat: the band must hold its diagonal block "

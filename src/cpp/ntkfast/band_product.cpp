@@ -131,13 +131,14 @@ NTKFAST_INLINE void rows_against(const T* band, int64_t ld, int64_t r, int64_t c
                     Sums ? sums + r * vec.k + j0 : nullptr, vec.k);
 }
 
-// R rows from row r against all vectors, two at a time: the rows' strip stays in L1 while
+// R rows from row r against all vectors, two at a time: the rows' strip stays in cache while
 // the vectors pass.
 template <bool Sums, int R, class T>
 NTKFAST_INLINE void rows_kernel(const T* band, int64_t ld, int64_t r, int64_t c0, int64_t mirror,
                                 int64_t c1, const BandVectors& vec, double* sums) {
   int64_t j = 0;
-  for (; j + 2 <= vec.k; j += 2) rows_against<Sums, R, 2>(band, ld, r, c0, mirror, c1, vec, j, sums);
+  for (; j + 2 <= vec.k; j += 2)
+    rows_against<Sums, R, 2>(band, ld, r, c0, mirror, c1, vec, j, sums);
   if (j < vec.k) rows_against<Sums, R, 1>(band, ld, r, c0, mirror, c1, vec, j, sums);
 }
 
@@ -152,7 +153,8 @@ NTKFAST_INLINE void corner(const T* band, int64_t ld, int64_t r, int64_t c0, int
       const double kc = double(band[(r + i) * ld + c]);
       for (int64_t j = 0; j < vec.k; ++j) {
         sums[(r + i) * vec.k + j] += kc * vec.v_cols[j * vec.ld_v_cols + c];
-        if (r + i < c) vec.out_cols[j * vec.ld_out_cols + c] += kc * vec.v_rows[j * vec.ld_v_rows + r + i];
+        if (r + i < c)
+          vec.out_cols[j * vec.ld_out_cols + c] += kc * vec.v_rows[j * vec.ld_v_rows + r + i];
       }
     }
 }
@@ -201,7 +203,8 @@ NTKFAST_BAND_CLONES void columns(const T* band, int64_t rows, int64_t ld, int64_
 
 bool has_32_vector_registers() {
 #if defined(__x86_64__) && defined(__GNUC__)
-  static const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl");
+  static const bool avx512 =
+      __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl");
   return avx512;
 #else
   return false;
