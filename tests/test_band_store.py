@@ -20,6 +20,7 @@ def small_bands(monkeypatch):
     """Bands of a few rows each: ragged bands, many diagonal blocks, every code path."""
     monkeypatch.setattr(_band_store, "FILE_BAND_BYTES", 3000)
     monkeypatch.setattr(_band_store, "MEMORY_BAND_BYTES", 2000)
+    monkeypatch.setattr(_band_store, "VIEW_BAND_BYTES", 2000)
 
 
 @pytest.mark.parametrize("storage", ["memory", "file"])
@@ -228,7 +229,7 @@ def test_engine_band_product_edge_sizes_and_threads(rng, dtype):
 def test_memory_product_one_thread_and_two(rng, monkeypatch, dtype, k):
     """Bands wide enough that two threads split them, a ragged last band: the same product on
     one thread and on two, and the dense float64 product."""
-    monkeypatch.setattr(_band_store, "MEMORY_BAND_BYTES", 300_000)  # 68 rows and more per band
+    monkeypatch.setattr(_band_store, "VIEW_BAND_BYTES", 300_000)  # 68 rows and more per band
     a = rng.standard_normal((1100, 1100))
     kernel = (a + a.T).astype(dtype)
     v = rng.standard_normal((1100, k))

@@ -36,8 +36,13 @@ __all__ = ["band_bounds", "fill_band", "BandFile", "memory_product", "bands_prod
 
 #: Bytes of one band of a file (two are held during a product, three while writing).
 FILE_BAND_BYTES = 64 << 20
-#: Bytes of one band of a matrix in memory (a view: the size only sets the work per engine call).
+#: Bytes of one band computed and kept as its own array (ntkfast.dask's workers).
 MEMORY_BAND_BYTES = 32 << 20
+#: Bytes of one band of a whole matrix in memory: a view, so the size only sets the work per
+#: engine call; few calls, because each is a fork and join of the threads, which on a busy
+#: machine can wait a scheduler time slice (N = 8000, two cores shared with two other
+#: processes: 68 ms per float64 product with 9 bands of 32 MB, 10-21 ms with 2 of 256 MB).
+VIEW_BAND_BYTES = 256 << 20
 #: Share of the available memory (when the file is created) that its cached part may take.
 CACHE_SHARE = 0.7
 #: Rows of one band at most: the engine keeps rows × k float64 row sums per thread.
@@ -88,7 +93,7 @@ def transposed_vectors(v, n_out):
 
 def memory_product(k, v, *, symmetric, transpose, num_threads, progress, desc):
     """K @ V (Kᵀ @ V) for a matrix K in memory, in float64, reading each entry once."""
-    bounds = band_bounds(*k.shape, symmetric, k.dtype.itemsize, MEMORY_BAND_BYTES)
+    bounds = band_bounds(*k.shape, symmetric, k.dtype.itemsize, VIEW_BAND_BYTES)
     bands = [((r0, r1, c0), k[r0:r1, c0:]) for r0, r1, c0 in bounds]
     return bands_product(bands, k.shape, v, symmetric=symmetric, transpose=transpose,
                          num_threads=num_threads, progress=progress, desc=desc)
