@@ -162,6 +162,9 @@ def product(args):
              f"machine: {machine()}", "", "| what | best of 3 | ratio to the Gram |", "|---|---:|---:|"]
 
     def best(fn):
+        # OpenBLAS's threads spin for ~0.1 s after a threaded call (a ?gemv or ?gemm floor): on
+        # two cores they would halve the next measurement's, so each starts after a pause.
+        time.sleep(0.5)
         times = []
         for _ in range(3):
             start = time.perf_counter()
@@ -191,12 +194,12 @@ def product(args):
         t_gemv = best(lambda: k @ ones)
         floor = k.nbytes / t_gemv / 1e9
         lines.append(f"| BLAS ?gemv, the full {name} matrix (memory-bandwidth floor) "
-                     f"| {t_gemv:.3f} s ({floor:.1f} GB/s) | {t_gemv / t_gram:.3f} |")
+                     f"| {t_gemv * 1e3:.2f} ms ({floor:.1f} GB/s) | {t_gemv / t_gram:.3f} |")
         v = rng.standard_normal((args.n, 1))
         t = best(lambda: stored @ v)
         rate = stored.nbytes / 2 / t / 1e9
-        lines.append(f"| memory ({name}): K @ V, 1 column | {t:.3f} s ({rate:.1f} GB/s of stored "
-                     f"entries, {rate / floor:.0%} of the floor) | {t / t_gram:.3f} |")
+        lines.append(f"| memory ({name}): K @ V, 1 column | {t * 1e3:.2f} ms ({rate:.1f} GB/s of "
+                     f"stored entries, {rate / floor:.0%} of the floor) | {t / t_gram:.3f} |")
         cols = args.columns
         flops = 2 * args.n ** 2 * cols
         v = rng.standard_normal((args.n, cols))
@@ -206,10 +209,10 @@ def product(args):
         t_symm = best(lambda: symm(1.0, k.T, v_blas))  # k.T: k as a Fortran array, no copy
         for what, t_blas in (("?gemm", t_gemm), ("?symm", t_symm)):
             lines.append(f"| BLAS {what}, the full {name} matrix, {cols} columns (compute floor) | "
-                         f"{t_blas:.3f} s ({flops / t_blas / 1e9:.0f} GFLOP/s) | "
+                         f"{t_blas * 1e3:.1f} ms ({flops / t_blas / 1e9:.0f} GFLOP/s) | "
                          f"{t_blas / t_gram:.3f} |")
         t = best(lambda: stored @ v)
-        lines.append(f"| memory ({name}): K @ V, {cols} columns | {t:.3f} s "
+        lines.append(f"| memory ({name}): K @ V, {cols} columns | {t * 1e3:.1f} ms "
                      f"({flops / t / 1e9:.0f} GFLOP/s; {t / t_gemm:.2f}x ?gemm, "
                      f"{t / t_symm:.2f}x ?symm) | {t / t_gram:.3f} |")
         del stored, k
