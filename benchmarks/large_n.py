@@ -8,7 +8,8 @@ Modes (one per process, so each peak RSS is its own):
              preconditioner), to compare with the recorded dense eigh at N = 32768
              (results/eigh_large.txt).
   product    one operator product (1 and --columns vectors) against one symmetric Gram (NTK),
-             recompute and stored; stored products as GB/s.
+             recompute and stored; stored products as GB/s against a BLAS ?gemv (1 vector) and
+             as GFLOP/s against BLAS ?gemm and ?symm (--columns vectors) on the same matrix.
   operator   one recompute product alone, for N whose Gram does not fit in memory.
   scale      N points with the float32 NTK stored in a file (storage='file'): one Gram
              computation (the file's set-up), one product, PCG at t = ∞ with and without the
@@ -156,10 +157,14 @@ def speed(args):
 def product(args):
     x, _, _ = data(args.n, args.d)
     rng = np.random.default_rng(1)
+    load_before = os.getloadavg()
     lines = [f"# Operator product vs one symmetric Gram, N = {args.n}, d = {args.d}, 3-layer ReLU NTK",
              f"machine: {machine()}", "", "| what | best of 3 | ratio to the Gram |", "|---|---:|---:|"]
 
     def best(fn):
+        # OpenBLAS's threads spin for ~0.1 s after a threaded call (a ?gemv or ?gemm floor): on
+        # two cores they would halve the next measurement's, so each starts after a pause.
+        time.sleep(0.5)
         times = []
         for _ in range(3):
             start = time.perf_counter()
@@ -174,28 +179,45 @@ def product(args):
         v = rng.standard_normal((args.n, cols))
         t = best(lambda: op @ v)
         lines.append(f"| recompute: K @ V, {cols} column(s) | {t:.2f} s | {t / t_gram:.2f} |")
-    # Stored: a product reads the upper triangle's bands once (N²/2 entries); the floor is a
-    # multithreaded BLAS ?gemv over the same matrix (N² entries, memory-bound), in this run.
-    floors = {}
+    # Stored: a product reads the upper triangle's bands once (N²/2 entries) and sums in float64.
+    # One column is memory-bound: its floor is a multithreaded BLAS ?gemv over the same matrix
+    # (N² entries), in this run. Many columns are compute-bound (2 FMAs per stored entry and
+    # column, as many as a ?gemm over the full matrix): their floors are BLAS ?gemm and ?symm
+    # (which reads one triangle) on the same matrix, in its dtype (float32 sums for float32).
+    from scipy.linalg import blas
+
     for dtype in (np.float64, np.float32):
+        name = np.dtype(dtype).name
         stored = nf.KernelOperator(x, net=NET, storage="memory", dtype=dtype)
         k = stored._matrix
         ones = np.ones(args.n, dtype)
         t_gemv = best(lambda: k @ ones)
-        floors[dtype] = k.nbytes / t_gemv / 1e9
-        lines.append(f"| BLAS ?gemv, the full {np.dtype(dtype).name} matrix (memory-bandwidth floor) "
-                     f"| {t_gemv:.3f} s ({floors[dtype]:.1f} GB/s) | {t_gemv / t_gram:.3f} |")
-        for cols in (1, args.columns):
-            v = rng.standard_normal((args.n, cols))
-            t = best(lambda: stored @ v)
-            # float64 with many columns goes to BLAS ?gemm over the full matrix (_operator.py)
-            read = stored.nbytes if dtype == np.float64 and cols > 8 else stored.nbytes / 2
-            rate = read / t / 1e9
-            lines.append(f"| memory ({np.dtype(dtype).name}): K @ V, {cols} column(s) | {t:.3f} s "
-                         f"({rate:.1f} GB/s of stored entries, {rate / floors[dtype]:.0%} of the "
-                         f"floor) | {t / t_gram:.3f} |")
+        floor = k.nbytes / t_gemv / 1e9
+        lines.append(f"| BLAS ?gemv, the full {name} matrix (memory-bandwidth floor) "
+                     f"| {t_gemv * 1e3:.2f} ms ({floor:.1f} GB/s) | {t_gemv / t_gram:.3f} |")
+        v = rng.standard_normal((args.n, 1))
+        t = best(lambda: stored @ v)
+        rate = stored.nbytes / 2 / t / 1e9
+        lines.append(f"| memory ({name}): K @ V, 1 column | {t * 1e3:.2f} ms ({rate:.1f} GB/s of "
+                     f"stored entries, {rate / floor:.0%} of the floor) | {t / t_gram:.3f} |")
+        cols = args.columns
+        flops = 2 * args.n ** 2 * cols
+        v = rng.standard_normal((args.n, cols))
+        v_blas = np.asfortranarray(v, dtype=dtype)
+        symm = blas.dsymm if dtype == np.float64 else blas.ssymm
+        t_gemm = best(lambda: k @ v_blas)
+        t_symm = best(lambda: symm(1.0, k.T, v_blas))  # k.T: k as a Fortran array, no copy
+        for what, t_blas in (("?gemm", t_gemm), ("?symm", t_symm)):
+            lines.append(f"| BLAS {what}, the full {name} matrix, {cols} columns (compute floor) | "
+                         f"{t_blas * 1e3:.1f} ms ({flops / t_blas / 1e9:.0f} GFLOP/s) | "
+                         f"{t_blas / t_gram:.3f} |")
+        t = best(lambda: stored @ v)
+        lines.append(f"| memory ({name}): K @ V, {cols} columns | {t * 1e3:.1f} ms "
+                     f"({flops / t / 1e9:.0f} GFLOP/s; {t / t_gemm:.2f}x ?gemm, "
+                     f"{t / t_symm:.2f}x ?symm) | {t / t_gram:.3f} |")
         del stored, k
-    lines += ["", f"peak RSS: {peak_gb():.2f} GB", f"load average: {os.getloadavg()}"]
+    lines += ["", f"peak RSS: {peak_gb():.2f} GB",
+              f"load average (1, 5, 15 min) before: {load_before}, after: {os.getloadavg()}"]
     return lines
 
 

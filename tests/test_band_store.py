@@ -20,6 +20,7 @@ def small_bands(monkeypatch):
     """Bands of a few rows each: ragged bands, many diagonal blocks, every code path."""
     monkeypatch.setattr(_band_store, "FILE_BAND_BYTES", 3000)
     monkeypatch.setattr(_band_store, "MEMORY_BAND_BYTES", 2000)
+    monkeypatch.setattr(_band_store, "VIEW_BAND_BYTES", 2000)
 
 
 @pytest.mark.parametrize("storage", ["memory", "file"])
@@ -177,3 +178,108 @@ def test_file_never_overwrites_an_input_memmap(rng, tmp_path):
     with pytest.raises(ValueError, match="file of an input array"):
         nf.KernelOperator(rng.standard_normal((3, 5)), x, net=NET, storage="file", path=path)
     assert path.read_bytes() == before
+
+
+def _band_reference(band, v, w, mirror, rows_product):
+    """(row sums, mirrored column sums) of band_matmat in float64 NumPy (vectors transposed)."""
+    b = band.astype(np.float64)
+    rows = (v @ b.T) if rows_product else None
+    cols = np.zeros((w.shape[0], band.shape[1]))
+    cols[:, mirror:] = w @ b[:, mirror:]
+    return rows, cols
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_engine_band_product_edge_sizes_and_threads(rng, dtype):
+    """Bands smaller than, equal to and one past the kernel's row blocks (8 and 4 rows) and
+    vector lanes (4), mirrors inside a lane, 1 to 5 vectors (pairs and a last one alone), and
+    bands wide enough for two and three threads: all against NumPy, and every thread count
+    within rounding of one thread."""
+    for rows, cols, k in [(1, 1, 1), (3, 7, 2), (4, 4, 3), (5, 9, 5), (8, 13, 1), (9, 3, 4),
+                          (13, 1029, 3), (17, 1600, 1), (2, 2100, 2)]:
+        band = rng.standard_normal((rows, cols)).astype(dtype)
+        v, w = rng.standard_normal((k, cols)), rng.standard_normal((k, rows))
+        scale = np.abs(band.astype(np.float64)).sum(axis=1).max() * 4
+        for mirror in sorted({0, 1, cols // 2 + 1, cols}):
+            for rows_product in (True, False):
+                want_rows, want_cols = _band_reference(band, v, w, mirror, rows_product)
+                results = []
+                for threads in (1, 2, 3):
+                    out_rows, out_cols = np.zeros((k, rows)), np.zeros((k, cols))
+                    # the engine indexes v_rows / out_rows from row0, v_cols / out_cols from col0
+                    _core.band_matmat(band, 0, 0, v if rows_product else None,
+                                      w if mirror < cols else None,
+                                      out_rows if rows_product else None,
+                                      out_cols if mirror < cols else None, mirror, threads)
+                    results.append((out_rows, out_cols))
+                    close = dict(rtol=0, atol=1e-14 * scale)
+                    if rows_product:
+                        np.testing.assert_allclose(out_rows, want_rows, **close)
+                    else:
+                        assert not out_rows.any()
+                    np.testing.assert_allclose(out_cols, want_cols, **close)
+                for out_rows, out_cols in results[1:]:
+                    np.testing.assert_allclose(out_rows, results[0][0], rtol=0, atol=1e-15 * scale)
+                    # each column's mirrored sum has one owner thread and one order: exact
+                    np.testing.assert_array_equal(out_cols, results[0][1])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("k", [1, 2, 20])
+def test_memory_product_one_thread_and_two(rng, monkeypatch, dtype, k):
+    """Bands wide enough that two threads split them, a ragged last band: the same product on
+    one thread and on two, and the dense float64 product."""
+    monkeypatch.setattr(_band_store, "VIEW_BAND_BYTES", 300_000)  # 68 rows and more per band
+    a = rng.standard_normal((1100, 1100))
+    kernel = (a + a.T).astype(dtype)
+    v = rng.standard_normal((1100, k))
+    got = [_band_store.memory_product(kernel, v, symmetric=True, transpose=False,
+                                      num_threads=threads, progress=False, desc="")
+           for threads in (1, 2)]
+    want = kernel.astype(np.float64) @ v
+    for g in got:
+        np.testing.assert_allclose(g, want, rtol=1e-13, atol=1e-13 * np.abs(want).max())
+    np.testing.assert_allclose(got[0], got[1], rtol=1e-14, atol=1e-14 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_engine_symmetric_band_reads_the_upper_triangle_once(rng, dtype):
+    """A band of a symmetric kernel (its first columns its diagonal block): each entry of the
+    upper triangle serves its row and its column, the diagonal block's lower triangle is never
+    read (NaN there), for ragged row blocks, corners split between threads and 1 to 5 vectors;
+    every thread count gives the same within rounding."""
+    for rows, cols, k in [(1, 1, 1), (3, 3, 2), (5, 12, 3), (9, 9, 5), (13, 1100, 1),
+                          (20, 2100, 2), (700, 1400, 3)]:
+        r0, n = 7, 7 + cols + 4
+        band = rng.standard_normal((rows, cols)).astype(dtype)
+        wide = band.astype(np.float64)
+        band[np.tril_indices(rows, -1)] = np.nan
+        v = rng.standard_normal((k, n))
+        want = np.zeros((k, n))
+        upper = np.triu(wide)  # column >= row, band-relative: the rows' sums
+        want[:, r0:r0 + rows] += v[:, r0:r0 + cols] @ upper.T
+        want[:, r0:r0 + cols] += v[:, r0:r0 + rows] @ np.triu(wide, 1)  # the mirrored sums
+        scale = np.abs(upper).sum(axis=1).max() * 8
+        results = []
+        for threads in (1, 2, 3):
+            out = np.zeros((k, n))
+            _core.symmetric_band_matmat(band, r0, v, out, threads)
+            np.testing.assert_allclose(out, want, rtol=0, atol=1e-14 * scale)
+            results.append(out)
+        for out in results[1:]:
+            np.testing.assert_allclose(out, results[0], rtol=0, atol=1e-15 * scale)
+
+
+def test_engine_symmetric_band_refuses_bad_arguments(rng):
+    tall, v = rng.standard_normal((6, 4)), np.zeros((2, 10))
+    band = np.ascontiguousarray(tall.T)
+    with pytest.raises(ValueError, match="diagonal block"):
+        _core.symmetric_band_matmat(tall, 0, v, np.zeros((2, 10)), 1)
+    with pytest.raises(ValueError, match="alike"):
+        _core.symmetric_band_matmat(band, 0, v, np.zeros((3, 10)), 1)
+    with pytest.raises(ValueError, match="wrong shape"):
+        _core.symmetric_band_matmat(band, 7, v, np.zeros((2, 10)), 1)
+    with pytest.raises(ValueError, match="contiguous rows"):
+        _core.symmetric_band_matmat(tall.T, 0, v, np.zeros((2, 10)), 1)
+    with pytest.raises(TypeError):  # no silent copy of the output
+        _core.symmetric_band_matmat(band, 0, v, np.zeros((10, 2)).T, 1)

@@ -43,6 +43,21 @@ def test_products_match_the_dense_gram(points, storage, get, dtype):
     np.testing.assert_allclose(lin.matmat(v), k @ v, rtol=rtol, atol=rtol * np.abs(k @ v).max())
 
 
+@pytest.mark.parametrize("storage", STORAGES)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_products_on_one_thread_and_two(rng, storage, dtype):
+    """Blocks and bands wide enough for two threads to split (a ragged last block): the same
+    product on one thread and on two, both the dense one."""
+    x = rng.standard_normal((1500, 6)).astype(dtype)
+    v = rng.standard_normal((1500, 3))
+    want = nf.gram(x, net=NET, get="ntk").astype(np.float64) @ v
+    got = [nf.KernelOperator(x, net=NET, storage=storage, block_size=1100,
+                             num_threads=threads) @ v for threads in (1, 2)]
+    for g in got:
+        np.testing.assert_allclose(g, want, rtol=1e-13, atol=1e-13 * np.abs(want).max())
+    np.testing.assert_allclose(got[0], got[1], rtol=0, atol=1e-14 * np.abs(want).max())
+
+
 def test_auto_storage_says_what_it_chose(points, monkeypatch):
     x, _ = points
     from ntkfast import _operator

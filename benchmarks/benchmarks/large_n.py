@@ -33,28 +33,30 @@ class OperatorProduct:
 
 
 class StoredProduct:
-    """One product with a stored kernel (upper-triangle bands, float64 sums) against a BLAS
-    ?gemv over the same full matrix, the memory-bandwidth floor (target: >= 70 % of its rate on
-    the N²/2 stored entries a product reads, i.e. time <= 0.71x the ?gemv's)."""
+    """One product with a stored kernel (upper-triangle bands, float64 sums) against BLAS over
+    the same full matrix: with one column a ?gemv, the memory-bandwidth floor (target: >= 70 %
+    of its rate on the N²/2 stored entries a product reads, i.e. time <= 0.71x the ?gemv's);
+    with 20 a ?gemm (as many FMAs as the product; float32 sums for float32)."""
 
-    params = ([6000], ["float32", "float64"], ["gemv", "memory", "file"])
-    param_names = ["n", "dtype", "what"]
+    params = ([6000], ["float32", "float64"], ["blas", "memory", "file"], [1, 20])
+    param_names = ["n", "dtype", "what", "columns"]
     timeout = 300
 
-    def setup(self, n, dtype, what):
+    def setup(self, n, dtype, what, columns):
         x, _, _, _ = generated_regression(n)
-        self.v = np.ones(n)
-        storage = "memory" if what == "gemv" else what
+        self.v = np.random.default_rng(1).standard_normal((n, columns))
+        storage = "memory" if what == "blas" else what
         self.op = ntkfast.KernelOperator(x, net=NET, dtype=dtype, storage=storage)
-        if what == "gemv":
-            self.k, self.ones = self.op._matrix, np.ones(n, dtype)
+        if what == "blas":
+            self.k = self.op._matrix
+            self.v_blas = np.ones(n, dtype) if columns == 1 else np.asfortranarray(self.v, dtype)
 
-    def teardown(self, n, dtype, what):
+    def teardown(self, n, dtype, what, columns):
         self.op.close()
 
-    def time_product(self, n, dtype, what):
-        if what == "gemv":
-            self.k @ self.ones
+    def time_product(self, n, dtype, what, columns):
+        if what == "blas":
+            self.k @ self.v_blas
         else:
             self.op @ self.v
 

@@ -1,8 +1,9 @@
 """Stored kernels of :class:`ntkfast.KernelOperator`: products that read each stored entry once.
 
 A symmetric kernel is used as the bands of its upper triangle: band b holds rows [r0, r1) and
-columns [r0, n), and serves both its own rows (K[r0:r1, r0:] @ V[r0:]) and, mirrored, the rows
-right of its diagonal block (K[r0:r1, r1:]ᵀ @ V[r0:r1]), so a product reads N²/2 entries. A cross
+columns [r0, n), and each entry of the upper triangle serves both its row (K_ij v_j) and,
+mirrored, its column (K_ij v_i); of the band's diagonal block only the upper triangle is read, so
+a product reads N²/2 entries. A cross
 kernel is used as full row bands. The engine's ``band_matmat`` widens each entry in registers
 and sums in float64, so a float32 kernel costs half the memory traffic of a float64 one and
 never a float64 copy.
@@ -31,12 +32,17 @@ from ._progress import Progress
 from ._validation import available_memory, human_bytes
 
 __all__ = ["band_bounds", "fill_band", "BandFile", "memory_product", "bands_product",
-           "file_product", "write_bands"]
+           "file_product", "write_bands", "transposed_vectors"]
 
 #: Bytes of one band of a file (two are held during a product, three while writing).
 FILE_BAND_BYTES = 64 << 20
-#: Bytes of one band of a matrix in memory (a view: the size only sets the work per engine call).
+#: Bytes of one band computed and kept as its own array (ntkfast.dask's workers).
 MEMORY_BAND_BYTES = 32 << 20
+#: Bytes of one band of a whole matrix in memory: a view, so the size only sets the work per
+#: engine call; few calls, because each is a fork and join of the threads, which on a busy
+#: machine can wait a scheduler time slice (N = 8000, two cores shared with two other
+#: processes: 68 ms per float64 product with 9 bands of 32 MB, 10-21 ms with 2 of 256 MB).
+VIEW_BAND_BYTES = 256 << 20
 #: Share of the available memory (when the file is created) that its cached part may take.
 CACHE_SHARE = 0.7
 #: Rows of one band at most: the engine keeps rows × k float64 row sums per thread.
@@ -71,23 +77,23 @@ def fill_band(block, x, x2, r0, r1, out):
 
 def _apply_band(band, r0, c0, symmetric, transpose, vt, out, num_threads):
     """out (k × n) += this band's share of K @ V (or Kᵀ @ U), vectors transposed (vt: k × n)."""
-    rows = band.shape[0]
-    if symmetric:
-        _core.band_matmat(band, r0, c0, vt, vt, out, out, rows, num_threads)
+    if symmetric:  # c0 == r0: the band starts with its diagonal block
+        _core.symmetric_band_matmat(band, r0, vt, out, num_threads)
     elif transpose:
         _core.band_matmat(band, r0, c0, None, vt, None, out, 0, num_threads)
     else:
         _core.band_matmat(band, r0, c0, vt, None, out, None, band.shape[1], num_threads)
 
 
-def _transposed(v, n_out):
+def transposed_vectors(v, n_out):
+    """(V transposed, C-contiguous (k x n); zero outputs (k x n_out)): band_matmat's layout."""
     vt = np.ascontiguousarray(v.T)
     return vt, np.zeros((v.shape[1], n_out))
 
 
 def memory_product(k, v, *, symmetric, transpose, num_threads, progress, desc):
     """K @ V (Kᵀ @ V) for a matrix K in memory, in float64, reading each entry once."""
-    bounds = band_bounds(*k.shape, symmetric, k.dtype.itemsize, MEMORY_BAND_BYTES)
+    bounds = band_bounds(*k.shape, symmetric, k.dtype.itemsize, VIEW_BAND_BYTES)
     bands = [((r0, r1, c0), k[r0:r1, c0:]) for r0, r1, c0 in bounds]
     return bands_product(bands, k.shape, v, symmetric=symmetric, transpose=transpose,
                          num_threads=num_threads, progress=progress, desc=desc)
@@ -96,7 +102,7 @@ def memory_product(k, v, *, symmetric, transpose, num_threads, progress, desc):
 def bands_product(bands, shape, v, *, symmetric, transpose, num_threads, progress=False, desc=""):
     """The share of K @ V (Kᵀ @ V) of the given bands [((r0, r1, c0), array)], in float64 (all
     bands of K: the whole product)."""
-    vt, out = _transposed(v, shape[1] if transpose else shape[0])
+    vt, out = transposed_vectors(v, shape[1] if transpose else shape[0])
     with _progress(progress, desc, len(bands)) as step:
         for b, ((r0, _, c0), band) in enumerate(bands):
             _apply_band(band, r0, c0, symmetric, transpose, vt, out, num_threads)
@@ -211,7 +217,7 @@ def write_bands(store, compute_band, *, progress, desc):
 def file_product(store, v, *, transpose, num_threads, progress, desc):
     """K @ V (Kᵀ @ V) from a BandFile, in float64; band b + 1 is read while band b is used."""
     n1, n2 = store.shape
-    vt, out = _transposed(v, n2 if transpose else n1)
+    vt, out = transposed_vectors(v, n2 if transpose else n1)
     buffers = store.buffers(2)
     with concurrent.futures.ThreadPoolExecutor(1) as reader, \
             _progress(progress, desc, len(store.bounds)) as step:

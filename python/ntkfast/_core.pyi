@@ -60,6 +60,13 @@ def band_matmat(band: _F64, row0: int, col0: int, v_cols: Optional[_F64], v_rows
 def band_matmat(band: _F32, row0: int, col0: int, v_cols: Optional[_F64], v_rows: Optional[_F64],
                 out_rows: Optional[_F64], out_cols: Optional[_F64], mirror: int,
                 num_threads: int) -> None: ...
+@overload
+def symmetric_band_matmat(band: _F64, row0: int, v: _F64, out: _F64, num_threads: int) -> None:
+    """out += the share of K @ V of one band K[row0:row0 + rows, row0:row0 + cols] of a symmetric
+    K (rows <= cols: the diagonal block's upper triangle is read, each entry used twice); v and
+    out are C-contiguous (k, n) float64 arrays (band_product.hpp)."""
+@overload
+def symmetric_band_matmat(band: _F32, row0: int, v: _F64, out: _F64, num_threads: int) -> None: ...
 def in_forked_child() -> bool:
     """True in a child forked after the engine started threads: it then runs single-threaded."""
 

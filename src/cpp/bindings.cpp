@@ -131,17 +131,23 @@ void diagonal(const Program& prog, const CArray<T>& x, std::optional<CArray<T>> 
   ntkfast::compute_diagonal<T>(prog, x_ptr, n, d, nngp_ptr, ntk_ptr, num_threads, tables);
 }
 
-// One band of a stored kernel against transposed vectors (band_product.hpp). The band may be a
-// row slice of a larger matrix (its rows strided); the vectors are C-contiguous (k, n) float64
-// arrays, indexed from row0 (rows of the band) and col0 (its columns).
+// A band may be a row slice of a larger matrix: its rows strided, each row contiguous.
+template <class T>
+void check_band(const py::array_t<T>& band) {
+  const auto item = py::ssize_t(sizeof(T));
+  if (band.ndim() != 2 || (band.shape(1) > 1 && band.strides(1) != item) ||
+      band.strides(0) % item != 0 || band.strides(0) < band.shape(1) * item)
+    throw std::invalid_argument("band must be a 2-D array with contiguous rows");
+}
+
+// One band of a stored kernel against transposed vectors (band_product.hpp); the vectors are
+// C-contiguous (k, n) float64 arrays, indexed from row0 (rows of the band) and col0 (its columns).
 template <class T>
 void band_matmat(const py::array_t<T>& band, int64_t row0, int64_t col0,
                  std::optional<CArray<double>> v_cols, std::optional<CArray<double>> v_rows,
                  std::optional<CArray<double>> out_rows, std::optional<CArray<double>> out_cols,
                  int64_t mirror, int num_threads) {
-  if (band.ndim() != 2 || (band.shape(1) > 1 && band.strides(1) != py::ssize_t(sizeof(T))) ||
-      band.strides(0) % py::ssize_t(sizeof(T)) != 0 || band.strides(0) < band.shape(1) * py::ssize_t(sizeof(T)))
-    throw std::invalid_argument("band must be a 2-D array with contiguous rows");
+  check_band(band);
   const int64_t rows = band.shape(0), cols = band.shape(1);
   const int64_t ld = std::max<int64_t>(band.strides(0) / py::ssize_t(sizeof(T)), 1);
   mirror = std::clamp<int64_t>(mirror, 0, cols);
@@ -181,6 +187,30 @@ void band_matmat(const py::array_t<T>& band, int64_t row0, int64_t col0,
   ntkfast::band_matmat<T>(data, rows, cols, ld, vec, mirror, num_threads);
 }
 
+// One band of a symmetric kernel stored as upper bands (band_product.hpp): band =
+// K[row0:row0 + rows, row0:row0 + cols] (its rows may be strided), v and out C-contiguous (k, n)
+// float64 arrays.
+template <class T>
+void symmetric_band_matmat(const py::array_t<T>& band, int64_t row0, const CArray<double>& v,
+                           CArray<double> out, int num_threads) {
+  check_band(band);
+  const int64_t rows = band.shape(0), cols = band.shape(1);
+  if (rows > cols)
+    throw std::invalid_argument("symmetric_band_matmat: the band must hold its diagonal block "
+                                "(rows <= columns)");
+  if (row0 < 0) throw std::invalid_argument("row0 must be >= 0");
+  if (v.ndim() != 2 || out.ndim() != 2 || v.shape(0) != out.shape(0) || v.shape(1) != out.shape(1))
+    throw std::invalid_argument("symmetric_band_matmat: v and out must be (k, n) arrays alike");
+  if (v.shape(1) < row0 + cols) throw std::invalid_argument("v: wrong shape");
+  const int64_t ld = std::max<int64_t>(band.strides(0) / py::ssize_t(sizeof(T)), 1);
+  const int64_t k = v.shape(0), n = v.shape(1);
+  const T* data = band.data();
+  const double* v_ptr = v.data() + row0;
+  double* out_ptr = out.mutable_data() + row0;
+  py::gil_scoped_release release;
+  ntkfast::symmetric_band_matmat<T>(data, rows, cols, ld, k, v_ptr, n, out_ptr, n, num_threads);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -216,6 +246,12 @@ PYBIND11_MODULE(_core, m) {
   m.def("band_matmat", &band_matmat<float>, py::arg("band").noconvert(), py::arg("row0"),
         py::arg("col0"), py::arg("v_cols").noconvert(), py::arg("v_rows").noconvert(),
         py::arg("out_rows").noconvert(), py::arg("out_cols").noconvert(), py::arg("mirror"),
+        py::arg("num_threads"));
+  m.def("symmetric_band_matmat", &symmetric_band_matmat<double>, py::arg("band").noconvert(),
+        py::arg("row0"), py::arg("v").noconvert(), py::arg("out").noconvert(),
+        py::arg("num_threads"));
+  m.def("symmetric_band_matmat", &symmetric_band_matmat<float>, py::arg("band").noconvert(),
+        py::arg("row0"), py::arg("v").noconvert(), py::arg("out").noconvert(),
         py::arg("num_threads"));
 
   // The op codes of program.hpp by name (the Python lowering checks its own table against them).
