@@ -957,6 +957,9 @@ class _SeriesActivation(_Activation):
 
     __slots__ = ()
 
+    def __post_init__(self):  # subclasses with parameters check them, then call this
+        object.__setattr__(self, "deg", _series_degree(type(self).__name__, self.deg))
+
     def _functions(self):
         """(φ, φ' or None) as vectorised NumPy callables."""
         raise NotImplementedError  # pragma: no cover - every subclass overrides
@@ -1002,9 +1005,6 @@ class Tanh(_SeriesActivation):
 
     deg: int = _DEFAULT_SERIES_DEGREE
 
-    def __post_init__(self):
-        object.__setattr__(self, "deg", _series_degree("Tanh", self.deg))
-
     def _functions(self):
         return np.tanh, _sech2
 
@@ -1023,9 +1023,6 @@ class Sigmoid(_SeriesActivation):
     """
 
     deg: int = _DEFAULT_SERIES_DEGREE
-
-    def __post_init__(self):
-        object.__setattr__(self, "deg", _series_degree("Sigmoid", self.deg))
 
     def _functions(self):
         return _sigmoid, lambda x: 0.25 * _sech2(0.5 * x)
@@ -1057,7 +1054,7 @@ class Softplus(_SeriesActivation):
         object.__setattr__(self, "beta", _real("Softplus", "beta", self.beta, minimum=0.0))
         if self.beta == 0:
             raise ValueError("Softplus: beta must be > 0, got 0.0")
-        object.__setattr__(self, "deg", _series_degree("Softplus", self.deg))
+        super().__post_init__()
 
     def _functions(self):
         beta = self.beta
@@ -1077,9 +1074,6 @@ class Silu(_SeriesActivation):
     """
 
     deg: int = _DEFAULT_SERIES_DEGREE
-
-    def __post_init__(self):
-        object.__setattr__(self, "deg", _series_degree("Silu", self.deg))
 
     def _functions(self):
         return (lambda x: x * _sigmoid(x)), (lambda x: _sigmoid(x) * (1.0 + x * _sigmoid(-x)))
@@ -1111,7 +1105,7 @@ class Elu(_SeriesActivation):
 
     def __post_init__(self):
         object.__setattr__(self, "alpha", _real("Elu", "alpha", self.alpha))
-        object.__setattr__(self, "deg", _series_degree("Elu", self.deg))
+        super().__post_init__()
 
     def _functions(self):
         return _elu_functions(self.alpha, 1.0)
@@ -1142,9 +1136,6 @@ class Selu(_SeriesActivation):
 
     deg: int = _DEFAULT_SERIES_DEGREE
 
-    def __post_init__(self):
-        object.__setattr__(self, "deg", _series_degree("Selu", self.deg))
-
     def _functions(self):
         return _elu_functions(1.6732632423543772848170429916717, 1.0507009873554804934193349852946)
 
@@ -1162,9 +1153,6 @@ class Mish(_SeriesActivation):
     """
 
     deg: int = _DEFAULT_SERIES_DEGREE
-
-    def __post_init__(self):
-        object.__setattr__(self, "deg", _series_degree("Mish", self.deg))
 
     def _functions(self):
         def phi(x):
@@ -1214,7 +1202,7 @@ class ElementwiseNumerical(_SeriesActivation):
             raise TypeError(f"ElementwiseNumerical: fn must be a callable, got {self.fn!r}")
         if self.df is not None and not callable(self.df):
             raise TypeError(f"ElementwiseNumerical: df must be a callable or None, got {self.df!r}")
-        object.__setattr__(self, "deg", _series_degree("ElementwiseNumerical", self.deg))
+        super().__post_init__()
 
     def _functions(self):
         return self.fn, self.df
