@@ -65,14 +65,14 @@ class CpuBackend:
         if n1 and n2:
             c1 = _engine_array(request.x1, request.dtype)
             c2 = None if request.x2 is None else _engine_array(request.x2, request.dtype)
-            ops, pool, sources = lower(request.net, request.n_features)
+            ops, pool, _ = lower(request.net, request.n_features)
             reporter = Progress(request.progress, "ntkfast.gram")
             try:
                 # Single-threaded BLAS also for the series tables' small products: OpenBLAS
                 # threads left spinning after them would take cores from the engine's threads.
                 with _blas.single_threaded():
-                    series = series_inputs(request.net, ops, pool, sources, c1, c2,
-                                           request.num_threads, request.dtype)
+                    series = series_inputs(request.net, ops, pool, c1, c2, request.num_threads,
+                                           request.dtype)
                     bound = _core.gram(
                         compiled_program(ops, pool), c1, c2, outputs.get("nngp"),
                         outputs.get("ntk"), request.num_threads, request.tile,
@@ -88,9 +88,9 @@ class CpuBackend:
         n, d = request.x1.shape
         outputs = {name: np.empty(n, dtype=request.dtype) for name in request.names}
         if n:
-            ops, pool, sources = lower(request.net, d)
+            ops, pool, _ = lower(request.net, d)
             x = _engine_array(request.x1, request.dtype)
-            series = series_inputs(request.net, ops, pool, sources, x, None, request.num_threads,
+            series = series_inputs(request.net, ops, pool, x, None, request.num_threads,
                                    request.dtype)
             _core.diagonal(compiled_program(ops, pool), x, outputs.get("nngp"),
                            outputs.get("ntk"), request.num_threads,

@@ -34,7 +34,7 @@ _PANEL = 0.25
 _Z_MAX = 14.0
 _GRADING = 24
 _NODES = 24
-# Chebyshev interpolation in log2 √q: per octave, _CHEB nodes; checked at _CHECKS points.
+# Chebyshev interpolation in log2 √q: per octave, _CHEB nodes; checked at _CHECK_POINTS.
 _CHEB = 16
 _CHECK_POINTS = (-0.8314, -0.3120, 0.2741, 0.7529)
 
@@ -279,13 +279,12 @@ class SeriesInputs:
                 stacklevel=4)
 
 
-def series_layers(ops, sources, net):
+def series_layers(ops, net):
     """[(op index, layer)] of the Series ops of a lowered network."""
-    from ._layers import series_activations
+    from ._layers import series_activations  # _layers imports the engine; this module does not
 
     found = [k for k, op in enumerate(ops) if op[0] == _core.OP_KINDS["Series"]]
-    layers = series_activations(net)
-    return list(zip(found, layers))
+    return list(zip(found, series_activations(net)))
 
 
 def _tables(ops, pool, series, point_sets, num_threads, rtol):
@@ -326,9 +325,9 @@ def _tables(ops, pool, series, point_sets, num_threads, rtol):
     return tables, profiles
 
 
-def series_inputs(net, ops, pool, sources, x1, x2, num_threads, dtype):
+def series_inputs(net, ops, pool, x1, x2, num_threads, dtype):
     """SeriesInputs for a gram (x2 may be None) or a diagonal, or None without Series ops."""
-    series = series_layers(ops, sources, net)
+    series = series_layers(ops, net)
     if not series:
         return None
     threads = 0 if num_threads is None else num_threads
