@@ -347,7 +347,10 @@ def test_series_ops_are_validated_by_the_engine():
         with pytest.raises(ValueError, match="tail profiles required"):
             _core.gram(prog, x, None, out, None, 0, 0, None, tables, None, None)
         with pytest.raises(ValueError, match="shorter than degree"):
-            _core.gram(prog, x, None, out, None, 0, 0, None, tables, None, profiles[:, :3])
+            _core.gram(prog, x, None, out, None, 0, 0, None, tables, None, profiles[:, :3].copy())
+        other = _core.Program([dense, (kind, 4, 0, [0.0, 1.0]), dense], [])  # a second profile
+        with pytest.raises(ValueError, match="no tail profile for op 1"):
+            _core.gram(other, x, None, out, None, 0, 0, None, tables, None, profiles)
     for params in ([-1.0, 0.0], [0.5, 0.0], [0.0, 1e12]):
         with pytest.raises(ValueError, match="malformed series op"):
             _core.Program([dense, (kind, 4, 0, params), dense], [])

@@ -99,6 +99,7 @@ double gram(const Program& prog, const CArray<T>& x1, std::optional<CArray<T>> x
   if (series_profiles) {
     if (series_profiles->ndim() != 2) throw std::invalid_argument("series_profiles must be 2-D");
     options.series.profiles = series_profiles->data();
+    options.series.profile_count = series_profiles->shape(0);
     options.series.profile_len = series_profiles->shape(1);
   }
   options.series.max_tail_bound = &max_tail_bound;

@@ -510,9 +510,12 @@ void compute_gram(const Program& prog, const T* x1, int64_t n1, const T* x2, int
   if (has_series && (!options.series.profiles || options.series.profile_len < 2))
     throw std::invalid_argument("series: tail profiles required");
   for (int k = 0; k < pv.n_ops; ++k)
-    if (pv.ops[k].kind == kSeries &&
-        (options.series.profile_len < pv.ops[k].degree + 2))
-      throw std::invalid_argument("series: tail profile shorter than degree + 2");
+    if (pv.ops[k].kind == kSeries) {
+      if (options.series.profile_len < pv.ops[k].degree + 2)
+        throw std::invalid_argument("series: tail profile shorter than degree + 2");
+      if (int64_t(pv.ops[k].p[1]) >= options.series.profile_count)
+        throw std::invalid_argument("series: no tail profile for op " + std::to_string(k));
+    }
   double series_bound = 0.0;
   RowStats& stats2 = symmetric ? stats1 : stats2_own;
   const T* xb = symmetric ? x1 : x2;

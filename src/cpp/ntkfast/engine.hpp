@@ -74,7 +74,8 @@ int64_t row_stride(int64_t n);
 // degree + 1 terms leave more, the largest such bound is reported in max_tail_bound.
 struct SeriesOptions {
   SeriesTables set1, set2;  // set2 unused for a symmetric Gram
-  const double* profiles = nullptr;
+  const double* profiles = nullptr;  // profile_count x profile_len, row-major
+  int64_t profile_count = 0;
   int64_t profile_len = 0;
   double* max_tail_bound = nullptr;  // out, may be null
 };
