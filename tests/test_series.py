@@ -318,8 +318,17 @@ def test_user_callables_are_checked_and_named():
         nf.ElementwiseNumerical(3.0)
     with pytest.raises(TypeError, match="df must be a callable"):
         nf.ElementwiseNumerical(np.tanh, df="no")
-    with pytest.raises(ValueError, match=r"deg must be in \[0, \d+\]"):
-        nf.Tanh(deg=10 ** 6)
+    for deg in (0, 10 ** 6):
+        with pytest.raises(ValueError, match=r"deg must be in \[1, \d+\]"):
+            nf.Tanh(deg=deg)
+    # The smallest series: two terms, warned where they do not suffice, never a wrong number.
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        k1 = nf.gram(x, net=nf.MLP(2, nf.Tanh(deg=1)))
+    k = nf.gram(x, net=nf.MLP(2, "tanh"))
+    # The diagonal is the rows' own E[φ²], E[φ'²], whatever the degree (to rounding: the tables
+    # of another degree are interpolated by another product).
+    np.testing.assert_allclose(np.diag(k1.ntk), np.diag(k.ntk), rtol=1e-14, atol=0)
     with pytest.raises(TypeError, match="deg must be an integer"):
         nf.Silu(deg=2.5)
     with pytest.raises(ValueError, match="beta must be > 0"):

@@ -78,11 +78,11 @@ def _real(owner: str, name: str, value, *, minimum=None, allow_none=False):
     return value
 
 
-def _degree(owner: str, value, *, maximum=MAX_DEGREE, name="degree"):
+def _degree(owner: str, value, *, maximum=MAX_DEGREE):
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{owner}: {name} must be an integer, got {value!r}")
+        raise TypeError(f"{owner}: degree must be an integer, got {value!r}")
     if not 0 <= int(value) <= maximum:
-        raise ValueError(f"{owner}: {name} must be in [0, {maximum}], got {value!r}")
+        raise ValueError(f"{owner}: degree must be in [0, {maximum}], got {value!r}")
     return int(value)
 
 
@@ -946,7 +946,11 @@ _DEFAULT_SERIES_DEGREE = 256
 
 
 def _series_degree(owner, value):
-    return _degree(owner, value, maximum=MAX_SERIES_DEGREE, name="deg")
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{owner}: deg must be an integer, got {value!r}")
+    if not 1 <= int(value) <= MAX_SERIES_DEGREE:  # 1: the derivative kernel needs A_1
+        raise ValueError(f"{owner}: deg must be in [1, {MAX_SERIES_DEGREE}], got {value!r}")
+    return int(value)
 
 
 class _SeriesActivation(_Activation):

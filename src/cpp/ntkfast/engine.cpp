@@ -73,10 +73,13 @@ Program::Program(std::vector<LayerOp> ops, std::vector<double> pool)
       throw std::invalid_argument(where.str() + "unknown op kind " + std::to_string(op.kind));
     for (double p : op.p)
       if (!std::isfinite(p)) throw std::invalid_argument(where.str() + "non-finite parameter");
+    // A Series op needs A_1 at least (its derivative kernel is F'(ρ)).
+    const int min_degree = op.kind == kSeries ? 1 : 0;
     const int max_degree = op.kind == kSeries ? kMaxSeriesDegree : kMaxDegree;
-    if (op.degree < 0 || op.degree > max_degree)
-      throw std::invalid_argument(where.str() + "degree out of range [0, " +
-                                  std::to_string(max_degree) + "]");
+    if (op.degree < min_degree || op.degree > max_degree)
+      throw std::invalid_argument(where.str() + "degree out of range [" +
+                                  std::to_string(min_degree) + ", " + std::to_string(max_degree) +
+                                  "]");
     if (op.kind == kSeries)
       for (int m = 0; m < 2; ++m)
         if (!(op.p[m] >= 0 && op.p[m] <= 1e9 && op.p[m] == std::floor(op.p[m])))
