@@ -71,8 +71,8 @@ class CpuBackend:
                 # Single-threaded BLAS also for the series tables' small products: OpenBLAS
                 # threads left spinning after them would take cores from the engine's threads.
                 with _blas.single_threaded():
-                    series = series_inputs(request.net, ops, pool, c1, c2, request.num_threads,
-                                           request.dtype)
+                    series = series_inputs(series_activations(request.net), ops, pool, c1, c2,
+                                           request.num_threads, request.dtype)
                     bound = _core.gram(
                         compiled_program(ops, pool), c1, c2, outputs.get("nngp"),
                         outputs.get("ntk"), request.num_threads, request.tile,
@@ -90,8 +90,8 @@ class CpuBackend:
         if n:
             ops, pool, _ = lower(request.net, d)
             x = _engine_array(request.x1, request.dtype)
-            series = series_inputs(request.net, ops, pool, x, None, request.num_threads,
-                                   request.dtype)
+            series = series_inputs(series_activations(request.net), ops, pool, x, None,
+                                   request.num_threads, request.dtype)
             _core.diagonal(compiled_program(ops, pool), x, outputs.get("nngp"),
                            outputs.get("ntk"), request.num_threads,
                            series.tables1 if series else None)

@@ -18,6 +18,7 @@ from typing import Optional, Tuple
 import numpy as np
 
 from . import _core
+from ._series import table_rows
 
 __all__ = [
     "Layer", "Serial", "serial", "Dense", "MLP", "ACTIVATIONS",
@@ -970,7 +971,7 @@ class _SeriesActivation(_Activation):
 
     def _ops(self, ctx):
         ctx.emit(_SERIES, (ctx.series_rows, len(ctx.series_layers)), degree=self.deg)
-        ctx.series_rows += 2 * self.deg + 4
+        ctx.series_rows += table_rows(self.deg)
         ctx.series_layers.append(self)
 
 

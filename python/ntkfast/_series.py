@@ -25,7 +25,7 @@ import numpy as np
 from . import _core
 from ._program import compiled_program
 
-__all__ = ["SeriesInputs", "series_inputs", "table_rows", "coefficients"]
+__all__ = ["SeriesInputs", "series_inputs", "table_rows"]
 
 # The quadrature in z: panels of width _PANEL out to ±_Z_MAX (the integrands decay like
 # e^{-z²/4} times φ's growth: below 1e-18 beyond 14), the first one split geometrically
@@ -183,11 +183,6 @@ def _octave(layer, degree, octave):
     return values, np.sqrt(tail_a.T), np.sqrt(tail_b.T)
 
 
-def coefficients(layer, q, degree):
-    """The series tables of ``layer`` for rows with variances q: (table_rows(degree), len(q))."""
-    return _coefficients(layer, np.asarray(q, dtype=np.float64), degree)[0]
-
-
 def _coefficients(layer, q, degree):
     """(tables for the variances q, (table_rows(degree), len(q)), and bounds on the rows' tails
     of A and of B: arrays of degree + 2). Rows with equal variances get bitwise equal columns,
@@ -279,12 +274,11 @@ class SeriesInputs:
                 stacklevel=4)
 
 
-def series_layers(ops, net):
-    """[(op index, layer)] of the Series ops of a lowered network."""
-    from ._layers import series_activations  # _layers imports the engine; this module does not
-
+def series_layers(ops, layers):
+    """[(op index, layer)] of the Series ops of a lowered network, given its Series activations
+    in program order (_layers.series_activations)."""
     found = [k for k, op in enumerate(ops) if op[0] == _core.OP_KINDS["Series"]]
-    return list(zip(found, series_activations(net)))
+    return list(zip(found, layers))
 
 
 def _tables(ops, pool, series, point_sets, num_threads, rtol):
@@ -325,9 +319,10 @@ def _tables(ops, pool, series, point_sets, num_threads, rtol):
     return tables, profiles
 
 
-def series_inputs(net, ops, pool, x1, x2, num_threads, dtype):
-    """SeriesInputs for a gram (x2 may be None) or a diagonal, or None without Series ops."""
-    series = series_layers(ops, net)
+def series_inputs(layers, ops, pool, x1, x2, num_threads, dtype):
+    """SeriesInputs for a gram (x2 may be None) or a diagonal of the lowered network (ops, pool)
+    whose Series activations are ``layers``, or None without Series ops."""
+    series = series_layers(ops, layers)
     if not series:
         return None
     threads = 0 if num_threads is None else num_threads
