@@ -2,7 +2,9 @@
 (tests/test_series.py), by mpmath: the inner integral over z2 for each z1, split where v = 0 and
 where φ(v) changes fastest, then the outer one split at u = 0.
 
-    python tools/series_reference.py -o tests/data/series_reference.json     # ~40 min
+    python tools/series_reference.py -o tests/data/series_reference.json     # ~1.5 h
+
+An existing output file is extended: only the (activation, case) pairs it lacks are computed.
 
 Cases: variances 1e-3 .. 1e3 and correlations up to 1 - 1e-12 (the hard corner of Mehler's series).
 """
@@ -43,6 +45,10 @@ ACTIVATIONS = {
 CASES = [  # (q1, q2, 1 - ρ)
     (1e-3, 1e-3, 0.5), (1e-3, 1e-3, 1e-12), (1.0, 1.0, 1.9), (1.0, 1.0, 1e-2), (1.0, 1.0, 1e-6),
     (1.0, 1.0, 1e-12), (1.0, 4.0, 1e-6), (1e-3, 1e3, 0.2), (1e3, 1e3, 0.9), (1e3, 1e3, 1e-12),
+    # where the series needs its fallback at every distance from ρ = ±1 (1 - ρ = 2 - 1e-12 is
+    # exact in float64, so ρ = -1 + 1e-12 is the same number here and in the tests)
+    (10.0, 10.0, 1e-3), (1e3, 1e3, 1e-4), (1e3, 300.0, 1e-9), (1.0, 1.0, 2 - 1e-9),
+    (1e3, 1e3, 2 - 1e-12),
 ]
 
 
@@ -128,11 +134,19 @@ def main():
     parser.add_argument("--only", nargs="*", help="activation names (default: all)")
     args = parser.parse_args()
     out = {"mpmath_dps": mp.mp.dps, "cases": {}}
+    try:
+        with open(args.output) as fh:
+            out = json.load(fh)
+    except FileNotFoundError:
+        pass
     for name, (f, df) in ACTIVATIONS.items():
         if args.only and name not in args.only:
             continue
-        cases = []
+        cases = out["cases"].setdefault(name, [])
+        done = {(c["q1"], c["q2"], c["one_minus_rho"]) for c in cases}
         for q1, q2, omr in CASES:
+            if (q1, q2, omr) in done:
+                continue
             start = time.time()
             q1m, q2m, rho = mp.mpf(q1), mp.mpf(q2), 1 - mp.mpf(omr)
             nngp = expectation(f, f, q1m, q2m, rho)
@@ -146,9 +160,8 @@ def main():
                           "slope": float(mp.sqrt(q1m * q2m) * abs(dot))})
             print(f"{name} q=({q1:g}, {q2:g}) 1-rho={omr:g}: {mp.nstr(nngp, 12)} "
                   f"{mp.nstr(dot, 12)} ({time.time() - start:.1f} s)", flush=True)
-        out["cases"][name] = cases
-    with open(args.output, "w") as fh:
-        json.dump(out, fh, indent=1)
+            with open(args.output, "w") as fh:  # after every case: an interrupted run resumes
+                json.dump(out, fh, indent=1)
 
 
 if __name__ == "__main__":

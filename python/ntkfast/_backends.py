@@ -73,15 +73,17 @@ class CpuBackend:
                 with _blas.single_threaded():
                     series = series_inputs(series_activations(request.net), ops, pool, c1, c2,
                                            request.num_threads, request.dtype)
-                    bound = _core.gram(
-                        compiled_program(ops, pool), c1, c2, outputs.get("nngp"),
+                    bound, fallback_pairs = _core.gram(
+                        series.program if series else compiled_program(ops, pool), c1, c2, outputs.get("nngp"),
                         outputs.get("ntk"), request.num_threads, request.tile,
                         reporter if reporter.enabled else None,
-                        *((series.tables1, series.tables2, series.profiles) if series else ()))
+                        *(series.engine_arguments() if series else ()))
             finally:
                 reporter.close()
             if series:
                 series.warn_if_truncated(bound)
+                entries = n1 * (n1 + 1) // 2 if request.x2 is None else n1 * n2
+                series.warn_if_slow(fallback_pairs, entries)
         return outputs
 
     def diagonal(self, request):
@@ -92,7 +94,8 @@ class CpuBackend:
             x = _engine_array(request.x1, request.dtype)
             series = series_inputs(series_activations(request.net), ops, pool, x, None,
                                    request.num_threads, request.dtype)
-            _core.diagonal(compiled_program(ops, pool), x, outputs.get("nngp"),
+            _core.diagonal(series.program if series else compiled_program(ops, pool), x,
+                           outputs.get("nngp"),
                            outputs.get("ntk"), request.num_threads,
                            series.tables1 if series else None)
         return outputs

@@ -38,12 +38,14 @@ def set_blas(dgemm: object, sgemm: object) -> None:
 def gram(program: Program, x1: _F64, x2: Optional[_F64], nngp: Optional[_F64], ntk: Optional[_F64],
          num_threads: int, tile: int, progress: Optional[Callable[..., object]],
          series1: Optional[_F64] = ..., series2: Optional[_F64] = ...,
-         series_profiles: Optional[_F64] = ...) -> float: ...
+         series_profiles: Optional[_F64] = ..., series_fallbacks: Optional[_F64] = ...,
+         series_fallback_above: float = ...) -> Tuple[float, int]: ...
 @overload
 def gram(program: Program, x1: _F32, x2: Optional[_F32], nngp: Optional[_F32], ntk: Optional[_F32],
          num_threads: int, tile: int, progress: Optional[Callable[..., object]],
          series1: Optional[_F64] = ..., series2: Optional[_F64] = ...,
-         series_profiles: Optional[_F64] = ...) -> float: ...
+         series_profiles: Optional[_F64] = ..., series_fallbacks: Optional[_F64] = ...,
+         series_fallback_above: float = ...) -> Tuple[float, int]: ...
 @overload
 def diagonal(program: Program, x: _F64, nngp: Optional[_F64], ntk: Optional[_F64],
              num_threads: int, series: Optional[_F64] = ...) -> None: ...

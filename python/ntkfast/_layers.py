@@ -943,7 +943,9 @@ class Identity(Layer):
 # Activations without a closed form: Hermite series (Mehler's formula) with per-row coefficients
 # computed by quadrature (_series.py); the engine sums the series per entry.
 
-_DEFAULT_SERIES_DEGREE = 256
+# The most terms by default: an op stores only the terms its rows need (_series._tables), so a
+# large maximum costs nothing where the coefficients decay fast.
+_DEFAULT_SERIES_DEGREE = MAX_SERIES_DEGREE
 
 
 def _series_degree(owner, value):
@@ -955,12 +957,15 @@ def _series_degree(owner, value):
 
 
 class _SeriesActivation(_Activation):
-    """An activation whose dual kernels are Hermite series (Mehler's formula): exact to the
-    tolerance of the output dtype except where a series of degree ``deg`` cannot reach it (pairs
-    of inputs with ``|ρ|`` near 1 at large variances), which is reported by a RuntimeWarning with
-    the bound of the error."""
+    """An activation whose dual kernels are Hermite series (Mehler's formula), exact to the
+    tolerance of the output dtype: where ``deg`` terms cannot reach it (pairs of inputs with
+    ``|ρ|`` near 1 at large variances, or a kink at 0) the engine computes the entry by 2-D
+    quadrature instead."""
 
     __slots__ = ()
+    # Whether φ' or φ'' may jump at 0: the near-parallel fallback then resolves the smoothed kink
+    # (series_fallback.hpp).
+    _kinked_at_zero = False
 
     def __post_init__(self):  # subclasses with parameters check them, then call this
         object.__setattr__(self, "deg", _series_degree(type(self).__name__, self.deg))
@@ -990,14 +995,17 @@ class Tanh(_SeriesActivation):
     of the docs), its dual kernels are Hermite series (Mehler's formula) whose per-row
     coefficients come from quadrature and whose terms the engine sums per entry, as many as the
     entry's correlation needs for float64 accuracy (1e-14 of the layer's largest value), up to
-    ``deg``. Where ``deg`` terms cannot reach 1e-10 (pairs with ``|ρ|`` near 1 at large variances), a
-    RuntimeWarning states the bound of the error. CPU only for now.
+    ``deg``. Where ``deg`` terms cannot reach 1e-12 (pairs with ``|ρ|`` near 1 at large
+    variances) the entry is computed by 2-D quadrature instead (about 1000x slower per entry; a
+    RuntimeWarning says so when that is a large share of the Gram). CPU only for now.
 
     Parameters
     ----------
     deg : int
-        Degree of the Hermite series (default 256, at most ``ntkfast.MAX_SERIES_DEGREE``); the
-        tables take (2·deg + 4)·8 bytes per point and layer.
+        The most terms of the Hermite series (default and at most
+        ``ntkfast.MAX_SERIES_DEGREE``, 1024). Each layer keeps only the terms its rows need, so
+        the tables take (2·K + 4)·8 bytes per point and layer for K <= deg terms (K is smaller
+        for small variances; at most 512 MiB per layer, fewer terms beyond).
 
     Examples
     --------
@@ -1088,7 +1096,7 @@ class Silu(_SeriesActivation):
 class Elu(_SeriesActivation):
     """ELU, ``x`` for x > 0 and ``α(e^x − 1)`` otherwise (Hermite series of degree ``deg``; see
     :class:`Tanh`). Its kink at 0 (in φ'' for α = 1, in φ' otherwise) makes the series converge
-    slowly for pairs with ``|ρ|`` near 1: there a warning states the bound of the error.
+    slowly for pairs with ``|ρ|`` near 1: those pairs take the 2-D quadrature.
 
     Parameters
     ----------
@@ -1104,6 +1112,8 @@ class Elu(_SeriesActivation):
     >>> ntkfast.gram(x, net=ntkfast.MLP(2, ntkfast.Elu(alpha=0.5)), get="ntk").shape
     (5, 5)
     """
+
+    _kinked_at_zero = True
 
     alpha: float = 1.0
     deg: int = _DEFAULT_SERIES_DEGREE
@@ -1138,6 +1148,8 @@ class Selu(_SeriesActivation):
     >>> ntkfast.gram(x, net=ntkfast.MLP(2, "selu"), get="ntk").shape
     (5, 5)
     """
+
+    _kinked_at_zero = True
 
     deg: int = _DEFAULT_SERIES_DEGREE
 
@@ -1182,8 +1194,9 @@ class ElementwiseNumerical(_SeriesActivation):
     fn : callable
         φ, vectorised: ``fn(x)`` for a float64 array returns an array of its shape.
     deg : int
-        Degree of the Hermite series (default 256, at most ``MAX_SERIES_DEGREE``). Unlike
-        neural-tangents' quadrature degree, a larger deg only matters for pairs with ``|ρ|`` near 1.
+        The most terms of the Hermite series (default and at most ``MAX_SERIES_DEGREE``; see
+        :class:`Tanh`). Unlike neural-tangents' quadrature degree, it does not set the accuracy:
+        a smaller deg only sends more pairs with ``|ρ|`` near 1 to the slower 2-D quadrature.
     df : callable, optional
         φ', vectorised. Without it φ' comes from a 6th-order finite difference (relative error
         ~1e-12; kinks are allowed at 0 only).
@@ -1197,6 +1210,8 @@ class ElementwiseNumerical(_SeriesActivation):
     >>> bool(np.allclose(a, b, rtol=1e-10, atol=0))
     True
     """
+
+    _kinked_at_zero = True
 
     fn: object
     deg: int = _DEFAULT_SERIES_DEGREE

@@ -183,10 +183,16 @@ def _octave(layer, degree, octave):
     return values, np.sqrt(tail_a.T), np.sqrt(tail_b.T)
 
 
-def _coefficients(layer, q, degree):
-    """(tables for the variances q, (table_rows(degree), len(q)), and bounds on the rows' tails
-    of A and of B: arrays of degree + 2). Rows with equal variances get bitwise equal columns,
-    which the engine's exact duplicate rows rely on.
+def _kept_rows(degree, kept):
+    """Rows of a degree-``degree`` table that form its degree-``kept`` table."""
+    return np.r_[0:kept + 3, degree + 3:degree + 4 + kept]
+
+
+def _coefficients(layer, q, degree, choose_degree=None):
+    """(tables for the variances q, (table_rows(kept), len(q)), and bounds on the rows' tails
+    of A and of B: arrays of degree + 2), where kept = choose_degree(tail_a, tail_b, largest
+    E[φ²], largest E[φ'²]) <= degree (default: degree). Rows with equal variances get bitwise equal columns, which the engine's
+    exact duplicate rows rely on.
 
     Interpolated rows: one product of every octave's node values with the rows' barycentric
     weights L_j (zero outside the row's octave). Their tails are bounded through the interpolant
@@ -228,8 +234,23 @@ def _coefficients(layer, q, degree):
                                    (tails[1], root_tail_b, values[1])):
             bound = (magnitude @ root_tail).max(axis=0) + slack * math.sqrt(np.abs(m).max())
             np.maximum(tail, bound ** 2, out=tail)
+    kept = degree
+    if choose_degree is not None:
+        # The layer's scales, the largest E[φ²] and E[φ'²] (the first two rows), decide with the
+        # tails how many terms to keep.
+        scales = [np.abs(out[r, ~interpolated]).max() if not interpolated.all() else 0.0
+                  for r in (0, 1)]
+        if node_values:
+            head = np.concatenate([v[:2] for v in node_values], axis=1) @ \
+                np.concatenate(weights, axis=1)[interpolated].T
+            scales = [max(scales[r], np.abs(head[r]).max()) for r in (0, 1)]
+        kept = choose_degree(tails[0], tails[1], *scales)
+        out = out[_kept_rows(degree, kept)]
     if node_values:
-        block = np.concatenate(node_values, axis=1) @ np.concatenate(weights, axis=1).T
+        nodes = np.concatenate(node_values, axis=1)
+        if kept != degree:  # only the rows kept: the product is most of the cost
+            nodes = nodes[_kept_rows(degree, kept)]
+        block = nodes @ np.concatenate(weights, axis=1).T
         if interpolated.all():
             out = block
         else:
@@ -240,6 +261,81 @@ def _coefficients(layer, q, degree):
         if copies.size:
             out[:, copies] = out[:, first[inverse.ravel()][copies]]
     return out, tails[0], tails[1]
+
+
+# The 2-D quadrature fallback's interpolants of φ and φ' (series_fallback.hpp): per side of 0,
+# Chebyshev panels of _FALLBACK_POINTS coefficients, of width h out to |y| = _FALLBACK_UNIFORM
+# (where the built-in activations have become linear or constant to the last bit), then doubling
+# out to the largest argument the quadrature reaches (|x|, |z| <= 10: 21·√q). Checked between
+# the nodes against φ itself; the first h in _FALLBACK_WIDTHS that passes is used.
+_FALLBACK_POINTS = 20
+_FALLBACK_UNIFORM = 48.0
+_FALLBACK_WIDTHS = (0.25, 0.125, 0.0625)
+_FALLBACK_CHECKS = (-0.9731, -0.5127, 0.1379, 0.6931, 0.9917)
+_FALLBACK_RTOL = 2e-15       # of |φ(y)| + max(1, |y|)·max |φ| on [-4, 4]
+_FALLBACK_RTOL_FD = 1e-11    # φ' from finite differences (no df): their own error is ~1e-12
+_FALLBACK_ARGUMENT = 21.0    # the reach of the quadrature, in units of √q
+
+
+def _chebyshev_matrices():
+    """(nodes t_j, (P, P) values -> coefficients, (checks, P) coefficients -> values at checks)."""
+    p = _FALLBACK_POINTS
+    j = np.arange(p)
+    t = np.cos(np.pi * (j + 0.5) / p)
+    to_coef = 2.0 / p * np.cos(np.pi * np.outer(j, j + 0.5) / p)
+    to_coef[0] /= 2
+    checks = np.asarray(_FALLBACK_CHECKS)
+    at_checks = np.cos(np.outer(np.arccos(checks), j))
+    return t, to_coef, at_checks
+
+
+@lru_cache(maxsize=64)
+def _fallback_record(layer, geometric):
+    """The fallback record of ``layer`` with ``geometric`` doubling panels per side (a float64
+    array), or None where no panel width in _FALLBACK_WIDTHS interpolates φ and φ' to the
+    tolerance (then that op's near-parallel pairs keep the truncated series and its warning)."""
+    name = repr(layer)
+    phi, dphi = layer._functions()
+    t, to_coef, at_checks = _chebyshev_matrices()
+    rtol_dphi = _FALLBACK_RTOL if dphi is not None else _FALLBACK_RTOL_FD
+    for h in _FALLBACK_WIDTHS:
+        uniform = int(round(_FALLBACK_UNIFORM / h))
+        lo = np.concatenate([np.arange(uniform) * h, _FALLBACK_UNIFORM * 2.0 ** np.arange(geometric)])
+        width = np.concatenate([np.full(uniform, h), _FALLBACK_UNIFORM * 2.0 ** np.arange(geometric)])
+        coefficients, ok = [], True
+        for fn, rtol, is_dphi in ((phi, _FALLBACK_RTOL, False), (dphi, rtol_dphi, True)):
+            sides = []
+            for side in (1.0, -1.0):
+                y = side * (lo[:, None] + (t[None, :] + 1) / 2 * width[:, None])
+                y_check = side * (lo[:, None] + (np.asarray(_FALLBACK_CHECKS)[None, :] + 1) / 2
+                                  * width[:, None])
+                if fn is None:
+                    values, exact = _derivative(name, phi, y), _derivative(name, phi, y_check)
+                else:
+                    values, exact = _checked(name, fn, y), _checked(name, fn, y_check)
+                coef = values @ to_coef.T
+                error = np.abs(coef @ at_checks.T - exact)
+                near = np.abs(y) <= 4.0
+                scale = np.abs(values[near]).max() if near.any() else 0.0
+                # The activations' own rounding grows with |y| (e.g. x·sigmoid(x) through tanh).
+                allowed = rtol * (np.abs(exact) + scale * np.maximum(1.0, np.abs(y_check)))
+                ok = ok and bool(np.all(error <= allowed))
+                sides.append(coef)
+            coefficients.append(np.concatenate(sides))
+        if ok:
+            header = [1.0 if layer._kinked_at_zero else 0.0, h, uniform * h, uniform, geometric,
+                      _FALLBACK_POINTS]
+            record = np.concatenate([header] + [c.ravel() for c in coefficients])
+            record.flags.writeable = False
+            return record
+    return None
+
+
+def _fallback(layer, max_q):
+    """The fallback record of ``layer`` for rows with variances up to max_q, or None."""
+    reach = _FALLBACK_ARGUMENT * math.sqrt(max(max_q, 0.0))
+    geometric = max(1, math.ceil(math.log2(max(reach, _FALLBACK_UNIFORM) / _FALLBACK_UNIFORM)))
+    return _fallback_record(layer, geometric)
 
 
 def _tails(table, degree):
@@ -255,13 +351,26 @@ def _tails(table, degree):
             np.maximum(tail_b, eps * np.abs(table[1])))
 
 
-class SeriesInputs:
-    """What the CPU engine needs for a program with Series ops: the tables of both point sets,
-    the tail profiles (engine.hpp SeriesOptions) and, for messages, each op's layer."""
+# warn_if_slow: more entries than both of these.
+_SLOW_FALLBACK_PAIRS = 10_000
+_SLOW_FALLBACK_SHARE = 0.1
 
-    def __init__(self, tables1, tables2, profiles, layers, rtol, warn_rtol):
+
+class SeriesInputs:
+    """What the CPU engine needs for a program with Series ops: the program itself (its Series
+    ops keep the terms their rows need), the tables of both point sets, the tail profiles and
+    fallback records (engine.hpp SeriesOptions) and, for messages, each op's layer."""
+
+    def __init__(self, program, tables1, tables2, profiles, fallbacks, fallback_above, layers,
+                 rtol, warn_rtol):
+        self.program = program  # the network's program with the Series ops' degrees as stored
         self.tables1, self.tables2, self.profiles = tables1, tables2, profiles
+        self.fallbacks, self.fallback_above = fallbacks, fallback_above
         self.layers, self.rtol, self.warn_rtol = layers, rtol, warn_rtol
+
+    def engine_arguments(self):
+        """The Series arguments of _core.gram, in order."""
+        return (self.tables1, self.tables2, self.profiles, self.fallbacks, self.fallback_above)
 
     def warn_if_truncated(self, bound):
         """A RuntimeWarning when the engine's tail bound exceeds what the dtype promises."""
@@ -273,6 +382,18 @@ class SeriesInputs:
                 "correlated pairs of inputs; a larger deg reduces it", RuntimeWarning,
                 stacklevel=4)
 
+    def warn_if_slow(self, fallback_pairs, entries):
+        """A RuntimeWarning when the 2-D quadrature fallback computed a large share of the
+        entries (exact, but ~1000x slower per entry than the series)."""
+        if fallback_pairs > max(_SLOW_FALLBACK_PAIRS, _SLOW_FALLBACK_SHARE * entries):
+            names = ", ".join(sorted({f"{l!r} (deg={l.deg})" for _, l in self.layers}))
+            warnings.warn(
+                f"{names}: {fallback_pairs} of {entries} entries ({fallback_pairs / entries:.0%}) "
+                "were computed by 2-D quadrature, about 1000x slower than the series: their "
+                "inputs are nearly parallel (|ρ| near 1) at large variances, or deg is small "
+                f"(a larger deg, up to {_core.MAX_SERIES_DEGREE}, sums more of them as a series)",
+                RuntimeWarning, stacklevel=4)
+
 
 def series_layers(ops, layers):
     """[(op index, layer)] of the Series ops of a lowered network, given its Series activations
@@ -281,28 +402,54 @@ def series_layers(ops, layers):
     return list(zip(found, layers))
 
 
+# The tables of one Series op (both point sets) are kept below this size: fewer terms, and more
+# near-parallel pairs for the fallback, rather than gigabytes of coefficients.
+_TABLE_BYTES = 512 * 2 ** 20
+
+
+def _profile(tail_a, tail_b, scale_a, scale_b, rtol):
+    """profile[k]: the largest tail from term k on, of either series, in units of the tolerated
+    error (rtol of the layer's largest E[φ²], E[φ'²]); non-increasing in k."""
+    bound = np.maximum(tail_a / max(scale_a * rtol, 1e-300), tail_b / max(scale_b * rtol, 1e-300))
+    return np.maximum.accumulate(bound[::-1])[::-1]
+
+
 def _tables(ops, pool, series, point_sets, num_threads, rtol):
-    """The series tables of each point set, and the tail profiles (SeriesOptions). Op by op: the
-    variances entering a Series op are the diagonal of the network up to it (the same row
-    recursion the engine runs, so the same bits), with the tables of the earlier Series ops; the
-    coefficients of all point sets come from one call, so a row in both sets gets the same
-    coefficients in both."""
-    total = sum(table_rows(layer.deg) for _, layer in series)
+    """(the lowered ops with each Series op's degree and first row as stored, the series tables
+    of each point set, the tail profiles, the fallback records) (SeriesOptions).
+
+    Op by op: the variances entering a Series op are the diagonal of the network up to it (the
+    same row recursion the engine runs, so the same bits), with the tables of the earlier Series
+    ops; the coefficients of all point sets come from one call, so a row in both sets gets the
+    same coefficients in both. Each op keeps only the terms its rows need even at |ρ| = 1 (its
+    deg at most, within _TABLE_BYTES): beyond them its tail is below the tolerance."""
+    most = sum(table_rows(layer.deg) for _, layer in series)
     # In the engine's padded layout (used in place); padding columns harmless: E[φ²] = E[φ'²] =
     # 1, coefficients 0.
-    tables = [np.empty((total, _core.row_stride(x.shape[0]))) for x in point_sets]
+    tables = [np.empty((most, _core.row_stride(x.shape[0]))) for x in point_sets]
     xs = [np.require(np.asarray(x, dtype=np.float64), requirements=["C", "A"]) for x in point_sets]
     profiles = np.zeros((len(series), max(layer.deg for _, layer in series) + 2))
+    records, ops, row0 = [], list(ops), 0
     for s, (k, layer) in enumerate(series):
-        row0, degree = int(ops[k][3][0]), layer.deg
-        program = compiled_program(ops[:k], pool)
+        program = compiled_program(tuple(ops[:k]), pool)
         qs = []
         for x, table in zip(xs, tables):
             q = np.empty(x.shape[0])
             # Only the earlier ops' rows (a contiguous view): nothing else is read or copied.
             _core.diagonal(program, x, q, None, num_threads, table[:row0] if row0 else None)
             qs.append(q)
-        values, tail_a, tail_b = _coefficients(layer, np.concatenate(qs), degree)
+        all_q = np.concatenate(qs)
+        budget = max(1, int(_TABLE_BYTES / (8 * max(all_q.size, 1)) - 4) // 2)
+        full = {}
+
+        def choose_degree(tail_a, tail_b, scale_a, scale_b):
+            full["profile"] = profile = _profile(tail_a, tail_b, scale_a, scale_b, rtol)
+            enough = np.flatnonzero(profile[:layer.deg + 1] <= 1.0)
+            return max(1, min(layer.deg, int(enough[0]) if enough.size else layer.deg, budget))
+
+        values, _, _ = _coefficients(layer, all_q, layer.deg, choose_degree)
+        degree = (values.shape[0] - 4) // 2
+        records.append(_fallback(layer, float(all_q.max()) if all_q.size else 0.0))
         start = 0
         for q, table in zip(qs, tables):
             block = table[row0:row0 + table_rows(degree)]
@@ -310,13 +457,18 @@ def _tables(ops, pool, series, point_sets, num_threads, rtol):
             block[:2, q.size:] = 1.0
             block[2:, q.size:] = 0.0
             start += q.size
-        # profile[k]: the largest tail from term k on, of either series, in units of the
-        # tolerated error (rtol of the layer's largest E[φ²], E[φ'²]); non-increasing in k.
-        scale_a = max(np.abs(values[0]).max() * rtol, 1e-300)
-        scale_b = max(np.abs(values[1]).max() * rtol, 1e-300)
-        bound = np.maximum(tail_a / scale_a, tail_b / scale_b)
-        profiles[s, :degree + 2] = np.maximum.accumulate(bound[::-1])[::-1]
-    return tables, profiles
+        profiles[s, :degree + 2] = full["profile"][:degree + 2]
+        kind, _, offset, params = ops[k]
+        ops[k] = (kind, degree, offset, (float(row0),) + tuple(params[1:]))
+        row0 += table_rows(degree)
+    # One row per op; an op without a record gets -1 (no fallback).
+    fallbacks = np.zeros((len(series), max([1] + [r.size for r in records if r is not None])))
+    for s, record in enumerate(records):
+        if record is None:
+            fallbacks[s, 0] = -1.0
+        else:
+            fallbacks[s, :record.size] = record
+    return tuple(ops), [table[:row0] for table in tables], profiles, fallbacks
 
 
 def series_inputs(layers, ops, pool, x1, x2, num_threads, dtype):
@@ -328,7 +480,10 @@ def series_inputs(layers, ops, pool, x1, x2, num_threads, dtype):
     threads = 0 if num_threads is None else num_threads
     # Terms are summed to rtol of each layer's largest value; a bound above warn_rtol is reported.
     float64 = np.dtype(dtype) == np.float64
-    rtol, warn_rtol = (1e-14, 1e-10) if float64 else (1e-8, 1e-6)
-    tables, profiles = _tables(ops, pool, series, [x1] if x2 is None else [x1, x2], threads, rtol)
+    # Entries whose bound exceeds fallback_rtol are computed by 2-D quadrature instead.
+    rtol, fallback_rtol, warn_rtol = (1e-14, 1e-12, 1e-10) if float64 else (1e-8, 1e-7, 1e-6)
+    ops, tables, profiles, fallbacks = _tables(ops, pool, series,
+                                               [x1] if x2 is None else [x1, x2], threads, rtol)
     tables1, tables2 = tables[0], (tables[1] if x2 is not None else None)
-    return SeriesInputs(tables1, tables2, profiles, series, rtol, warn_rtol)
+    return SeriesInputs(compiled_program(ops, pool), tables1, tables2, profiles, fallbacks,
+                        fallback_rtol / rtol, series, rtol, warn_rtol)

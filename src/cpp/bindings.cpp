@@ -9,6 +9,7 @@
 #include <pybind11/stl.h>
 
 #include <algorithm>
+#include <cmath>
 #include <memory>
 #include <optional>
 #include <string>
@@ -18,6 +19,7 @@
 
 #include "ntkfast/band_product.hpp"
 #include "ntkfast/engine.hpp"
+#include "ntkfast/series_fallback.hpp"
 #include "python_poll.hpp"
 
 namespace py = pybind11;
@@ -69,13 +71,15 @@ ntkfast::SeriesTables series_tables(const std::optional<CArray<double>>& tables,
   return {tables->data(), int64_t(tables->shape(0)), int64_t(tables->shape(1))};
 }
 
-// Returns the largest tail bound the Series ops left (0 without them; engine.hpp SeriesOptions).
+// Returns (the largest tail bound the Series ops left, the entries their fallback computed); 0
+// without them (engine.hpp SeriesOptions).
 template <class T>
-double gram(const Program& prog, const CArray<T>& x1, std::optional<CArray<T>> x2,
+py::tuple gram(const Program& prog, const CArray<T>& x1, std::optional<CArray<T>> x2,
             std::optional<CArray<T>> nngp, std::optional<CArray<T>> ntk, int num_threads,
             int64_t tile, std::optional<py::function> progress,
             std::optional<CArray<double>> series1, std::optional<CArray<double>> series2,
-            std::optional<CArray<double>> series_profiles) {
+            std::optional<CArray<double>> series_profiles,
+            std::optional<CArray<double>> series_fallbacks, double series_fallback_above) {
   if (x1.ndim() != 2 || (x2 && x2->ndim() != 2)) throw std::invalid_argument("x must be 2-D");
   const py::ssize_t n1 = x1.shape(0), d = x1.shape(1);
   const py::ssize_t n2 = x2 ? x2->shape(0) : n1;
@@ -102,14 +106,23 @@ double gram(const Program& prog, const CArray<T>& x1, std::optional<CArray<T>> x
     options.series.profile_count = series_profiles->shape(0);
     options.series.profile_len = series_profiles->shape(1);
   }
+  if (series_fallbacks) {
+    if (series_fallbacks->ndim() != 2) throw std::invalid_argument("series_fallbacks must be 2-D");
+    options.series.fallbacks = series_fallbacks->data();
+    options.series.fallback_count = series_fallbacks->shape(0);
+    options.series.fallback_len = series_fallbacks->shape(1);
+  }
+  options.series.fallback_above = series_fallback_above;
   options.series.max_tail_bound = &max_tail_bound;
+  int64_t fallback_pairs = 0;
+  options.series.fallback_pairs = &fallback_pairs;
   const T* x1_ptr = x1.data();
   const T* x2_ptr = x2 ? x2->data() : nullptr;
   poll.run_released<ntkfast::Cancelled>([&] {
     ntkfast::compute_gram<T>(prog, x1_ptr, n1, x2_ptr, n2, d, nngp_ptr, n2, ntk_ptr, n2, g_blas,
                              options);
   });
-  return max_tail_bound;
+  return py::make_tuple(max_tail_bound, fallback_pairs);
 }
 
 template <class T>
@@ -227,12 +240,14 @@ PYBIND11_MODULE(_core, m) {
         py::arg("x2").noconvert(), py::arg("nngp").noconvert(), py::arg("ntk").noconvert(),
         py::arg("num_threads"), py::arg("tile"), py::arg("progress"),
         py::arg("series1").noconvert() = py::none(), py::arg("series2").noconvert() = py::none(),
-        py::arg("series_profiles").noconvert() = py::none());
+        py::arg("series_profiles").noconvert() = py::none(),
+        py::arg("series_fallbacks").noconvert() = py::none(), py::arg("series_fallback_above") = 1.0);
   m.def("gram", &gram<float>, py::arg("program"), py::arg("x1").noconvert(),
         py::arg("x2").noconvert(), py::arg("nngp").noconvert(), py::arg("ntk").noconvert(),
         py::arg("num_threads"), py::arg("tile"), py::arg("progress"),
         py::arg("series1").noconvert() = py::none(), py::arg("series2").noconvert() = py::none(),
-        py::arg("series_profiles").noconvert() = py::none());
+        py::arg("series_profiles").noconvert() = py::none(),
+        py::arg("series_fallbacks").noconvert() = py::none(), py::arg("series_fallback_above") = 1.0);
   m.def("diagonal", &diagonal<double>, py::arg("program"), py::arg("x").noconvert(),
         py::arg("nngp").noconvert(), py::arg("ntk").noconvert(), py::arg("num_threads"),
         py::arg("series").noconvert() = py::none());
@@ -273,6 +288,17 @@ PYBIND11_MODULE(_core, m) {
   m.def("select_cpu_kernels", &ntkfast::select_cpu_kernels, py::arg("name"));
   m.def("default_tile", &ntkfast::default_tile, py::arg("n_features"));
   m.def("row_stride", &ntkfast::row_stride, py::arg("n"));
+  // The Series fallback for one pair (tests: against closed forms and mpmath directly).
+  m.def("series_pair_fallback", [](const CArray<double>& record, double a, double b, double rho) {
+    if (record.ndim() != 1 || !ntkfast::fallback_record_valid(record.data(), record.shape(0)) ||
+        record.data()[0] < 0)
+      throw std::invalid_argument("record: not a fallback record");
+    if (!(a >= 0 && b >= 0 && std::isfinite(a) && std::isfinite(b) && rho >= -1 && rho <= 1))
+      throw std::invalid_argument("a, b: finite and >= 0; rho: in [-1, 1]");
+    double nngp, dot;
+    ntkfast::series_pair_fallback(record.data(), a, b, rho, &nngp, &dot);
+    return py::make_tuple(nngp, dot);
+  }, py::arg("record").noconvert(), py::arg("a"), py::arg("b"), py::arg("rho"));
   m.def("snap_tolerance", [](const std::string& dtype, int64_t d) {
     if (dtype == "float64") return ntkfast::snap_tolerance<double>(d);
     if (dtype == "float32") return ntkfast::snap_tolerance<float>(d);

@@ -23,6 +23,7 @@
 #include "ntkfast/exact_pair.hpp"
 #include "ntkfast/layer_math.hpp"
 #include "ntkfast/row_step.hpp"
+#include "series_fallback.hpp"
 #include "cpu_kernels.hpp"
 
 #ifndef NTKFAST_KERNEL_TABLE
@@ -138,7 +139,28 @@ void series_chunk(const LayerOp& op, const RowTables& rows1, int64_t i, const Ro
     power *= rho_max;
     ++n;
   }
-  if (power * profile[n] > tails->max_bound) tails->max_bound = power * profile[n];
+  // Entries the degree + 1 terms leave above fallback_above: by 2-D quadrature instead (their t
+  // kept, the vector pass's values overwritten below), where the op has a fallback record.
+  const double* fallback =
+      tails->fallbacks ? tails->fallbacks + int64_t(op.p[1]) * tails->fallback_len : nullptr;
+  int fallback_count = 0;
+  int fallback_at[kChunk];
+  double fallback_t[kChunk];
+  double bound = power * profile[n];
+  if (bound > tails->fallback_above && fallback && fallback[0] >= 0.0) {
+    bound = 0.0;
+    for (int j = 0; j < m; ++j) {
+      if (c[j] == q1 && q2[j] == q1) continue;  // a duplicate: exact below
+      const double own = __builtin_pow(__builtin_fabs(rho[j]), double(n)) * profile[n];
+      if (own > tails->fallback_above) {
+        fallback_at[fallback_count] = j;
+        fallback_t[fallback_count++] = WithNtk ? t[j] : 0.0;
+      } else if (own > bound) {
+        bound = own;
+      }
+    }
+  }
+  if (bound > tails->max_bound) tails->max_bound = bound;
   // Row i's coefficients, contiguous: in the table they are a row stride apart (the same L1 set).
   alignas(64) double a1_row[kMaxSeriesDegree + 1];
   for (int64_t q = 0; q <= n; ++q) a1_row[q] = a1[q * s1];
@@ -169,6 +191,14 @@ void series_chunk(const LayerOp& op, const RowTables& rows1, int64_t i, const Ro
     store_pack(c + p, nt_select(duplicate, splat<Pack<G>>(m0), e));
     if (WithNtk)
       store_pack(t + p, load_pack<G>(t + p) * nt_select(duplicate, splat<Pack<G>>(m1), ed));
+  }
+  tails->fallback_pairs += fallback_count;
+  for (int f = 0; f < fallback_count; ++f) {
+    const int j = fallback_at[f];
+    double value, dot;
+    series_pair_fallback(fallback, sq1, sq2[j], rho[j], &value, &dot);
+    c[j] = value;
+    if (WithNtk) t[j] = fallback_t[f] * dot;
   }
 }
 

@@ -23,11 +23,16 @@ struct RowTables {
   const double* series = nullptr;
 };
 
-// A Series op's tail profiles (engine.hpp SeriesOptions) and the largest bound a tile left.
+// A Series op's tail profiles and fallback records (engine.hpp SeriesOptions), and the largest
+// bound a tile left.
 struct SeriesTails {
   const double* profiles;
   int64_t profile_len;
   double max_bound;
+  const double* fallbacks;  // null: none
+  int64_t fallback_len;
+  double fallback_above;
+  int64_t fallback_pairs;  // entries the fallback computed (a diagonal tile's mirror not counted)
 };
 
 constexpr int64_t kRowPad = 64;

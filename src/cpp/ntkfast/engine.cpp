@@ -30,6 +30,7 @@
 #include <pthread.h>
 
 #include "ntkfast/row_step.hpp"
+#include "ntkfast/series_fallback.hpp"
 
 #if defined(_OPENMP)
 #include <omp.h>
@@ -512,14 +513,25 @@ void compute_gram(const Program& prog, const T* x1, int64_t n1, const T* x2, int
   const bool has_series = stats1.series != nullptr;
   if (has_series && (!options.series.profiles || options.series.profile_len < 2))
     throw std::invalid_argument("series: tail profiles required");
+  if (has_series && options.series.fallbacks && !(options.series.fallback_above >= 1.0))
+    throw std::invalid_argument("series: fallback_above must be >= 1");
   for (int k = 0; k < pv.n_ops; ++k)
     if (pv.ops[k].kind == kSeries) {
       if (options.series.profile_len < pv.ops[k].degree + 2)
         throw std::invalid_argument("series: tail profile shorter than degree + 2");
       if (int64_t(pv.ops[k].p[1]) >= options.series.profile_count)
         throw std::invalid_argument("series: no tail profile for op " + std::to_string(k));
+      if (options.series.fallbacks) {
+        const int64_t index = int64_t(pv.ops[k].p[1]);
+        if (index >= options.series.fallback_count ||
+            !fallback_record_valid(options.series.fallbacks + index * options.series.fallback_len,
+                                   options.series.fallback_len))
+          throw std::invalid_argument("series: malformed fallback record for op " +
+                                      std::to_string(k));
+      }
     }
   double series_bound = 0.0;
+  int64_t fallback_pairs = 0;
   RowStats& stats2 = symmetric ? stats1 : stats2_own;
   const T* xb = symmetric ? x1 : x2;
 
@@ -576,7 +588,9 @@ void compute_gram(const Program& prog, const T* x1, int64_t n1, const T* x2, int
   {
     // Per thread: the tile's input Gram, its finished NNGP/NTK, and a transpose scratch.
     std::vector<T> gram, nngp_tile, ntk_tile, scratch;
-    SeriesTails tails{options.series.profiles, options.series.profile_len, 0.0};
+    SeriesTails tails{options.series.profiles, options.series.profile_len, 0.0,
+                      options.series.fallbacks, options.series.fallback_len,
+                      options.series.fallback_above, 0};
     try {
       gram.resize(size_t(tile * tile));
       if (nngp) nngp_tile.resize(size_t(tile * tile));
@@ -666,9 +680,11 @@ void compute_gram(const Program& prog, const T* x1, int64_t n1, const T* x2, int
     if (has_series) {
       std::lock_guard<std::mutex> lock(error_mutex);
       series_bound = std::max(series_bound, tails.max_bound);
+      fallback_pairs += tails.fallback_pairs;
     }
   }
   if (options.series.max_tail_bound) *options.series.max_tail_bound = series_bound;
+  if (options.series.fallback_pairs) *options.series.fallback_pairs = fallback_pairs;
   if (error) std::rethrow_exception(error);
   if (cancelled) throw Cancelled();
   if (options.poll && !options.poll(total, total)) throw Cancelled();

@@ -72,12 +72,20 @@ int64_t row_stride(int64_t n);
 // (A and B) in units of the tolerated error, over the rows of both point sets. A tile sums,
 // per chunk of entries, the fewest terms n whose bound |ρ|^n profile[n] is <= 1; where all
 // degree + 1 terms leave more, the largest such bound is reported in max_tail_bound.
+// Optionally, per Series op, a fallback record (series_fallback.hpp): an entry whose own bound
+// exceeds fallback_above (>= 1) is then computed by 2-D quadrature instead, and its bound is not
+// reported.
 struct SeriesOptions {
   SeriesTables set1, set2;  // set2 unused for a symmetric Gram
   const double* profiles = nullptr;  // profile_count x profile_len, row-major
   int64_t profile_count = 0;
   int64_t profile_len = 0;
+  const double* fallbacks = nullptr;  // fallback_count x fallback_len, row-major; may be null
+  int64_t fallback_count = 0;
+  int64_t fallback_len = 0;
+  double fallback_above = 1.0;
   double* max_tail_bound = nullptr;  // out, may be null
+  int64_t* fallback_pairs = nullptr;  // out, may be null: entries computed by the fallback
 };
 
 struct GramOptions {
