@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import ntkfast
-from ntkfast import _blas, _core
+from ntkfast import _blas, _core, _series
 from ntkfast._errors import EngineNonFinite, KernelUnderflowError
 
 RELU = ntkfast.MLP(2, "relu", W_std=1.5, b_std=0.1)
@@ -351,6 +351,27 @@ def test_series_ops_are_validated_by_the_engine():
         other = _core.Program([dense, (kind, 4, 0, [0.0, 1.0]), dense], [])  # a second profile
         with pytest.raises(ValueError, match="no tail profile for op 1"):
             _core.gram(other, x, None, out, None, 0, 0, None, tables, None, profiles)
+        # Fallback records (series_fallback.hpp): one per op, well-formed, or -1 for none.
+        good = _series._fallback(ntkfast.Tanh(), 1.0)
+        bad_records = [np.zeros((1, 3)), np.zeros((0, good.size)),  # too short / none for op 1
+                       good[None, :-1].copy(),  # truncated coefficients
+                       np.r_[good[:1], -good[1:2], good[2:]][None, :],  # h < 0
+                       np.r_[2.0, good[1:]][None, :],  # kinked flag neither 0 nor 1
+                       np.r_[good[:3], 1e9, good[4:]][None, :]]  # panels beyond the data
+        for record in bad_records:
+            with pytest.raises(ValueError, match="malformed fallback record for op 1"):
+                _core.gram(prog, x, None, out, None, 0, 0, None, tables, None, profiles, record,
+                           100.0)
+        with pytest.raises(ValueError, match="fallback_above must be >= 1"):
+            _core.gram(prog, x, None, out, None, 0, 0, None, tables, None, profiles,
+                       good[None, :].copy(), float("nan"))
+        none = np.array([[-1.0]])  # no fallback: accepted
+        _core.gram(prog, x, None, out, None, 0, 0, None, tables, None, profiles, none, 100.0)
+    for record, a, b, rho in [(good[:-1], 1.0, 1.0, 0.5), (np.array([-1.0]), 1.0, 1.0, 0.5),
+                              (good, -1.0, 1.0, 0.5), (good, 1.0, np.inf, 0.5),
+                              (good, 1.0, 1.0, 1.5), (good, 1.0, 1.0, np.nan)]:
+        with pytest.raises(ValueError, match="record|rho"):
+            _core.series_pair_fallback(record, a, b, rho)
     for params in ([-1.0, 0.0], [0.5, 0.0], [0.0, 1e12]):
         with pytest.raises(ValueError, match="malformed series op"):
             _core.Program([dense, (kind, 4, 0, params), dense], [])
