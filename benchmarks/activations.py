@@ -15,6 +15,7 @@ process; neural-tangents at a smaller N (its quadrature holds N² deg² values),
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -56,16 +57,36 @@ def _points(q1, q2, rho):
     return x1, x2
 
 
+@contextlib.contextmanager
+def _fallback_counter():
+    """Collects the engine's counts of entries computed by the 2-D quadrature fallback."""
+    from ntkfast import _series
+
+    counts = []
+    original = _series.SeriesInputs.warn_if_slow
+
+    def count(self, pairs, entries):
+        counts.append(pairs)
+        return original(self, pairs, entries)
+
+    _series.SeriesInputs.warn_if_slow = count
+    try:
+        yield counts
+    finally:
+        _series.SeriesInputs.warn_if_slow = original
+
+
 def _ntkfast_case(layer, q1, q2, omr):
+    """(E[φφ], E[φ'φ'], warned, whether the engine's 2-D quadrature fallback computed it)."""
     import ntkfast as nf
 
     rho = 1.0 - omr
     x1, x2 = _points(q1, q2, rho)
-    with warnings.catch_warnings(record=True) as caught:
+    with _fallback_counter() as counts, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         k = nf.gram(x1, x2, net=nf.serial(nf.Dense(W_std=1.0), layer))
     c = float(x1[0] @ x2[0]) / 2
-    return float(k.nngp[0, 0]), float(k.ntk[0, 0]) / c, bool(caught)
+    return float(k.nngp[0, 0]), float(k.ntk[0, 0]) / c, bool(caught), sum(counts) > 0
 
 
 NT_SCRIPT = r"""
@@ -137,12 +158,13 @@ def accuracy(args):
              f"machine: {_machine()}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", "",
              "Relative error of E[φ(u)φ(v)] and E[φ'(u)φ'(v)] (to the larger of the two rows' "
              "own values), one layer, u, v with variances q1, q2 and correlation ρ. ntkfast: "
-             "float64, default deg = 256 ('warned': ntkfast raised its truncation warning, whose "
-             "bound covers the error). neural-tangents 0.6.5: ElementwiseNumerical(fn, deg) "
-             "(deg × deg Gauss-Hermite), float64.", "",
-             "| activation | q1 | q2 | 1 − ρ | ntkfast E[φφ] | ntkfast E[φ'φ'] | warned | "
+             "float64, default deg ('path': the Hermite series, or the engine's 2-D quadrature "
+             "where the series cannot converge; 'warned': ntkfast raised a warning). "
+             "neural-tangents 0.6.5: ElementwiseNumerical(fn, deg) (deg × deg Gauss-Hermite), "
+             "float64. 1 − ρ = 2 − 1e-12 is ρ = −1 + 1e-12.", "",
+             "| activation | q1 | q2 | 1 − ρ | ntkfast E[φφ] | ntkfast E[φ'φ'] | path | warned | "
              "NT deg=25 E[φφ] | NT deg=25 E[φ'φ'] | NT deg=100 E[φφ] | NT deg=100 E[φ'φ'] |",
-             "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|"]
+             "|---|---:|---:|---:|---:|---:|---|---|---:|---:|---:|---:|"]
     worst = {}
     for name, cases in data["cases"].items():
         nt = {}
@@ -152,8 +174,8 @@ def accuracy(args):
                         "cases": [[c["q1"], c["q2"], c["one_minus_rho"], deg] for c in cases]}
                 nt[deg] = _nt(args.nt_python, spec)
         for k, case in enumerate(cases):
-            got_nngp, got_dot, warned = _ntkfast_case(layers[name], case["q1"], case["q2"],
-                                                      case["one_minus_rho"])
+            got_nngp, got_dot, warned, fallback = _ntkfast_case(
+                layers[name], case["q1"], case["q2"], case["one_minus_rho"])
             ref_nngp, ref_dot = float(case["nngp"]), float(case["dot"])
 
             def err(value, ref, scale):
@@ -162,14 +184,15 @@ def accuracy(args):
             e = (err(got_nngp, ref_nngp, case["scale"]), err(got_dot, ref_dot, case["scale_dot"]))
             if not warned:
                 worst[name] = max(worst.get(name, 0.0), *e)
-            cells = [f"{v:.1e}" for v in e] + ["yes" if warned else "no"]
+            cells = [f"{v:.1e}" for v in e] + ["2-D quadrature" if fallback else "series",
+                                                 "yes" if warned else "no"]
             for deg in (25, 100):
                 if deg in nt:
                     cells += [f"{err(nt[deg][k][0], ref_nngp, case['scale']):.1e}",
                               f"{err(nt[deg][k][1], ref_dot, case['scale_dot']):.1e}"]
                 else:
                     cells += ["–", "–"]
-            lines.append(f"| {name} | {case['q1']:g} | {case['q2']:g} | {case['one_minus_rho']:g} "
+            lines.append(f"| {name} | {case['q1']:g} | {case['q2']:g} | {case['one_minus_rho']:.12g} "
                          f"| " + " | ".join(cells) + " |")
     lines += ["", "Largest ntkfast error where it did not warn, per activation: " +
               ", ".join(f"{k} {v:.1e}" for k, v in worst.items())]
@@ -204,10 +227,13 @@ def speed(args):
             lines.append(f"| {np.dtype(dtype).name} | {depth} | relu | {relu:.2f} s | 1.00 |")
             for act in args.activations:
                 net = nf.MLP(depth, act, W_std=1.5, b_std=0.05)
-                with warnings.catch_warnings(record=True) as caught:
+                with _fallback_counter() as counts, \
+                        warnings.catch_warnings(record=True) as caught:
                     warnings.simplefilter("always")
                     t = _time(lambda: nf.gram(x, net=net), args.repeat)
                 note = " (warned)" if caught else ""
+                if counts and counts[-1]:
+                    note += f" ({counts[-1]} entries by 2-D quadrature)"
                 lines.append(f"| {np.dtype(dtype).name} | {depth} | {act}{note} | {t:.2f} s | "
                              f"{t / relu:.2f} |")
     if args.nt_python:
