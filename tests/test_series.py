@@ -11,6 +11,7 @@ Tolerances: float64 1e-12 of the layer's largest value per layer (1e-11 for φ' 
 tolerance (slow tails near |ρ| = 1) the engine's 2-D quadrature fallback computes the entry, to the
 same tolerances; without a fallback, ntkfast warns, and the warning's bound must hold.
 """
+import contextlib
 import json
 import math
 import pathlib
@@ -178,6 +179,22 @@ def test_elementwise_numerical_reproduces_closed_forms(closed, fn_pair, with_df,
         assert np.abs(a - b).max() <= tol * np.abs(b).max(), name
 
 
+@contextlib.contextmanager
+def _fallback_counter(monkeypatch):
+    """The engine's counts of entries computed by the 2-D quadrature fallback, one per gram."""
+    from ntkfast import _series
+
+    counts, original = [], _series.SeriesInputs.warn_if_slow
+
+    def count(self, pairs, entries):
+        counts.append(pairs)
+        return original(self, pairs, entries)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(_series.SeriesInputs, "warn_if_slow", count)
+        yield counts
+
+
 def _near_parallel_points(scale):
     """Rows with |ρ| -> 1 in every way: x + 1e-5·noise (1 - ρ ~ 1e-10), -x + noise (ρ -> -1),
     an exact multiple (ρ = 1, other variance), and ordinary rows; variances ~scale²."""
@@ -197,15 +214,17 @@ def _near_parallel_points(scale):
     (nf.Gelu(), (lambda x: x * special.ndtr(x),
                  lambda x: special.ndtr(x) + x * np.exp(-x * x / 2) / math.sqrt(2 * math.pi))),
 ], ids=["relu", "erf", "gelu"])
-def test_elementwise_numerical_near_parallel_pairs_reproduce_closed_forms(closed, fn_pair, depth):
+def test_elementwise_numerical_near_parallel_pairs_reproduce_closed_forms(closed, fn_pair, depth,
+                                                                          monkeypatch):
     """Pairs the series cannot sum (|ρ| near 1, variances up to ~1e3) take the 2-D quadrature
     fallback: still the closed forms to 1e-10, and no warning."""
     f, df = fn_pair
     x = _near_parallel_points(10.0)
     want = nf.gram(x, net=nf.MLP(depth, closed, W_std=1.2, b_std=0.3))
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _fallback_counter(monkeypatch) as counts:
         warnings.simplefilter("error", RuntimeWarning)
         got = nf.gram(x, net=nf.MLP(depth, nf.ElementwiseNumerical(f, df=df), W_std=1.2, b_std=0.3))
+    assert counts[0] > 0  # the near-parallel pairs did take the fallback
     for name in ("nngp", "ntk"):
         a, b = getattr(got, name), getattr(want, name)
         assert np.abs(a - b).max() <= 1e-10 * np.abs(b).max(), name
@@ -213,18 +232,19 @@ def test_elementwise_numerical_near_parallel_pairs_reproduce_closed_forms(closed
 
 @pytest.mark.parametrize("case", [CASES[0], CASES[4], CASES[5], CASES[8]], ids=lambda c: repr(c[0]))
 @pytest.mark.parametrize("depth", [1, 3])
-def test_near_parallel_networks_match_layer_loop_oracle(case, depth):
+def test_near_parallel_networks_match_layer_loop_oracle(case, depth, monkeypatch):
     """The fallback through whole networks, against the 2-D quadrature layer loop. Not for a φ'
     with a jump (Elu(α != 1), Selu): the oracle's outer rule would have to resolve the width-s
     smoothed jump (it is 4e-7 off there; the mpmath cases cover them)."""
     layer, f, df, kinked = case
-    x = _near_parallel_points(8.0)[:6]  # variances up to ~1e3 in the first layer
-    # 500 nodes: at these variances 160 leave the oracle 1e-10 off (checked against mpmath).
+    x = _near_parallel_points(4.0)[:6]  # variances up to ~250 in the first layer
+    # 300 nodes: at these variances 160 leave the oracle ~1e-11 off.
     with np.errstate(over="ignore"):  # 1/cosh² at large arguments: 0, correctly
-        want_nngp, want_ntk = _network_oracle(x, layer, f, df, kinked, depth, 1.3, 0.1, nodes=500)
-    with warnings.catch_warnings():
+        want_nngp, want_ntk = _network_oracle(x, layer, f, df, kinked, depth, 1.3, 0.1, nodes=300)
+    with warnings.catch_warnings(), _fallback_counter(monkeypatch) as counts:
         warnings.simplefilter("error", RuntimeWarning)
         got = nf.gram(x, net=nf.MLP(depth, layer, W_std=1.3, b_std=0.1))
+    assert counts[0] > 0  # the near-parallel pairs did take the fallback
     for name, want in (("nngp", want_nngp), ("ntk", want_ntk)):
         err = np.abs(getattr(got, name) - want).max() / np.abs(want).max()
         assert err <= 1e-10, f"{name}: {err:.1e}"
