@@ -354,6 +354,9 @@ def test_fallback_interpolants_are_checked():
 
     kinked_off_zero = nf.ElementwiseNumerical(lambda x: np.abs(x - 0.3), df=lambda x: np.sign(x - 0.3))
     assert _series._fallback(kinked_off_zero, 4.0) is None
+    # exp overflows at the fallback's reach (21·√q) before the series' (14·√q): no record.
+    assert _series._fallback(nf.ElementwiseNumerical(np.exp), 900.0) is None
+    assert _series._fallback(nf.ElementwiseNumerical(np.exp), 1.0) is not None
     record = _series._fallback(nf.Elu(), 4.0)
     assert record is not None and record[0] == 1.0  # kinked at 0: resolved by the quadrature
     assert _series._fallback(nf.Tanh(), 4.0)[0] == 0.0

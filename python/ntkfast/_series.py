@@ -339,10 +339,15 @@ def _fallback_record(layer, geometric):
 
 
 def _fallback(layer, max_q):
-    """The fallback record of ``layer`` for rows with variances up to max_q, or None."""
+    """The fallback record of ``layer`` for rows with variances up to max_q, or None (also where
+    φ is not finite out to the fallback's reach, 21·√q against the series' 14·√q: e.g. exp)."""
     reach = _FALLBACK_ARGUMENT * math.sqrt(max(max_q, 0.0))
     geometric = max(1, math.ceil(math.log2(max(reach, _FALLBACK_UNIFORM) / _FALLBACK_UNIFORM)))
-    return _fallback_record(layer, geometric)
+    try:
+        with np.errstate(all="ignore"):
+            return _fallback_record(layer, geometric)
+    except ValueError:  # _checked: a non-finite value (the series tables were fine)
+        return None
 
 
 def _tails(table, degree):
