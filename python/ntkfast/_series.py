@@ -282,6 +282,7 @@ _FALLBACK_CHECKS = (-0.9731, -0.5127, 0.1379, 0.6931, 0.9917)
 _FALLBACK_RTOL = 2e-15       # of |φ(y)| + max(1, |y|)·max |φ| on [-4, 4]
 _FALLBACK_RTOL_FD = 1e-11    # φ' from finite differences (no df): their own error is ~1e-12
 _FALLBACK_ARGUMENT = 21.0    # the reach of the quadrature, in units of √q
+_FALLBACK_MAX_PANELS = 16384  # per side, for the all-uniform layout
 
 
 def _chebyshev_matrices():
@@ -298,30 +299,38 @@ def _chebyshev_matrices():
 
 @lru_cache(maxsize=64)
 def _fallback_record(layer, geometric):
-    """The fallback record of ``layer`` with ``geometric`` doubling panels per side (a float64
-    array), or None where no panel width in _FALLBACK_WIDTHS interpolates φ and φ' to the
-    tolerance (then that op's near-parallel pairs keep the truncated series and its warning)."""
+    """The fallback record of ``layer`` for arguments up to |y| = _FALLBACK_UNIFORM·2^geometric
+    (a float64 array), or None where no layout interpolates φ and φ' to the tolerance (then that
+    op's near-parallel pairs keep the truncated series and its warning). Layouts tried: uniform
+    panels out to _FALLBACK_UNIFORM then doubling ones, for each width in _FALLBACK_WIDTHS; then
+    uniform panels all the way (for a φ still oscillating far out, e.g. sin), while that takes at
+    most _FALLBACK_MAX_PANELS panels."""
     name = repr(layer)
     phi, dphi = layer._functions()
     t, to_coef, at_checks = _chebyshev_matrices()
+    checks = np.asarray(_FALLBACK_CHECKS)
     rtol_dphi = _FALLBACK_RTOL if dphi is not None else _FALLBACK_RTOL_FD
-    for h in _FALLBACK_WIDTHS:
-        uniform = int(round(_FALLBACK_UNIFORM / h))
-        lo = np.concatenate([np.arange(uniform) * h, _FALLBACK_UNIFORM * 2.0 ** np.arange(geometric)])
-        width = np.concatenate([np.full(uniform, h), _FALLBACK_UNIFORM * 2.0 ** np.arange(geometric)])
+    reach = _FALLBACK_UNIFORM * 2.0 ** geometric
+    layouts = [(h, _FALLBACK_UNIFORM, geometric) for h in _FALLBACK_WIDTHS]
+    layouts += [(h, reach, 1) for h in _FALLBACK_WIDTHS if reach / h <= _FALLBACK_MAX_PANELS]
+    for h, uniform_to, doubling in layouts:
+        uniform = int(round(uniform_to / h))
+        far = uniform_to * 2.0 ** np.arange(doubling)
+        lo = np.concatenate([np.arange(uniform) * h, far])
+        width = np.concatenate([np.full(uniform, h), far])
+        checked = lo < reach  # panels past the reach exist in the layout but are never used
         coefficients, ok = [], True
-        for fn, rtol, is_dphi in ((phi, _FALLBACK_RTOL, False), (dphi, rtol_dphi, True)):
+        for fn, rtol in ((phi, _FALLBACK_RTOL), (dphi, rtol_dphi)):
             sides = []
             for side in (1.0, -1.0):
                 y = side * (lo[:, None] + (t[None, :] + 1) / 2 * width[:, None])
-                y_check = side * (lo[:, None] + (np.asarray(_FALLBACK_CHECKS)[None, :] + 1) / 2
-                                  * width[:, None])
+                y_check = side * (lo[checked, None] + (checks[None, :] + 1) / 2 * width[checked, None])
                 if fn is None:
                     values, exact = _derivative(name, phi, y), _derivative(name, phi, y_check)
                 else:
                     values, exact = _checked(name, fn, y), _checked(name, fn, y_check)
                 coef = values @ to_coef.T
-                error = np.abs(coef @ at_checks.T - exact)
+                error = np.abs(coef[checked] @ at_checks.T - exact)
                 near = np.abs(y) <= 4.0
                 scale = np.abs(values[near]).max() if near.any() else 0.0
                 # The activations' own rounding grows with |y| (e.g. x·sigmoid(x) through tanh).
@@ -330,7 +339,7 @@ def _fallback_record(layer, geometric):
                 sides.append(coef)
             coefficients.append(np.concatenate(sides))
         if ok:
-            header = [1.0 if layer._kinked_at_zero else 0.0, h, uniform * h, uniform, geometric,
+            header = [1.0 if layer._kinked_at_zero else 0.0, h, uniform * h, uniform, doubling,
                       _FALLBACK_POINTS]
             record = np.concatenate([header] + [c.ravel() for c in coefficients])
             record.flags.writeable = False
