@@ -544,3 +544,23 @@ def test_fallback_quadrature_against_closed_forms(a, b, omr, sign):
     want_dot = 4 / math.pi / math.sqrt((1 + 2 * q1) * (1 + 2 * q2) - 4 * c * c)
     assert abs(nngp - want) <= 1e-13 * max(abs(want), 2 / math.pi * math.asin(2 * q1 / (1 + 2 * q1)))
     assert abs(dot - want_dot) <= 1e-13 * 4 / math.pi
+
+
+def test_table_budget_trades_terms_for_fallback_entries(monkeypatch):
+    """Tables over the memory budget keep fewer terms; the pairs those cannot sum take the
+    fallback, so the kernels stay the same (to the tolerance) and nothing warns."""
+    from ntkfast import _series
+
+    rng = np.random.default_rng(30)
+    x = rng.standard_normal((12, 6)) * 1.5
+    x[1] = x[0] + 1e-2 * rng.standard_normal(6)
+    net = nf.MLP(2, "silu", W_std=1.4, b_std=0.1)
+    want = nf.gram(x, net=net)
+    monkeypatch.setattr(_series, "_TABLE_BYTES", 8 * 12 * (2 * 6 + 4))  # 6 terms per op
+    with warnings.catch_warnings(), _fallback_counter(monkeypatch) as counts:
+        warnings.simplefilter("error", RuntimeWarning)
+        got = nf.gram(x, net=net)
+    assert counts[0] > 0
+    for name in ("nngp", "ntk"):
+        a, b = getattr(got, name), getattr(want, name)
+        assert np.abs(a - b).max() <= 1e-12 * np.abs(b).max(), name

@@ -444,7 +444,9 @@ def _tables(ops, pool, series, point_sets, num_threads, rtol):
     ops; the coefficients of all point sets come from one call, so a row in both sets gets the
     same coefficients in both. Each op keeps only the terms its rows need even at |ρ| = 1 (its
     deg at most, within _TABLE_BYTES): beyond them its tail is below the tolerance."""
-    most = sum(table_rows(layer.deg) for _, layer in series)
+    points = sum(x.shape[0] for x in point_sets)
+    budget = max(1, int(_TABLE_BYTES / (8 * max(points, 1)) - 4) // 2)  # terms per op
+    most = sum(table_rows(min(layer.deg, budget)) for _, layer in series)
     # In the engine's padded layout (used in place); padding columns harmless: E[φ²] = E[φ'²] =
     # 1, coefficients 0.
     tables = [np.empty((most, _core.row_stride(x.shape[0]))) for x in point_sets]
@@ -460,7 +462,6 @@ def _tables(ops, pool, series, point_sets, num_threads, rtol):
             _core.diagonal(program, x, q, None, num_threads, table[:row0] if row0 else None)
             qs.append(q)
         all_q = np.concatenate(qs)
-        budget = max(1, int(_TABLE_BYTES / (8 * max(all_q.size, 1)) - 4) // 2)
         full = {}
 
         def choose_degree(tail_a, tail_b, scale_a, scale_b):
