@@ -405,12 +405,12 @@ class SeriesInputs:
 
     def warn_if_slow(self, fallback_pairs, entries):
         """A RuntimeWarning when the 2-D quadrature fallback computed a large share of the
-        entries (exact, but ~1000x slower per entry than the series)."""
+        entries (exact, but 100-1500x slower per entry than the series)."""
         if fallback_pairs > max(_SLOW_FALLBACK_PAIRS, _SLOW_FALLBACK_SHARE * entries):
             names = ", ".join(sorted({f"{l!r} (deg={l.deg})" for _, l in self.layers}))
             warnings.warn(
                 f"{names}: {fallback_pairs} of {entries} entries ({fallback_pairs / entries:.0%}) "
-                "were computed by 2-D quadrature, about 1000x slower than the series: their "
+                "were computed by 2-D quadrature, 100-1500x slower per entry than the series: their "
                 "inputs are nearly parallel (|ρ| near 1) at large variances, or deg is small "
                 f"(a larger deg, up to {_core.MAX_SERIES_DEGREE}, sums more of them as a series)",
                 RuntimeWarning, stacklevel=4)
