@@ -193,13 +193,13 @@ def _kept_rows(degree, kept):
 def _coefficients(layer, q, degree, choose_degree=None):
     """(tables for the variances q, (table_rows(kept), len(q)), and bounds on the rows' tails
     of A and of B: arrays of degree + 2), where kept = choose_degree(tail_a, tail_b, largest
-    E[φ²], largest E[φ'²]) <= degree (default: degree). Rows with equal variances get bitwise equal columns, which the engine's
-    exact duplicate rows rely on.
+    E[φ²], largest E[φ'²]) <= degree (default: degree). Rows with equal variances get bitwise
+    equal columns, which the engine's exact duplicate rows rely on.
 
     Interpolated rows: one product of every octave's node values with the rows' barycentric
     weights L_j (zero outside the row's octave). Their tails are bounded through the interpolant
     (the triangle inequality on the tail's coefficients): √tail(k) <= Σ_j |L_j|·√tail_j(k) +
-    √(degree + 1)·(interpolation error)."""
+    √(degree + 1)·(interpolation error), with |L_j| maximised over bins of the rows."""
     s = np.sqrt(np.maximum(q, 0.0))
     rows_total = table_rows(degree)
     out = np.empty((rows_total, s.size))
@@ -324,7 +324,8 @@ def _fallback_record(layer, geometric):
             sides = []
             for side in (1.0, -1.0):
                 y = side * (lo[:, None] + (t[None, :] + 1) / 2 * width[:, None])
-                y_check = side * (lo[checked, None] + (checks[None, :] + 1) / 2 * width[checked, None])
+                y_check = side * (lo[checked, None]
+                                  + (checks[None, :] + 1) / 2 * width[checked, None])
                 if fn is None:
                     values, exact = _derivative(name, phi, y), _derivative(name, phi, y_check)
                 else:

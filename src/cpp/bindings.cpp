@@ -241,13 +241,15 @@ PYBIND11_MODULE(_core, m) {
         py::arg("num_threads"), py::arg("tile"), py::arg("progress"),
         py::arg("series1").noconvert() = py::none(), py::arg("series2").noconvert() = py::none(),
         py::arg("series_profiles").noconvert() = py::none(),
-        py::arg("series_fallbacks").noconvert() = py::none(), py::arg("series_fallback_above") = 1.0);
+        py::arg("series_fallbacks").noconvert() = py::none(),
+        py::arg("series_fallback_above") = 1.0);
   m.def("gram", &gram<float>, py::arg("program"), py::arg("x1").noconvert(),
         py::arg("x2").noconvert(), py::arg("nngp").noconvert(), py::arg("ntk").noconvert(),
         py::arg("num_threads"), py::arg("tile"), py::arg("progress"),
         py::arg("series1").noconvert() = py::none(), py::arg("series2").noconvert() = py::none(),
         py::arg("series_profiles").noconvert() = py::none(),
-        py::arg("series_fallbacks").noconvert() = py::none(), py::arg("series_fallback_above") = 1.0);
+        py::arg("series_fallbacks").noconvert() = py::none(),
+        py::arg("series_fallback_above") = 1.0);
   m.def("diagonal", &diagonal<double>, py::arg("program"), py::arg("x").noconvert(),
         py::arg("nngp").noconvert(), py::arg("ntk").noconvert(), py::arg("num_threads"),
         py::arg("series").noconvert() = py::none());

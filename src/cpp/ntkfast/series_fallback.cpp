@@ -211,7 +211,8 @@ void graded_panels(const Rules& rules, double anchor, double first, Visit visit,
     double edge = anchor, width = first;
     while (side > 0 ? edge < kRange : edge > -kRange) {
       if (std::fabs(edge - anchor) >= far) width = std::max(width, far_width);
-      const double next = side > 0 ? std::min(edge + width, kRange) : std::max(edge - width, -kRange);
+      const double next =
+          side > 0 ? std::min(edge + width, kRange) : std::max(edge - width, -kRange);
       const double mid = 0.5 * (edge + next), half = 0.5 * std::fabs(next - edge);
       for (int k = 0; k < kLegendre; ++k) {
         const double x = mid + half * rules.gl_x[k];
@@ -231,7 +232,8 @@ bool fallback_record_valid(const double* record, int64_t length) {
   if (length < kFallbackHeader || !(record[0] == 0.0 || record[0] == 1.0)) return false;
   const double h = record[1], b = record[2], m = record[3], g = record[4], p = record[5];
   const bool integral = m == std::floor(m) && g == std::floor(g) && p == std::floor(p);
-  if (!integral || !(m >= 1 && m <= 1e7 && g >= 1 && g <= 1000 && p >= 2 && p <= kMaxPoints)) return false;
+  if (!integral || !(m >= 1 && m <= 1e7 && g >= 1 && g <= 1000 && p >= 2 && p <= kMaxPoints))
+    return false;
   if (!(h > 0 && std::isfinite(h) && b == m * h)) return false;
   return length >= fallback_record_length(int64_t(m), int64_t(g), int64_t(p));
 }
