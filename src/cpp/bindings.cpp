@@ -125,6 +125,18 @@ py::tuple gram(const Program& prog, const CArray<T>& x1, std::optional<CArray<T>
   return py::make_tuple(max_tail_bound, fallback_pairs);
 }
 
+// gram's overload for T (float64 or float32 inputs and outputs).
+template <class T>
+void def_gram(py::module_& m) {
+  m.def("gram", &gram<T>, py::arg("program"), py::arg("x1").noconvert(),
+        py::arg("x2").noconvert(), py::arg("nngp").noconvert(), py::arg("ntk").noconvert(),
+        py::arg("num_threads"), py::arg("tile"), py::arg("progress"),
+        py::arg("series1").noconvert() = py::none(), py::arg("series2").noconvert() = py::none(),
+        py::arg("series_profiles").noconvert() = py::none(),
+        py::arg("series_fallbacks").noconvert() = py::none(),
+        py::arg("series_fallback_above") = 1.0);
+}
+
 template <class T>
 void diagonal(const Program& prog, const CArray<T>& x, std::optional<CArray<T>> nngp,
               std::optional<CArray<T>> ntk, int num_threads,
@@ -236,20 +248,8 @@ PYBIND11_MODULE(_core, m) {
 
   m.def("set_blas", &set_blas, py::arg("dgemm"), py::arg("sgemm"));
 
-  m.def("gram", &gram<double>, py::arg("program"), py::arg("x1").noconvert(),
-        py::arg("x2").noconvert(), py::arg("nngp").noconvert(), py::arg("ntk").noconvert(),
-        py::arg("num_threads"), py::arg("tile"), py::arg("progress"),
-        py::arg("series1").noconvert() = py::none(), py::arg("series2").noconvert() = py::none(),
-        py::arg("series_profiles").noconvert() = py::none(),
-        py::arg("series_fallbacks").noconvert() = py::none(),
-        py::arg("series_fallback_above") = 1.0);
-  m.def("gram", &gram<float>, py::arg("program"), py::arg("x1").noconvert(),
-        py::arg("x2").noconvert(), py::arg("nngp").noconvert(), py::arg("ntk").noconvert(),
-        py::arg("num_threads"), py::arg("tile"), py::arg("progress"),
-        py::arg("series1").noconvert() = py::none(), py::arg("series2").noconvert() = py::none(),
-        py::arg("series_profiles").noconvert() = py::none(),
-        py::arg("series_fallbacks").noconvert() = py::none(),
-        py::arg("series_fallback_above") = 1.0);
+  def_gram<double>(m);
+  def_gram<float>(m);
   m.def("diagonal", &diagonal<double>, py::arg("program"), py::arg("x").noconvert(),
         py::arg("nngp").noconvert(), py::arg("ntk").noconvert(), py::arg("num_threads"),
         py::arg("series").noconvert() = py::none());
