@@ -51,6 +51,15 @@ def _engine_array(x, dtype):
     return np.require(np.asarray(x, dtype=dtype), requirements=["C", "A"])
 
 
+def _program(request, x1, x2):
+    """(the CPU engine's program for request.net on these engine arrays, its SeriesInputs or
+    None): with Series ops, the program series_inputs rewrote to the terms it stored."""
+    ops, pool, _ = lower(request.net, x1.shape[1])
+    series = series_inputs(series_activations(request.net), ops, pool, x1, x2,
+                           request.num_threads, request.dtype)
+    return (series.program if series else compiled_program(ops, pool)), series
+
+
 class CpuBackend:
     """The OpenMP engine: NumPy arrays in and out; outputs allocated here unless given."""
 
@@ -65,16 +74,14 @@ class CpuBackend:
         if n1 and n2:
             c1 = _engine_array(request.x1, request.dtype)
             c2 = None if request.x2 is None else _engine_array(request.x2, request.dtype)
-            ops, pool, _ = lower(request.net, request.n_features)
             reporter = Progress(request.progress, "ntkfast.gram")
             try:
                 # Single-threaded BLAS also for the series tables' small products: OpenBLAS
                 # threads left spinning after them would take cores from the engine's threads.
                 with _blas.single_threaded():
-                    series = series_inputs(series_activations(request.net), ops, pool, c1, c2,
-                                           request.num_threads, request.dtype)
+                    program, series = _program(request, c1, c2)
                     bound, fallback_pairs = _core.gram(
-                        series.program if series else compiled_program(ops, pool), c1, c2, outputs.get("nngp"),
+                        program, c1, c2, outputs.get("nngp"),
                         outputs.get("ntk"), request.num_threads, request.tile,
                         reporter if reporter.enabled else None,
                         *(series.engine_arguments() if series else ()))
@@ -87,17 +94,13 @@ class CpuBackend:
         return outputs
 
     def diagonal(self, request):
-        n, d = request.x1.shape
+        n = request.x1.shape[0]
         outputs = {name: np.empty(n, dtype=request.dtype) for name in request.names}
         if n:
-            ops, pool, _ = lower(request.net, d)
             x = _engine_array(request.x1, request.dtype)
-            series = series_inputs(series_activations(request.net), ops, pool, x, None,
-                                   request.num_threads, request.dtype)
-            _core.diagonal(series.program if series else compiled_program(ops, pool), x,
-                           outputs.get("nngp"),
-                           outputs.get("ntk"), request.num_threads,
-                           series.tables1 if series else None)
+            program, series = _program(request, x, None)
+            _core.diagonal(program, x, outputs.get("nngp"), outputs.get("ntk"),
+                           request.num_threads, series.tables1 if series else None)
         return outputs
 
 

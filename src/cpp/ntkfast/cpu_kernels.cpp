@@ -117,17 +117,18 @@ void series_chunk(const LayerOp& op, const RowTables& rows1, int64_t i, const Ro
   const double q1 = rows1.q[k * s1 + i], sq1 = rows1.sq[k * s1 + i];
   const double* q2 = rows2.q + k * s2 + j0;
   const double* sq2 = rows2.sq + k * s2 + j0;
-  alignas(64) double rho[kChunk];
+  // rho_terms: the |ρ| that decides an entry's terms, 0 for a duplicate (it takes the exact
+  // diagonal below: its ρ = 1 must not set the chunk's terms nor send it to the fallback).
+  alignas(64) double rho[kChunk], rho_terms[kChunk];
   double rho_max = 0.0;
   for (int j = 0; j < m; ++j) {
     // A zero-variance row has A_k = B_k = 0 for k > 0, so its ρ does not matter: 0.
     const double s = sq1 * sq2[j];
     const double r = s > 0 ? c[j] / s : 0.0;
     rho[j] = r > 1.0 ? 1.0 : (r < -1.0 ? -1.0 : r);
-    // Duplicates take the exact diagonal below: their ρ = 1 must not set the chunk's terms.
     const bool duplicate = c[j] == q1 && q2[j] == q1;
-    const double a = duplicate ? 0.0 : __builtin_fabs(rho[j]);
-    rho_max = a > rho_max ? a : rho_max;
+    rho_terms[j] = duplicate ? 0.0 : __builtin_fabs(rho[j]);
+    rho_max = rho_terms[j] > rho_max ? rho_terms[j] : rho_max;
   }
   for (int j = m; j < kChunk; ++j) rho[j] = 0.0;
   // The fewest terms n whose tail bound |ρ|^n profile[n] is <= 1 (profile[n] is non-increasing);
@@ -150,8 +151,7 @@ void series_chunk(const LayerOp& op, const RowTables& rows1, int64_t i, const Ro
   if (bound > tails->fallback_above && fallback && fallback[0] >= 0.0) {
     bound = 0.0;
     for (int j = 0; j < m; ++j) {
-      if (c[j] == q1 && q2[j] == q1) continue;  // a duplicate: exact below
-      const double own = __builtin_pow(__builtin_fabs(rho[j]), double(n)) * profile[n];
+      const double own = __builtin_pow(rho_terms[j], double(n)) * profile[n];
       if (own > tails->fallback_above) {
         fallback_at[fallback_count] = j;
         fallback_t[fallback_count++] = WithNtk ? t[j] : 0.0;

@@ -270,11 +270,9 @@ const double* copy_series_tables(const ProgramView& prog, const SeriesTables& se
                                 " rows of series tables, got " + std::to_string(series.rows));
   if (series.cols == stride) return series.data;  // already in the layout, padded by the caller
   if (series.cols != n) throw std::invalid_argument("series: tables of the wrong width");
-  out.assign(size_t(series.rows) * size_t(stride), 0.0);
-  for (int64_t r = 0; r < series.rows; ++r) {
+  out.assign(size_t(series.rows) * size_t(stride), 0.0);  // padding: coefficients 0
+  for (int64_t r = 0; r < series.rows; ++r)
     std::copy(series.data + r * n, series.data + (r + 1) * n, out.begin() + r * stride);
-    std::fill(out.begin() + r * stride + n, out.begin() + (r + 1) * stride, 0.0);
-  }
   for (int k = 0; k < prog.n_ops; ++k)
     if (prog.ops[k].kind == kSeries)
       for (int64_t r = 0; r < 2; ++r) {
