@@ -321,3 +321,19 @@ def test_engine_checks_callback_ops():
 
     with pytest.raises(ValueError, match="wrong shape"):
         _core.gram(program, x, None, out, None, 1, 0, None, dual_kernels=wrong_shape)
+
+
+@pytest.mark.parametrize("scale, error", [(1e-300, nf.KernelUnderflowError),
+                                          (1e160, nf.NonFiniteKernelError)])
+def test_out_of_range_inputs_fail_before_the_user_functions_see_them(scale, error):
+    calls = []
+
+    def watched(c, q1, q2):
+        calls.append(c.shape)
+        return relu_nngp(c, q1, q2)
+
+    x = np.random.default_rng(0).standard_normal((20, 5)) * scale
+    net = nf.MLP(2, nf.DualKernel(watched), b_std=0.0)
+    with pytest.raises(error, match="after the input layer"):
+        nf.gram(x, net=net, get="nngp")
+    assert calls == []

@@ -306,12 +306,14 @@ const double* copy_series_tables(const ProgramView& prog, const SeriesTables& se
   return out.data();
 }
 
-// The range policy of row_step.hpp on every tabulated variance, the input one (k = 0) included,
-// in (op, row) order with the NTK diagonal last (the CUDA engine reports in the same order).
+// The range policy of row_step.hpp on the tabulated variances entering ops first..last (n_ops:
+// the NNGP diagonal), the input one (k = 0) included, in (op, row) order with the NTK diagonal
+// last (the CUDA engine reports in the same order).
 template <class T>
-void check_row_stats(const ProgramView& prog, const RowStats& st, int point_set) {
+void check_row_stats(const ProgramView& prog, const RowStats& st, int point_set, int first,
+                     int last) {
   const double storage_max = double(std::numeric_limits<T>::max());
-  for (int k = 0; k <= prog.n_ops; ++k) {
+  for (int k = first; k <= last; ++k) {
     const LayerOp* next_op = k < prog.n_ops ? &prog.ops[k] : nullptr;
     const double* q = st.q.data() + size_t(k) * size_t(st.stride);
     for (int64_t i = 0; i < st.n; ++i) {
@@ -322,7 +324,7 @@ void check_row_stats(const ProgramView& prog, const RowStats& st, int point_set)
         throw NonFiniteKernel(point_set, i, k - 1, q[i], false, range == kRowUnderflow);
     }
   }
-  if (!st.ntk_diag.empty())
+  if (!st.ntk_diag.empty() && last == prog.n_ops)
     for (int64_t i = 0; i < st.n; ++i)
       if (check_ntk_diagonal(st.ntk_diag[size_t(i)], storage_max) != kRowInRange)
         throw NonFiniteKernel(point_set, i, prog.n_ops - 1, st.ntk_diag[size_t(i)], true);
@@ -377,12 +379,15 @@ RowStats row_stats(const ProgramView& prog, const T* x, int64_t n, int64_t d, bo
       if (scale_exp[size_t(i)] != 0) any_scaled.store(true, std::memory_order_relaxed);
     }
   }
+  if (any_input_underflow.load()) st.input_underflow = std::move(input_underflow);
   // Segment by segment (program_segments): the rows' variances entering a callback op go through
   // the caller's dual kernels as one column (c = q1 = q2).
   for (size_t s = 0; s < segments.size(); ++s) {
     const Segment segment = segments[s];
     if (s > 0) {
       const int64_t k = segments[s - 1].end;
+      // The caller's functions only see variances in range: the rows up to here are checked.
+      check_row_stats<T>(prog, st, point_set, s > 1 ? segments[s - 2].end + 1 : 0, int(k));
       std::copy(q + k * stride, q + k * stride + n, q + (k + 1) * stride);
       dual_kernels(DualKernelBlock{int32_t(prog.ops[k].p[0]), n, 1, 1, q + (k + 1) * stride,
                                    ntk_diag, q + k * stride, nullptr});
@@ -399,8 +404,8 @@ RowStats row_stats(const ProgramView& prog, const T* x, int64_t n, int64_t d, bo
         any_rescaled.store(true, std::memory_order_relaxed);
     }
   }
-  if (any_input_underflow.load()) st.input_underflow = std::move(input_underflow);
-  check_row_stats<T>(prog, st, point_set);
+  check_row_stats<T>(prog, st, point_set, segments.size() > 1 ? segments.end()[-2].end + 1 : 0,
+                     prog.n_ops);
   if (any_scaled.load()) st.scale_exp = std::move(scale_exp);
   st.any_rescaled = any_rescaled.load();
   return st;
