@@ -17,6 +17,7 @@ import math
 import pathlib
 import pickle
 import re
+import textwrap
 import warnings
 
 import numpy as np
@@ -24,6 +25,7 @@ import pytest
 from scipy import special
 
 import ntkfast as nf
+from conftest import interrupt_script
 from oracles import ntkfast_dual, piecewise_quadrature
 
 SELU_ALPHA = 1.6732632423543772848170429916717
@@ -562,3 +564,53 @@ def test_table_budget_trades_terms_for_fallback_entries(monkeypatch):
     for name in ("nngp", "ntk"):
         a, b = getattr(got, name), getattr(want, name)
         assert np.abs(a - b).max() <= 1e-12 * np.abs(b).max(), name
+
+
+_SLOW_FALLBACK_TILE = textwrap.dedent("""
+    import signal, sys, time, warnings, numpy as np, ntkfast as nf
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    warnings.simplefilter("ignore")
+    rng = np.random.default_rng(0)
+    # One tile whose 5050 entries all take the 2-D quadrature, the slowest kind (ELU at q ~ 900,
+    # 1 - rho ~ 1e-6: milliseconds each), so the tile takes seconds.
+    x = (rng.standard_normal(64) + 1e-3 * rng.standard_normal((100, 64))) * 30.0
+    net = nf.serial(nf.Dense(1, 1.0, 0.0), nf.Elu(), nf.Dense(1))
+    print("started", flush=True)
+    t = time.perf_counter()
+    try:
+        nf.gram(x, net=net, tile_size=512)
+    except KeyboardInterrupt:
+        print(f"interrupted {time.perf_counter() - t:.3f}", flush=True)
+        sys.exit(3)
+    print(f"finished {time.perf_counter() - t:.3f}", flush=True)
+""")
+
+
+def test_ctrl_c_inside_a_tile_of_fallback_entries():
+    """The engine asks for Ctrl-C before each fallback entry, not only between tiles."""
+    code, out, err, elapsed = interrupt_script(_SLOW_FALLBACK_TILE, after=1.0)
+    assert code == 3 and "interrupted" in out, (out, err)
+    assert elapsed < 1.0, f"took {elapsed:.2f} s to stop"
+
+
+def test_progress_inside_a_tile_of_fallback_entries():
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal(64) + 1e-3 * rng.standard_normal((60, 64))) * 30.0
+    net = nf.serial(nf.Dense(1, 1.0, 0.0), nf.Elu(), nf.Dense(1))
+    calls = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        want = nf.gram(x, net=net)
+        got = nf.gram(x, net=net, tile_size=512,
+                      progress=lambda done, total: calls.append((done, total)))
+    assert np.array_equal(got.ntk, want.ntk)
+    # One tile of 1830 entries of ~1.5 ms (> 0.4 s on 2 threads, polls every 0.1 s): polled
+    # inside it (done = 0) and at the end.
+    assert (0, 1) in calls and calls[-1] == (1, 1)
+
+    def cancel(done, total):
+        raise KeyboardInterrupt
+
+    with warnings.catch_warnings(), pytest.raises(KeyboardInterrupt):
+        warnings.simplefilter("ignore")
+        nf.gram(x, net=net, tile_size=512, progress=cancel)

@@ -194,6 +194,7 @@ void series_chunk(const LayerOp& op, const RowTables& rows1, int64_t i, const Ro
   }
   tails->fallback_pairs += fallback_count;
   for (int f = 0; f < fallback_count; ++f) {
+    if (tails->interrupt && tails->interrupt(tails->interrupt_context)) throw TileStopped{};
     const int j = fallback_at[f];
     double value, dot;
     series_pair_fallback(fallback, sq1, sq2[j], rho[j], &value, &dot);

@@ -38,7 +38,14 @@ struct SeriesTails {
   int64_t fallback_len;
   double fallback_above;
   int64_t fallback_pairs;  // entries the fallback computed (a diagonal tile's mirror not counted)
+  // Asked before each fallback entry (0.05-3 ms each, so a tile of them can take minutes):
+  // returns whether the computation stops, and the tile then throws TileStopped. May be null.
+  bool (*interrupt)(void* context) = nullptr;
+  void* interrupt_context = nullptr;
 };
+
+// Thrown out of a tile that stopped early (SeriesTails::interrupt); the engine discards the tile.
+struct TileStopped {};
 
 constexpr int64_t kRowPad = 64;
 

@@ -25,6 +25,7 @@
 #include <mutex>
 #include <shared_mutex>
 #include <sstream>
+#include <thread>
 #include <type_traits>
 
 #include <pthread.h>
@@ -666,6 +667,7 @@ void compute_gram(const Program& prog, const T* x1, int64_t n1, const T* x2, int
   std::mutex error_mutex;
   bool cancelled = false;
   auto last_poll = std::chrono::steady_clock::now();
+  std::atomic<int> working{0};  // threads still taking tiles
 
   // Streaming stores need element-aligned destinations (a misaligned out=, e.g. np.memmap with an
   // odd offset, gets plain copies).
@@ -682,6 +684,19 @@ void compute_gram(const Program& prog, const T* x1, int64_t n1, const T* x2, int
     std::lock_guard<std::mutex> lock(error_mutex);
     if (!error) error = std::current_exception();
     stop.store(true);
+  };
+  // The poll, on the polling thread, when one is due: between tiles, and inside a tile before
+  // each series-fallback entry (SeriesTails::interrupt). Returns whether the computation stops.
+  auto poll_if_due = [&]() {
+    const auto now = std::chrono::steady_clock::now();
+    if (std::chrono::duration<double>(now - last_poll).count() < options.poll_interval)
+      return false;
+    last_poll = now;
+    std::unique_lock<std::shared_mutex> polling(store_lock);
+    if (options.poll(done.load(), total)) return false;
+    cancelled = true;
+    stop.store(true);
+    return true;
   };
 
 #pragma omp parallel num_threads(threads) if (threads > 1)
@@ -708,7 +723,22 @@ void compute_gram(const Program& prog, const T* x1, int64_t n1, const T* x2, int
 #else
     const bool poller = true;
 #endif
-#pragma omp for schedule(dynamic, 1)
+    using PollIfDue = decltype(poll_if_due);
+    struct Interrupt {
+      const std::atomic<bool>* stop;
+      bool poll;
+      PollIfDue* poll_when_due;
+      static bool check(void* context) {
+        auto* self = static_cast<Interrupt*>(context);
+        return self->stop->load(std::memory_order_relaxed) ||
+               (self->poll && (*self->poll_when_due)());
+      }
+    } interrupt{&stop, poller && bool(options.poll), &poll_if_due};
+    tails.interrupt = &Interrupt::check;
+    tails.interrupt_context = &interrupt;
+    working.fetch_add(1);
+#pragma omp barrier
+#pragma omp for schedule(dynamic, 1) nowait
     for (int64_t w = 0; w < total; ++w) {
       if (stop.load(std::memory_order_relaxed)) continue;
       try {
@@ -769,20 +799,19 @@ void compute_gram(const Program& prog, const T* x1, int64_t n1, const T* x2, int
           if (nontemporal) store_fence();
         }
         done.fetch_add(1, std::memory_order_relaxed);
-        if (poller && options.poll) {
-          const auto now = std::chrono::steady_clock::now();
-          if (std::chrono::duration<double>(now - last_poll).count() >= options.poll_interval) {
-            last_poll = now;
-            std::unique_lock<std::shared_mutex> polling(store_lock);
-            if (!options.poll(done.load(), total)) {
-              cancelled = true;
-              stop.store(true);
-            }
-          }
-        }
+        if (poller && options.poll) poll_if_due();
+      } catch (const TileStopped&) {
+        // stop is set: by the poll (cancelled) or by another thread's error
       } catch (...) {
         record_error();
       }
+    }
+    working.fetch_sub(1);
+    // Out of tiles, the polling thread (the caller's, where Ctrl-C is seen) keeps polling until
+    // the others finish theirs, which may be long (series-fallback entries).
+    while (poller && options.poll && working.load() > 0) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
+      if (!stop.load()) poll_if_due();
     }
     if (has_series) {
       std::lock_guard<std::mutex> lock(error_mutex);
