@@ -16,6 +16,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -169,6 +170,8 @@ def _bad(kind):
     return {
         "math": lambda c, a, b: math.sqrt(c),
         "shape": lambda c, a, b: np.ones(3),
+        "reduction": lambda c, a, b: np.max(c, 0),  # meant np.maximum: broadcasts, but wrong
+        "masked": lambda c, a, b: np.ma.masked_greater(c, 0.3),
         "nan": lambda c, a, b: np.where(c > 0.3, np.nan, c),
         "inf": lambda c, a, b: np.where(c > 0.3, np.inf, c),
         "complex": lambda c, a, b: c + 1j,
@@ -180,7 +183,10 @@ def _bad(kind):
 
 @pytest.mark.parametrize("kind, message", [
     ("math", r"nngp_fn\(cov12, var1, var2\) raised TypeError.*must be vectorised"),
-    ("shape", r"returned ndarray of shape \(3,\).*not real values broadcastable to"),
+    ("shape", r"returned ndarray of shape \(3,\) \(not the shape of an elementwise result\); "
+              r"expected real values of shape \(\) or \(90, 1\)"),
+    ("reduction", r"returned ndarray of shape \(1,\)"),
+    ("masked", r"returned MaskedArray .*\(\d+ masked entries\)"),
     ("nan", r"returned nan at cov12 = .*non-finite of .*must be finite"),
     ("inf", r"returned inf at cov12"),
     ("complex", r"dtype complex128"),
@@ -337,3 +343,109 @@ def test_out_of_range_inputs_fail_before_the_user_functions_see_them(scale, erro
     with pytest.raises(error, match="after the input layer"):
         nf.gram(x, net=net, get="nngp")
     assert calls == []
+
+
+def test_nngp_fn_and_d_nngp_fn_of_a_block_run_together_one_block_at_a_time(points):
+    """A d_nngp_fn that reuses what its nngp_fn computed (θ, here) needs the pair not to be
+    interleaved with another thread's: the calls are serialised per gram."""
+    shared = {}
+
+    def nngp(c, q1, q2):
+        shared["theta"] = np.arccos(np.clip(c / np.sqrt(q1 * q2), -1.0, 1.0))
+        time.sleep(0.001)  # let another engine thread try to get in between
+        return relu_nngp(c, q1, q2)
+
+    def d_nngp(c, q1, q2):
+        return (np.pi - shared["theta"]) / (2 * np.pi)
+
+    x = np.random.default_rng(3).standard_normal((600, 8))
+    got = nf.gram(x, net=nf.MLP(2, nf.DualKernel(nngp, d_nngp)), get="ntk", num_threads=2,
+                  tile_size=64)
+    assert rel_err(got, nf.gram(x, net=nf.MLP(2, "relu"), get="ntk")) <= 1e-13
+
+
+def test_the_callers_numpy_error_state_holds_on_every_engine_thread():
+    seen = set()
+
+    def nngp(c, q1, q2):
+        seen.add(np.geterr()["divide"])
+        return c
+
+    x = np.random.default_rng(0).standard_normal((600, 4))
+    with np.errstate(divide="raise"):
+        nf.gram(x, net=nf.MLP(2, nf.DualKernel(nngp)), get="nngp", num_threads=2, tile_size=64)
+    assert seen == {"raise"}
+
+
+def test_users_exception_classes_propagate_unchanged(points):
+    x, _ = points
+
+    class OutOfDomain(ValueError):
+        pass
+
+    def nngp(c, q1, q2):
+        raise OutOfDomain("c out of the domain")
+
+    with pytest.raises(OutOfDomain, match="c out of the domain"):
+        nf.gram(x, net=nf.MLP(1, nf.DualKernel(nngp)), get="nngp")
+
+
+def test_unhashable_callables_are_refused_when_the_layer_is_built():
+    import dataclasses
+
+    @dataclasses.dataclass
+    class Scaled:  # callable, but not frozen: unhashable
+        a: float
+
+        def __call__(self, c, q1, q2):
+            return self.a * c
+
+    with pytest.raises(TypeError, match="DualKernel: nngp_fn must be hashable.*Scaled"):
+        nf.DualKernel(Scaled(0.5))
+    with pytest.raises(TypeError, match="ElementwiseNumerical: fn must be hashable"):
+        nf.ElementwiseNumerical(Scaled(0.5))
+
+
+def test_the_users_functions_are_not_kept_alive_after_the_call(points):
+    import gc
+    import weakref
+
+    x, _ = points
+
+    def make():
+        data = np.ones(10)
+
+        def nngp(c, q1, q2):
+            return c * data[0]
+
+        return nngp
+
+    fn = make()
+    ref = weakref.ref(fn)
+    net = nf.MLP(2, nf.DualKernel(fn, square_d_nngp))
+    nf.gram(x, net=net)
+    nf.diagonal(x, net=net)
+    del fn, net
+    gc.collect()
+    assert ref() is None
+
+
+def test_dask_keys_differ_for_functions_of_the_same_name():
+    da = pytest.importorskip("dask.array")
+    import dask
+    from ntkfast import dask as nfd
+
+    x = np.random.default_rng(0).standard_normal((200, 5))
+    chunked = da.from_array(x, chunks=(100, 5))
+
+    def version(scale):
+        def nngp(c, q1, q2):
+            return scale * c
+        return nf.DualKernel(nngp)
+
+    a = nfd.gram(chunked, net=nf.MLP(2, version(1.0)), get="nngp")
+    b = nfd.gram(chunked, net=nf.MLP(2, version(0.5)), get="nngp")
+    assert a.name != b.name
+    got_a, got_b = dask.compute(a, b, scheduler="threads")
+    assert np.allclose(got_b, nf.gram(x, net=nf.MLP(2, version(0.5)), get="nngp"), rtol=1e-14)
+    assert not np.allclose(got_a, got_b)

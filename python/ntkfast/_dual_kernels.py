@@ -9,6 +9,10 @@ never a wrong kernel.
 """
 from __future__ import annotations
 
+import contextvars
+import itertools
+import threading
+
 import numpy as np
 
 from ._layers import dual_kernel_layers
@@ -44,14 +48,26 @@ class DualKernelCallback:
 
     def __init__(self, layers):
         self.layers = layers
+        # One call at a time, nngp_fn and d_nngp_fn of a block together (the GIL alone would let
+        # the engine's threads interleave them wherever NumPy releases it); per callback, so a
+        # gram called from inside a user's function has its own. The caller's context (e.g.
+        # np.errstate) also holds on the engine's threads.
+        self._lock = threading.Lock()
+        self._context = contextvars.copy_context()
 
     def __call__(self, index, c, t, q1, q2):
-        layer = self.layers[index]
+        with self._lock:
+            return self._context.copy().run(self._apply, self.layers[index], c, t, q1, q2)
+
+    @staticmethod
+    def _apply(layer, c, t, q1, q2):
         diagonal = q2 is None
         var1 = q1[:, None]
         var2 = var1 if diagonal else q2[None, :]
-        for array in (c, var1, var2):
-            array.flags.writeable = False  # the user's functions get inputs, not buffers
+        c_again = c.copy() if t is not None else None  # d_nngp_fn's own read-only copy
+        for array in (c, c_again, var1, var2):
+            if array is not None:
+                array.flags.writeable = False  # the user's functions get inputs, not buffers
         value = _evaluate(layer, "nngp_fn", c, var1, var2)
         if diagonal and np.any(value < 0):
             k = int(np.argmax(value < 0))
@@ -59,7 +75,7 @@ class DualKernelCallback:
                 f"{layer!r}: nngp_fn(var, var, var) must be a variance (>= 0), got "
                 f"{float(value.flat[k])!r} at var = {float(q1[k])!r}")
         if t is not None:
-            t *= _evaluate(layer, "d_nngp_fn", c, var1, var2)
+            t *= _evaluate(layer, "d_nngp_fn", c_again, var1, var2)
         return value, t
 
 
@@ -74,17 +90,29 @@ def _evaluate(layer, name, c, var1, var2):
     try:
         result = fn(c, var1, var2)
     except (TypeError, ValueError, IndexError, AttributeError) as error:
+        if type(error) not in (TypeError, ValueError, IndexError, AttributeError):
+            raise  # the user's own exception classes propagate as they are
         raise ValueError(f"{where} raised {type(error).__name__}: {error}; {called_with}") \
             from error
+    # The shapes an elementwise expression of the inputs can have: a reduction (np.max(c, 0))
+    # that happens to broadcast is a mistake, not a kernel.
+    shapes = {()} | {np.broadcast_shapes(*subset) for k in (1, 2, 3)
+                     for subset in itertools.combinations((c.shape, var1.shape, var2.shape), k)}
     try:
+        if np.ma.isMaskedArray(result) and np.ma.getmaskarray(result).any():
+            raise TypeError(f"{int(np.ma.count_masked(result))} masked entries")
         result = np.asarray(result)
         if result.dtype.kind not in "biuf":
             raise TypeError(f"dtype {result.dtype}")
+        if result.shape not in shapes:
+            raise TypeError("not the shape of an elementwise result")
         out = np.array(np.broadcast_to(result, c.shape), dtype=np.float64)
     except (TypeError, ValueError) as error:
         shape = getattr(result, "shape", None)
-        raise ValueError(f"{where} returned {type(result).__name__} of shape {shape} ({error}), "
-                         f"not real values broadcastable to {c.shape}; {called_with}") from None
+        raise ValueError(
+            f"{where} returned {type(result).__name__} of shape {shape} ({error}); expected real "
+            f"values of shape {' or '.join(map(str, sorted(shapes, key=len)))}; {called_with}") \
+            from None
     bad = ~np.isfinite(out)
     if bad.any():
         i, j = np.unravel_index(int(np.argmax(bad)), out.shape)

@@ -1184,6 +1184,29 @@ class Mish(_SeriesActivation):
         return phi, dphi
 
 
+def _user_function(owner, name, value, required=False):
+    """A user's callable (or None where not required), or a TypeError naming it. Layers are
+    hashable values, so the callable must be hashable too (a function, a frozen dataclass)."""
+    if value is None and not required:
+        return
+    if not callable(value):
+        raise TypeError(f"{owner}: {name} must be a callable{'' if required else ' or None'}, "
+                        f"got {value!r}")
+    try:
+        hash(value)
+    except TypeError:
+        raise TypeError(f"{owner}: {name} must be hashable (layers are hashable values), got an "
+                        f"unhashable {type(value).__name__}: use a function, or make it a frozen "
+                        "dataclass") from None
+
+
+def holds_user_functions(net: Layer) -> bool:
+    """Whether ``net`` has layers holding the user's callables (which may hold large data): such
+    networks are not kept in the lowering caches."""
+    layers = net.layers if isinstance(net, Serial) else (net,)
+    return any(isinstance(layer, (ElementwiseNumerical, DualKernel)) for layer in layers)
+
+
 @_frozen
 class ElementwiseNumerical(_SeriesActivation):
     """Any elementwise activation given as a vectorised callable, as
@@ -1220,10 +1243,8 @@ class ElementwiseNumerical(_SeriesActivation):
     df: object = None
 
     def __post_init__(self):
-        if not callable(self.fn):
-            raise TypeError(f"ElementwiseNumerical: fn must be a callable, got {self.fn!r}")
-        if self.df is not None and not callable(self.df):
-            raise TypeError(f"ElementwiseNumerical: df must be a callable or None, got {self.df!r}")
+        _user_function("ElementwiseNumerical", "fn", self.fn, required=True)
+        _user_function("ElementwiseNumerical", "df", self.df)
         super().__post_init__()
 
     def _functions(self):
@@ -1241,9 +1262,11 @@ class DualKernel(_Activation):
 
     Both are called on NumPy arrays that broadcast against each other, a block of Gram entries
     at a time (``cov12`` of shape (rows, cols), ``var1`` (rows, 1), ``var2`` (1, cols); the
-    points' own variances as (n, 1) arrays with cov12 = var1 = var2), from the engine's threads
-    (one call at a time: they hold the GIL). They must be vectorised and return finite arrays of
-    cov12's shape (or broadcastable to it); the inputs are read-only. ntkfast evaluates them as
+    points' own variances as (n, 1) arrays with cov12 = var1 = var2), from the engine's threads,
+    one block at a time (``nngp_fn`` then ``d_nngp_fn``, so the second may reuse what the first
+    computed) and under the caller's NumPy error state. They must be vectorised and return
+    finite real arrays of cov12's shape (or one it broadcasts from elementwise); the inputs are
+    read-only; they must be hashable (functions are), as layers are values. ntkfast evaluates them as
     given: their accuracy is the kernel's. Python runs once per tile of the Gram (~150,000
     entries), so a NumPy expression costs about what it costs on the whole matrix. CPU only
     (``backend='cuda'`` cannot run Python in its kernels); no near-parallel recomputation
@@ -1286,11 +1309,9 @@ class DualKernel(_Activation):
     fn: object = None
 
     def __post_init__(self):
-        for name in ("nngp_fn", "d_nngp_fn", "fn"):
-            value = getattr(self, name)
-            if (value is not None or name == "nngp_fn") and not callable(value):
-                raise TypeError(f"DualKernel: {name} must be a callable"
-                                f"{'' if name == 'nngp_fn' else ' or None'}, got {value!r}")
+        _user_function("DualKernel", "nngp_fn", self.nngp_fn, required=True)
+        _user_function("DualKernel", "d_nngp_fn", self.d_nngp_fn)
+        _user_function("DualKernel", "fn", self.fn)
 
     def _ops(self, ctx):
         ctx.emit(_CALLBACK, (len(ctx.callback_layers),))
@@ -1324,11 +1345,19 @@ def Elementwise(fn=None, nngp_fn=None, d_nngp_fn=None, *, deg=_DEFAULT_SERIES_DE
     return ElementwiseNumerical(fn, deg=deg)
 
 
-@lru_cache(maxsize=256)
-def _engine_layers(net: Layer):
+def _engine_layers_uncached(net: Layer):
     ctx = _Lowering(1, repr(net))
     net._ops(ctx)
     return tuple(ctx.series_layers), tuple(ctx.callback_layers)
+
+
+_engine_layers_cached = lru_cache(maxsize=256)(_engine_layers_uncached)
+
+
+def _engine_layers(net: Layer):
+    if holds_user_functions(net):
+        return _engine_layers_uncached(net)
+    return _engine_layers_cached(net)
 
 
 def series_activations(net: Layer):
@@ -1492,10 +1521,18 @@ def uses_standard(net: Layer) -> bool:
     return any(isinstance(l, Dense) and l.parameterization == "standard" for l in layers)
 
 
-@lru_cache(maxsize=256)
 def lower(net: Layer, n_features: int):
     """(ops, pool, sources) of ``net`` for inputs with ``n_features`` features (only 'standard'
     Dense layers depend on it); ``sources[k]`` describes the layer that op k came from."""
+    if holds_user_functions(net):  # not kept alive by the cache
+        return _lower(net, n_features)
+    return _lower_cached(net, n_features)
+
+
+def _lower(net: Layer, n_features: int):
     ctx = _Lowering(n_features, repr(net))
     net._ops(ctx)
     return tuple(ctx.ops), tuple(ctx.pool), tuple(ctx.sources)
+
+
+_lower_cached = lru_cache(maxsize=256)(_lower)

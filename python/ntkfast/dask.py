@@ -51,7 +51,7 @@ from ._band_store import FILE_BAND_BYTES, MEMORY_BAND_BYTES, BandFile, band_boun
 from ._gram import Kernels
 from ._gram import diagonal as _diagonal
 from ._gram import gram as _gram
-from ._layers import as_network
+from ._layers import as_network, holds_user_functions
 from ._operator import BLOCK_BYTES, as_vectors
 from ._validation import check_real_dtype, is_cupy, parse_get, points_request, result_dtype
 
@@ -261,7 +261,10 @@ def gram(x, x2=None, *, net, get="ntk", dtype=None, chunks=None, **gram_options)
     _check_options(a1, net, names, out_dtype, gram_options)
 
     kernel_get = names[0] if single else names
-    token = dask.base.tokenize(a1.name, None if a2 is None else a2.name, pickle.dumps(net),
+    # A user's function pickles by its name only (two versions of `nngp` look alike), so a
+    # network holding one gets keys of its own; the others are named by their value.
+    net_token = uuid.uuid4().hex if holds_user_functions(net) else pickle.dumps(net)
+    token = dask.base.tokenize(a1.name, None if a2 is None else a2.name, net_token,
                                names, str(out_dtype), sorted(gram_options.items(), key=str))
     name = f"ntkfast-engine-{token}"  # the engine calls; the arrays' chunks are named per kernel
     blocks1 = a1.to_delayed()[:, 0]
