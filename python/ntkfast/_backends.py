@@ -109,24 +109,14 @@ class CudaBackend:
 
     name = "cuda"
 
-    @staticmethod
-    def _check_supported(request):
-        layers = series_activations(request.net)
-        if layers:
-            raise NotImplementedError(
-                f"backend='cuda' does not run Hermite-series activations yet "
-                f"({', '.join(sorted({type(l).__name__ for l in layers}))}); use backend='cpu'")
-
     def gram(self, request):
         from . import _cuda_backend
 
-        self._check_supported(request)
         return _cuda_backend.gram(request)
 
     def diagonal(self, request):
         from . import _cuda_backend
 
-        self._check_supported(request)
         return _cuda_backend.diagonal(request)
 
 

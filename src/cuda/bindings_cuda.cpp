@@ -19,6 +19,7 @@
 #include <optional>
 #include <string>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include "cublas_runtime.hpp"
@@ -50,7 +51,8 @@ std::string pack(const std::vector<OpTuple>& ops) {
   for (const auto& [kind, degree, offset, params] : ops) {
     if (params.size() > 6) throw std::invalid_argument("program op: at most 6 parameters");
     if (kind < 0 || kind >= ntkfast::kNumOpKinds) throw std::invalid_argument("program op: unknown kind");
-    if (degree < 0 || degree > ntkfast::kMaxDegree) throw std::invalid_argument("program op: bad degree");
+    const int max_degree = kind == ntkfast::kSeries ? ntkfast::kMaxSeriesDegree : ntkfast::kMaxDegree;
+    if (degree < 0 || degree > max_degree) throw std::invalid_argument("program op: bad degree");
     ntkfast::LayerOp op{};
     op.kind = kind;
     op.degree = degree;
@@ -85,11 +87,40 @@ py::array host_output(const py::object& obj, int64_t n1, int64_t n2, int itemsiz
 
 using ntkfast::python::PythonPoll;  // the CPU binding's poll (src/cpp/python_poll.hpp)
 
+using F64Array = py::array_t<double, py::array::c_style | py::array::forcecast>;
+
+// A 2-D float64 array (None: empty) as (values, row length).
+std::pair<std::vector<double>, int64_t> matrix_values(const std::optional<F64Array>& a,
+                                                      const char* name) {
+  if (!a) return {{}, 0};
+  if (a->ndim() != 2) throw std::invalid_argument(std::string(name) + " must be 2-D");
+  return {std::vector<double>(a->data(), a->data() + a->size()), int64_t(a->shape(1))};
+}
+
+nc::HostSeriesTable host_table(const std::optional<F64Array>& a, const char* name) {
+  if (!a) return {};
+  if (a->ndim() != 2) throw std::invalid_argument(std::string(name) + " must be 2-D");
+  return {a->data(), int64_t(a->shape(0)), int64_t(a->shape(1))};
+}
+
+// row_stats with the Series tables (NumPy arrays, read with the GIL held; the copy is done when
+// row_stats returns).
+int64_t plan_row_stats(nc::GramPlan& plan, uintptr_t x1, uintptr_t x2, uintptr_t workspace,
+                       uintptr_t stream, const std::optional<F64Array>& series1,
+                       const std::optional<F64Array>& series2) {
+  const nc::HostSeriesTable t1 = host_table(series1, "series1"), t2 = host_table(series2, "series2");
+  py::gil_scoped_release release;
+  return plan.row_stats(x1, x2, workspace, stream, t1, t2);
+}
+
 std::unique_ptr<nc::GramPlan> make_plan(const std::vector<OpTuple>& ops, std::vector<double> pool,
                                         const std::string& dtype, int64_t n1, int64_t n2, int64_t d,
                                         bool symmetric, bool nngp, bool ntk, int64_t tile,
                                         const std::string& outputs, int device, int64_t free_bytes,
-                                        double snap_tol) {
+                                        double snap_tol, int64_t series_rows,
+                                        const std::optional<F64Array>& profiles,
+                                        const std::optional<F64Array>& fallbacks,
+                                        double fallback_above) {
   nc::PlanSpec spec;
   spec.ops = pack(ops);
   spec.pool = std::move(pool);
@@ -105,6 +136,10 @@ std::unique_ptr<nc::GramPlan> make_plan(const std::vector<OpTuple>& ops, std::ve
   spec.device = device;
   spec.free_bytes = free_bytes;
   spec.snap_tol = snap_tol;
+  spec.series_rows = series_rows;
+  std::tie(spec.profiles, spec.profile_len) = matrix_values(profiles, "profiles");
+  std::tie(spec.fallbacks, spec.fallback_len) = matrix_values(fallbacks, "fallbacks");
+  spec.fallback_above = fallback_above;
   return std::make_unique<nc::GramPlan>(std::move(spec));
 }
 
@@ -361,16 +396,32 @@ PYBIND11_MODULE(_cuda, m) {
       .def(py::init(&make_plan), py::kw_only(), py::arg("ops"), py::arg("pool"), py::arg("dtype"),
            py::arg("n1"), py::arg("n2"), py::arg("d"), py::arg("symmetric"), py::arg("nngp"),
            py::arg("ntk"), py::arg("tile"), py::arg("outputs"), py::arg("device"),
-           py::arg("free_bytes"), py::arg("snap_tol"))
+           py::arg("free_bytes"), py::arg("snap_tol"), py::arg("series_rows") = 0,
+           py::arg("profiles") = py::none(), py::arg("fallbacks") = py::none(),
+           py::arg("fallback_above") = 1.0)
       .def_property_readonly("tile", &nc::GramPlan::tile)
       .def_property_readonly("tiles_total", [](const nc::GramPlan& p) { return p.schedule().total(); })
       .def_property_readonly("workspace_bytes", &nc::GramPlan::workspace_bytes)
       .def_property_readonly("pinned_bytes", &nc::GramPlan::pinned_bytes)
       .def_property_readonly("scaled_bytes", &nc::GramPlan::scaled_bytes)
-      .def("row_stats", &nc::GramPlan::row_stats, py::kw_only(), py::arg("x1"), py::arg("x2"),
-           py::arg("workspace"), py::arg("stream"), py::call_guard<py::gil_scoped_release>(),
-           "Per-row tables of both point sets; synchronizes the stream; raises EngineNonFinite. "
-           "Returns the bytes of device memory the scaled GEMM copies need (usually 0).")
+      .def("row_stats", &plan_row_stats, py::kw_only(), py::arg("x1"), py::arg("x2"),
+           py::arg("workspace"), py::arg("stream"), py::arg("series1") = py::none(),
+           py::arg("series2") = py::none(),
+           "Per-row tables of both point sets (with Series ops from their tables series1, "
+           "series2: (series_rows, >= n) float64); synchronizes the stream; raises "
+           "EngineNonFinite. Returns the bytes of device memory the scaled GEMM copies need "
+           "(usually 0).")
+      .def_property_readonly("has_series", &nc::GramPlan::has_series)
+      .def(
+          "series_report",
+          [](const nc::GramPlan& plan, uintptr_t workspace, uintptr_t stream) {
+            const nc::GramPlan::SeriesReport r = plan.series_report(workspace, stream);
+            return std::make_tuple(r.max_tail_bound, r.fallback_pairs);
+          },
+          py::kw_only(), py::arg("workspace"), py::arg("stream"),
+          py::call_guard<py::gil_scoped_release>(),
+          "After run, with Series ops: (the largest tail bound left, the entries the fallback "
+          "computed); synchronizes the stream.")
       .def("run", &plan_run, py::kw_only(), py::arg("x1"), py::arg("x2"), py::arg("workspace"),
            py::arg("scaled"), py::arg("nngp"), py::arg("ntk"), py::arg("pinned"), py::arg("stream"),
            py::arg("cublas"), py::arg("progress"),

@@ -63,8 +63,9 @@ inline namespace NTKFAST_ISA_NAMESPACE {
 
 // Header fields of a fallback record, then the coefficients.
 constexpr int64_t kFallbackHeader = 6;
-// The largest P (coefficients per panel) a record may have (fallback_record_valid).
-constexpr int kFallbackMaxPoints = 64;
+// The largest P (coefficients per panel) a record may have (fallback_record_valid; Python's
+// records have 20): it sizes the quadrature's scratch, local memory on the GPU.
+constexpr int kFallbackMaxPoints = 32;
 
 // Length of a record with M uniform and G geometric panels of P coefficients.
 inline int64_t fallback_record_length(int64_t uniform, int64_t geometric, int64_t points) {
@@ -264,7 +265,7 @@ class Interpolant {
 // out[k] is written for k < n, and the result goes to out[k]·sign^k (sign = ±1, exact).
 NTKFAST_FALLBACK_HD inline void taylor_at_left_end(const double* c, int64_t n, double scale,
                                                    double sign, double* out) {
-  double cur[kFallbackMaxPoints], next[kFallbackMaxPoints];
+  double cur[kFallbackMaxPoints];
   for (int64_t j = 0; j < n; ++j) cur[j] = c[j];
   double power = 1.0;
   for (int64_t k = 0; k < n; ++k) {
@@ -274,16 +275,17 @@ NTKFAST_FALLBACK_HD inline void taylor_at_left_end(const double* c, int64_t n, d
     out[k] = k % 2 && sign < 0 ? -(value * power) : value * power;
     power *= scale;
     if (m == 1) break;
-    // Derivative coefficients (m - 1 of them), divided by k + 1.
+    // Derivative coefficients (m - 1 of them), divided by k + 1; in place: d[j-1] goes to cur[j]
+    // once cur[j] is read, then everything moves down by one.
     double d_hi = 0.0, d_hi2 = 0.0;  // d[j+1], d[j+2]
     for (int64_t j = m - 1; j >= 1; --j) {
       const double dj = d_hi2 + 2.0 * double(j) * cur[j];  // d[j-1]
-      next[j - 1] = dj;
+      cur[j] = dj;
       d_hi2 = d_hi;
       d_hi = dj;
     }
-    next[0] *= 0.5;
-    for (int64_t j = 0; j < m - 1; ++j) cur[j] = next[j] / double(k + 1);
+    cur[1] *= 0.5;
+    for (int64_t j = 0; j < m - 1; ++j) cur[j] = cur[j + 1] / double(k + 1);
   }
 }
 
