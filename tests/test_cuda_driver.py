@@ -741,3 +741,59 @@ def test_series_plan_arguments_are_checked_before_any_cuda_call():
         plan.series_report(workspace=4096, stream=0)
     with pytest.raises(ValueError, match="no Series op"):
         _plan().series_report(workspace=4096, stream=0)
+
+
+def _near_parallel_points(rng, n, kinked, d=9, scale=3.0):
+    """Random rows at large variances (few terms reach the tolerance: the fallback) with a
+    duplicate and near-parallel pairs. Exactly parallel rows of unequal norms only for smooth
+    activations: for a kinked one the NTK at |ρ| = 1 - δ moves by ~√δ (the kink smoothed at
+    s = √(1 - ρ²)), so whether rounding leaves ρ at 1 or at 1 - 1e-16 after a Dense layer moves it
+    by ~1e-10 relative, in either engine."""
+    x = scale * rng.standard_normal((n, d))
+    x[1] = x[0] + 1e-3 * rng.standard_normal(d)
+    x[5] = -x[4] + 1e-3 * rng.standard_normal(d)
+    x[9] = x[10]
+    if not kinked:
+        x[2] = 2.5 * x[3]
+        x[6] = -0.5 * x[8]
+    return x
+
+
+@pytest.mark.parametrize("net", [nf.MLP(2, nf.Elu(0.7, deg=16), W_std=1.5, b_std=0.2),
+                                 nf.MLP(2, nf.Tanh(deg=24), W_std=1.5, b_std=0.2),
+                                 SERIES_NET,
+                                 nf.serial(nf.Dense(W_std=1.4, b_std=0.1), nf.Silu(), nf.Dense(),
+                                           nf.Relu(), nf.Dense(W_std=1.3), nf.Softplus(beta=2.0),
+                                           nf.Dense())],
+                         ids=["elu-deg16", "tanh-deg24", "tanh-elu", "silu-relu-softplus"])
+@pytest.mark.parametrize("cross", [False, True])
+def test_series_entries_of_the_cuda_kernels_on_the_host(rng, monkeypatch, net, cross):
+    """The CUDA engine's per-entry code for programs with Series ops (series_math.hpp's
+    series_program_entry: per-entry terms, Horner sums, duplicates, the fallback choice and the
+    quadrature itself), run on the host by _cuda._series_gram_host, against the CPU engine:
+    float64 within rtol 1e-12 (+1e-13 max|K|), the same entries by 2-D quadrature."""
+    from ntkfast import _series
+
+    counts = []
+    monkeypatch.setattr(_series.SeriesInputs, "warn_if_slow",
+                        lambda self, pairs, entries: counts.append(pairs))
+    from ntkfast._layers import lower, series_activations
+
+    kinked = any(layer._kinked_at_zero for layer in series_activations(net))
+    x = _near_parallel_points(rng, 24, kinked)
+    y = _near_parallel_points(rng, 13, kinked) if cross else None
+    want = nf.gram(x, y, net=net, backend="cpu")
+    inputs = _series_want(net, x, y, np.float64)
+    _, pool, _ = lower(net, 9)
+    nngp, ntk, bound, fallbacks = _cuda._series_gram_host(
+        ops=[(k, deg, off, list(p)) for k, deg, off, p in inputs.ops], pool=list(pool), x1=x,
+        x2=y, tables1=inputs.tables1, tables2=inputs.tables2, profiles=inputs.profiles,
+        fallbacks=inputs.fallbacks, fallback_above=inputs.fallback_above,
+        snap_tol=nf._core.snap_tolerance("float64", 9))
+    for got, expected in ((nngp, want.nngp), (ntk, want.ntk)):
+        np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-13 * np.abs(expected).max())
+    if y is None:
+        assert np.array_equal(ntk, ntk.T) and ntk[9, 10] == ntk[9, 9]
+    assert fallbacks == counts[-1]
+    assert fallbacks > 0 or min(layer.deg for layer in series_activations(net)) > 24
+    assert 0 <= bound <= inputs.fallback_above

@@ -229,24 +229,12 @@ struct TileParams {
 struct SeriesParams {
   const double* table1;  // offset to the tile's first row, stride a.stride1
   const double* table2;  // offset to the tile's first column, stride a.stride2
-  const double* profiles;
-  int64_t profile_len;
-  const double* fallbacks;  // null: no fallback
-  int64_t fallback_len;
-  double fallback_above;
-  const FallbackRules* rules;
-  unsigned* marks;                   // a bit per entry, i * cols + j
-  unsigned long long* report;        // [0]: largest bound (bits), [1]: fallback entries
-  unsigned* flag;                    // some entry of this tile marked
+  SeriesData data;       // profiles, fallback records, rules (series_math.hpp)
+  unsigned* marks;             // a bit per entry, i * cols + j
+  unsigned long long* report;  // [0]: largest bound (bits), [1]: fallback entries
+  unsigned* flag;              // some entry of this tile marked
 };
 
-// Per thread, combined once per kernel (report_series).
-struct SeriesTally {
-  double bound = 0.0;
-  unsigned long long fallbacks = 0;
-};
-
-// The snapped input c = (x_i · x_j)/d of entry (i, j), and s = √(q1 q2).
 template <class T>
 __device__ __forceinline__ void input_entry(const TileParams<T>& a, int64_t i, int64_t j, double& c,
                                             double& s) {
@@ -255,54 +243,6 @@ __device__ __forceinline__ void input_entry(const TileParams<T>& a, int64_t i, i
   c = c * a.inv_d;
   s = pair_scale(a.q1[i], a.q2[j], a.sq1[i], a.sq2[j]);
   c = snap_input_correlation(c, s, a.snap_tol);
-}
-
-// A Series op on entry (i, j) (series_math.hpp; the CPU engine's series_chunk for one lane, with
-// the terms chosen for this entry's |ρ| alone). Returns false, leaving (c, t), for an entry that
-// needs the 2-D quadrature where Fallback is false (the caller marks it); with Fallback (only
-// series_fallback_kernel) it computes that entry too.
-template <bool WithNtk, bool Fallback, class T>
-__device__ __forceinline__ bool series_entry(const TileParams<T>& a, const SeriesParams& s,
-                                             const LayerOp& op, const PairStats<double>& ps,
-                                             int64_t i, int64_t j, double& c, double& t,
-                                             SeriesTally& tally) {
-  const int64_t s1 = a.stride1, s2 = a.stride2, degree = op.degree;
-  const double* m1 = s.table1 + int64_t(op.p[0]) * s1 + i;  // E[φ²], then E[φ'²] a stride on
-  const double* m2 = s.table2 + int64_t(op.p[0]) * s2 + j;
-  if (series_duplicate(c, ps.q1, ps.q2)) {  // the row's exact diagonal
-    c = m1[0];
-    if (WithNtk) t = t * m1[s1];
-    return true;
-  }
-  const double scale = ps.sq1 * ps.sq2;
-  const double rho = series_correlation(c, scale), rho_abs = fabs(rho);
-  const double* profile = s.profiles + int64_t(op.p[1]) * s.profile_len;
-  double bound;
-  const int64_t n = series_terms(rho_abs, profile, degree, bound);
-  if (bound > s.fallback_above && s.fallbacks) {
-    const double* record = s.fallbacks + int64_t(op.p[1]) * s.fallback_len;
-    if (record[0] >= 0.0) {
-      const double own = series_own_bound(rho_abs, n, profile);
-      if (own > s.fallback_above) {
-        if (!Fallback) return false;
-        double value, dot;
-        series_pair_fallback_with(*s.rules, record, ps.sq1, ps.sq2, rho, &value, &dot);
-        c = value;
-        if (WithNtk) t = t * dot;
-        ++tally.fallbacks;
-        return true;
-      }
-      bound = own;
-    }
-  }
-  if (bound > tally.bound) tally.bound = bound;
-  const double *a1 = m1 + 2 * s1, *a2 = m2 + 2 * s2;
-  double e, ed;
-  series_sum<WithNtk>(a1, a1 + (degree + 1) * s1, s1, a2, a2 + (degree + 1) * s2, s2, n, rho, scale,
-                      e, ed);
-  c = e;
-  if (WithNtk) t = t * ed;
-  return true;
 }
 
 // (c, t) of entry (i, j) of a tile: the CPU engine's tile_impl (cpu_kernels.cpp) for one entry.
@@ -316,19 +256,22 @@ __device__ __forceinline__ bool tile_entry(const TileParams<T>& a, const SeriesP
   t = 0.0;
   // |ρ| near 1: near_parallel_kernel redoes the entry from the rows (a benign race: all write 1).
   if (a.near_flag && near_parallel(c, scale)) *a.near_flag = 1u;
-  for (int k = 0; k < a.n_ops; ++k) {
-    const int64_t o1 = k * a.stride1 + i, o2 = k * a.stride2 + j;
-    const PairStats<double> ps{a.q1[o1], a.q2[o2], a.sq1[o1], a.sq2[o2]};
-    if (Series && a.ops[k].kind == kSeries) {
-      if (!series_entry<WithNtk, Fallback>(a, s, a.ops[k], ps, i, j, c, t, tally)) return false;
-      continue;
+  if (Series)  // series_math.hpp: the same loop, with the Series ops
+    return series_program_entry<WithNtk, Fallback>(
+        a.ops, a.n_ops, a.pool, s.data,
+        SeriesRow{a.q1 + i, a.sq1 + i, a.rescale1 ? a.rescale1 + i : nullptr, s.table1 + i, a.stride1},
+        SeriesRow{a.q2 + j, a.sq2 + j, a.rescale2 ? a.rescale2 + j : nullptr, s.table2 + j, a.stride2},
+        c, t, tally);
+  else
+    for (int k = 0; k < a.n_ops; ++k) {
+      const int64_t o1 = k * a.stride1 + i, o2 = k * a.stride2 + j;
+      const PairStats<double> ps{a.q1[o1], a.q2[o2], a.sq1[o1], a.sq2[o2]};
+      const int32_t e1 = a.rescale1 ? a.rescale1[o1] : 0, e2 = a.rescale2 ? a.rescale2[o2] : 0;
+      if (e1 != 0 || e2 != 0)  // only ever set for homogeneous ops
+        apply_op_rescaled<WithNtk>(a.ops[k], a.pool, ps, e1, e2, c, t);
+      else
+        apply_op<WithNtk>(a.ops[k], a.pool, ps, c, t);
     }
-    const int32_t e1 = a.rescale1 ? a.rescale1[o1] : 0, e2 = a.rescale2 ? a.rescale2[o2] : 0;
-    if (e1 != 0 || e2 != 0)  // only ever set for homogeneous ops
-      apply_op_rescaled<WithNtk>(a.ops[k], a.pool, ps, e1, e2, c, t);
-    else
-      apply_op<WithNtk>(a.ops[k], a.pool, ps, c, t);
-  }
   return true;
 }
 
@@ -541,17 +484,17 @@ void launch_tile(const TileArgs& a, cudaStream_t stream) {
   SeriesParams sp{};
   sp.table1 = as_ptr<const double>(in.table1);
   sp.table2 = as_ptr<const double>(in.table2);
-  sp.profiles = as_ptr<const double>(in.profiles);
-  sp.profile_len = in.profile_len;
-  sp.fallbacks = as_ptr<const double>(in.fallbacks);
-  sp.fallback_len = in.fallback_len;
-  sp.fallback_above = in.fallback_above;
-  sp.rules = as_ptr<const FallbackRules>(in.rules);
+  sp.data.profiles = as_ptr<const double>(in.profiles);
+  sp.data.profile_len = in.profile_len;
+  sp.data.fallbacks = as_ptr<const double>(in.fallbacks);
+  sp.data.fallback_len = in.fallback_len;
+  sp.data.fallback_above = in.fallback_above;
+  sp.data.rules = as_ptr<const FallbackRules>(in.rules);
   sp.marks = as_ptr<unsigned>(in.marks);
   sp.report = as_ptr<unsigned long long>(in.report);
   sp.flag = in.report ? as_ptr<unsigned>(in.report + 2 * sizeof(unsigned long long)) : nullptr;
   const bool series = sp.table1 != nullptr;
-  if (series && sp.fallbacks)
+  if (series && sp.data.fallbacks)
     NTKFAST_CUDA_CHECK(cudaMemsetAsync(sp.flag, 0, sizeof(unsigned), stream));
   const dim3 grid(unsigned((a.cols + kTileDim - 1) / kTileDim), unsigned((a.rows + kTileDim - 1) / kTileDim));
   const dim3 block(kTileDim, kBlockRows);
@@ -560,7 +503,7 @@ void launch_tile(const TileArgs& a, cudaStream_t stream) {
   else
     tile_kernel<T, WithNtk, false><<<grid, block, 0, stream>>>(p, sp);
   NTKFAST_CUDA_CHECK_LAUNCH("tile_kernel");
-  if (series && sp.fallbacks) {
+  if (series && sp.data.fallbacks) {
     const int64_t blocks = std::min<int64_t>((a.rows * a.cols + 127) / 128, 2048);
     series_fallback_kernel<T, WithNtk><<<unsigned(blocks), 128, 0, stream>>>(p, sp);
     NTKFAST_CUDA_CHECK_LAUNCH("series_fallback_kernel");

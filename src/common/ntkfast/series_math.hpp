@@ -22,6 +22,8 @@
 
 #include "layer_math.hpp"
 #include "program.hpp"
+#include "row_step.hpp"
+#include "series_fallback.hpp"
 
 namespace ntkfast {
 inline namespace NTKFAST_ISA_NAMESPACE {
@@ -86,6 +88,107 @@ NTKFAST_HD void series_sum(const double* a1, const double* b1, int64_t s1, const
     for (int64_t q = n - 2; q >= 0; --q) direct = nt_mad(direct, rho, b1[q * s1] * b2[q * s2]);
     ed = direct;
   }
+}
+
+// ------------------------------------------------------------------------------------------------
+// One entry at a time (the CUDA engine's Series kernels, and _cuda._series_gram_host, their
+// emulation on the CPU for the tests): the terms chosen for the entry's own |ρ|.
+
+// What a Series op reads besides the per-row tables (engine.hpp SeriesOptions); plain pointers.
+struct SeriesData {
+  const double* profiles;   // per op (its p1): profile_len values
+  int64_t profile_len;
+  const double* fallbacks;  // per op: a record of fallback_len values; null: no fallback
+  int64_t fallback_len;
+  double fallback_above;
+  const FallbackRules* rules;  // with fallbacks
+};
+
+// What the entries of a thread left: the largest tail bound, and how many took the fallback.
+struct SeriesTally {
+  double bound = 0.0;
+  unsigned long long fallbacks = 0;
+};
+
+// A Series op on one entry: m1, m2 point at the op's first table row (E[φ²]) for the entry's
+// row and column (strides s1, s2). Returns false, leaving (c, t), for an entry that needs the 2-D
+// quadrature where Fallback is false (the caller redoes it later with Fallback).
+template <bool WithNtk, bool Fallback>
+NTKFAST_HD bool series_entry(const SeriesData& s, const LayerOp& op, const double* m1, int64_t s1,
+                             const double* m2, int64_t s2, const PairStats<double>& ps, double& c,
+                             double& t, SeriesTally& tally) {
+  const int64_t degree = op.degree;
+  if (series_duplicate(c, ps.q1, ps.q2)) {  // the row's exact diagonal
+    c = m1[0];
+    if (WithNtk) t = t * m1[s1];
+    return true;
+  }
+  const double scale = ps.sq1 * ps.sq2;
+  const double rho = series_correlation(c, scale), rho_abs = nt_abs(rho);
+  const double* profile = s.profiles + int64_t(op.p[1]) * s.profile_len;
+  double bound;
+  const int64_t n = series_terms(rho_abs, profile, degree, bound);
+  if (bound > s.fallback_above && s.fallbacks) {
+    const double* record = s.fallbacks + int64_t(op.p[1]) * s.fallback_len;
+    if (record[0] >= 0.0) {
+      const double own = series_own_bound(rho_abs, n, profile);
+      if (own > s.fallback_above) {
+        if (!Fallback) return false;
+        double value, dot;
+        series_pair_fallback_with(*s.rules, record, ps.sq1, ps.sq2, rho, &value, &dot);
+        c = value;
+        if (WithNtk) t = t * dot;
+        ++tally.fallbacks;
+        return true;
+      }
+      bound = own;
+    }
+  }
+  if (bound > tally.bound) tally.bound = bound;
+  const double *a1 = m1 + 2 * s1, *a2 = m2 + 2 * s2;
+  double e, ed;
+  series_sum<WithNtk>(a1, a1 + (degree + 1) * s1, s1, a2, a2 + (degree + 1) * s2, s2, n, rho, scale,
+                      e, ed);
+  c = e;
+  if (WithNtk) t = t * ed;
+  return true;
+}
+
+// One point set's per-row tables seen from one row: q[k * stride], sq likewise, the rescale
+// exponents (may be null) and the Series tables (table[r * stride]), all offset to the row.
+struct SeriesRow {
+  const double* q;
+  const double* sq;
+  const int32_t* rescale;
+  const double* table;
+  int64_t stride;
+};
+
+// The whole program on one entry whose (c, t) enter op 0 (c snapped, t = 0): every op as the
+// CUDA tile kernel runs it (rescaled homogeneous ops included), Series ops by series_entry.
+template <bool WithNtk, bool Fallback>
+NTKFAST_HD bool series_program_entry(const LayerOp* ops, int n_ops, const double* pool,
+                                     const SeriesData& s, const SeriesRow& r1, const SeriesRow& r2,
+                                     double& c, double& t, SeriesTally& tally) {
+  for (int k = 0; k < n_ops; ++k) {
+    const int64_t o1 = k * r1.stride, o2 = k * r2.stride;
+    const PairStats<double> ps{r1.q[o1], r2.q[o2], r1.sq[o1], r2.sq[o2]};
+    const LayerOp& op = ops[k];
+    if (op.kind == kSeries) {
+      const int64_t row0 = int64_t(op.p[0]);
+      if (!series_entry<WithNtk, Fallback>(s, op, r1.table + row0 * r1.stride, r1.stride,
+                                           r2.table + row0 * r2.stride, r2.stride, ps, c, t,
+                                           tally))
+        return false;
+      continue;
+    }
+    const int32_t e1 = r1.rescale ? r1.rescale[o1] : 0, e2 = r2.rescale ? r2.rescale[o2] : 0;
+    if (e1 != 0 || e2 != 0)  // only ever set for homogeneous ops
+      apply_op_rescaled<WithNtk>(op, pool, ps, e1, e2, c, t);
+    else
+      apply_op<WithNtk>(op, pool, ps, c, t);
+  }
+  return true;
 }
 
 }  // namespace NTKFAST_ISA_NAMESPACE
