@@ -68,3 +68,10 @@ def _schedule(n1: int, n2: int, tile: int, symmetric: bool, outputs: str, n_outp
 def _simulate(n1: int, n2: int, tile: int, symmetric: bool, outputs: str, out: List[np.ndarray],
               progress: Optional[Callable[[int, int], None]] = None, poll_interval: float = 0.0) -> dict: ...
 def _load_cublas() -> str: ...
+def _series_gram_host(ops: Iterable[Tuple[int, int, int, Sequence[float]]], pool: Sequence[float],
+                      x1: np.ndarray, x2: Optional[np.ndarray], tables1: np.ndarray,
+                      tables2: Optional[np.ndarray], profiles: np.ndarray,
+                      fallbacks: Optional[np.ndarray], fallback_above: float,
+                      snap_tol: float) -> Tuple[np.ndarray, np.ndarray, float, int]:
+    """The CUDA engine's per-entry code for programs with Series ops, run on the host (float64):
+    (nngp, ntk, largest tail bound, fallback entries)."""
