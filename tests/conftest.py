@@ -2,7 +2,10 @@
 import json
 import os
 import pathlib
+import signal
+import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -82,3 +85,20 @@ def backend(request):
         if reason is not None:
             pytest.skip(f"CUDA backend unavailable: {reason}")
     return _Backend(request.param)
+
+
+def interrupt_script(script, after=1.0, timeout=60):
+    """Runs ``python -c script``, waits for the line 'started', sends SIGINT ``after`` seconds
+    later; returns (return code, stdout, stderr, seconds from the signal to the exit)."""
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "started"
+        time.sleep(after)
+        sent = time.perf_counter()
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=timeout)
+        return proc.returncode, out, err, time.perf_counter() - sent
+    finally:
+        if proc.poll() is None:
+            proc.kill()

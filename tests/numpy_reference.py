@@ -62,6 +62,9 @@ def abrelu_slopes(layer):
 def activation_dual(layer, c, q1, q2):
     """(E[φ(u)φ(v)], E[φ'(u)φ'(v)]) for (u, v) ~ N(0, [[q1, c], [c, q2]]), elementwise."""
     c = np.asarray(c, dtype=np.float64)
+    if isinstance(layer, nf.DualKernel):  # the user's own dual kernels, on full matrices
+        return (layer.nngp_fn(c, q1, q2) + np.zeros_like(c),
+                layer.d_nngp_fn(c, q1, q2) + np.zeros_like(c))
     if isinstance(layer, ABRELU_FAMILY):
         a, b = abrelu_slopes(layer)
         th = _theta(c, q1, q2)

@@ -268,7 +268,7 @@ def test_engine_exports_op_kinds_and_limits():
     assert _core.OP_KINDS == {
         "Dense": 0, "Identity": 1, "ABRelu": 2, "Erf": 3, "Gelu": 4, "Sin": 5, "Rbf": 6, "Exp": 7,
         "ExpNormalized": 8, "Gaussian": 9, "Gabor": 10, "Sign": 11, "RectifiedMonomial": 12,
-        "Polynomial": 13, "Hermite": 14, "Series": 15}
+        "Polynomial": 13, "Hermite": 14, "Series": 15, "Callback": 16}
     assert _core.MAX_DEGREE == 24 and isinstance(_core.MAX_DEGREE, int)
     assert _core.MAX_SERIES_DEGREE == 1024 and isinstance(_core.MAX_SERIES_DEGREE, int)
     assert _core.in_forked_child() is False

@@ -1,9 +1,5 @@
 """Bad input gets a clear Python exception naming the argument; long calls release the GIL,
 stop on Ctrl-C and report progress."""
-import os
-import signal
-import subprocess
-import sys
 import textwrap
 import threading
 import time
@@ -12,6 +8,7 @@ import numpy as np
 import pytest
 
 import ntkfast as nf
+from conftest import interrupt_script
 
 NET = nf.MLP(2, "relu", W_std=1.5, b_std=0.05)
 
@@ -223,18 +220,8 @@ _LONG_GRAM = textwrap.dedent("""
 
 
 def test_ctrl_c_interrupts_within_a_second():
-    proc = subprocess.Popen([sys.executable, "-c", _LONG_GRAM], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout.readline().strip() == "started"
-        time.sleep(1.0)  # well inside the computation (sized to take about a minute)
-        sent = time.perf_counter()
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=30)
-        elapsed = time.perf_counter() - sent
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 3, (out, err)
+    # 1 s: well inside the computation (sized to take about a minute)
+    code, out, err, elapsed = interrupt_script(_LONG_GRAM, after=1.0, timeout=30)
+    assert code == 3, (out, err)
     assert "interrupted" in out
     assert elapsed < 1.0, f"took {elapsed:.2f} s to stop"

@@ -457,8 +457,6 @@ def test_user_callables_are_checked_and_named():
         nf.Silu(deg=2.5)
     with pytest.raises(ValueError, match="beta must be > 0"):
         nf.Softplus(beta=0.0)
-    with pytest.raises(NotImplementedError, match="nngp_fn"):
-        nf.Elementwise(nngp_fn=lambda c, q1, q2: c)
     assert nf.Elementwise(np.tanh) == nf.ElementwiseNumerical(np.tanh)
 
 

@@ -14,7 +14,7 @@ from ._layers import (ACTIVATIONS, ABRelu, Abs, Cos, Dense, Erf, Exp, ExpNormali
                       Gaussian, Gelu, Hermite, Identity, Layer, LeakyRelu, MLP, Monomial,
                       Polynomial, Rbf, RectifiedMonomial, Relu, Serial, Sigmoid_like, Sign, Sin,
                       serial, Tanh, Sigmoid, Softplus, Silu, Elu, Selu, Mish,
-                      ElementwiseNumerical, Elementwise, MAX_SERIES_DEGREE)
+                      ElementwiseNumerical, Elementwise, DualKernel, MAX_SERIES_DEGREE)
 from ._errors import BackendUnavailableError, KernelUnderflowError, NonFiniteKernelError
 from ._gram import Kernels, diagonal, gram
 from ._operator import KernelOperator
@@ -29,7 +29,7 @@ __all__ = [
     "Exp", "ExpNormalized", "Gaussian", "Gabor", "Sign", "Monomial", "RectifiedMonomial",
     "Polynomial", "Hermite", "Identity",
     "Tanh", "Sigmoid", "Softplus", "Silu", "Elu", "Selu", "Mish", "ElementwiseNumerical",
-    "Elementwise", "MAX_SERIES_DEGREE",
+    "Elementwise", "DualKernel", "MAX_SERIES_DEGREE",
     "NonFiniteKernelError", "KernelUnderflowError", "BackendUnavailableError", "ConvergenceError",
     "predict",
 ]

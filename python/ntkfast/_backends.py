@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _blas, _core
+from ._dual_kernels import dual_kernel_callback
 from ._errors import EngineNonFinite, KernelUnderflowError, NonFiniteKernelError
 from ._layers import lower, series_activations
 from ._program import compiled_program
@@ -51,12 +52,12 @@ def _engine_array(x, dtype):
     return np.require(np.asarray(x, dtype=dtype), requirements=["C", "A"])
 
 
-def _program(request, x1, x2):
+def _program(request, x1, x2, dual_kernels):
     """(the CPU engine's program for request.net on these engine arrays, its SeriesInputs or
     None): with Series ops, the program series_inputs rewrote to the terms it stored."""
     ops, pool, _ = lower(request.net, x1.shape[1])
     series = series_inputs(series_activations(request.net), ops, pool, x1, x2,
-                           request.num_threads, request.dtype)
+                           request.num_threads, request.dtype, dual_kernels)
     return (series.program if series else compiled_program(ops, pool)), series
 
 
@@ -74,17 +75,19 @@ class CpuBackend:
         if n1 and n2:
             c1 = _engine_array(request.x1, request.dtype)
             c2 = None if request.x2 is None else _engine_array(request.x2, request.dtype)
+            dual_kernels = dual_kernel_callback(request.net, request.names, self.name)
             reporter = Progress(request.progress, "ntkfast.gram")
             try:
                 # Single-threaded BLAS also for the series tables' small products: OpenBLAS
                 # threads left spinning after them would take cores from the engine's threads.
                 with _blas.single_threaded():
-                    program, series = _program(request, c1, c2)
+                    program, series = _program(request, c1, c2, dual_kernels)
                     bound, fallback_pairs = _core.gram(
                         program, c1, c2, outputs.get("nngp"),
                         outputs.get("ntk"), request.num_threads, request.tile,
                         reporter if reporter.enabled else None,
-                        *(series.engine_arguments() if series else ()))
+                        *(series.engine_arguments() if series else ()),
+                        dual_kernels=dual_kernels)
             finally:
                 reporter.close()
             if series:
@@ -98,9 +101,11 @@ class CpuBackend:
         outputs = {name: np.empty(n, dtype=request.dtype) for name in request.names}
         if n:
             x = _engine_array(request.x1, request.dtype)
-            program, series = _program(request, x, None)
+            dual_kernels = dual_kernel_callback(request.net, request.names, self.name)
+            program, series = _program(request, x, None, dual_kernels)
             _core.diagonal(program, x, outputs.get("nngp"), outputs.get("ntk"),
-                           request.num_threads, series.tables1 if series else None)
+                           request.num_threads, series.tables1 if series else None,
+                           dual_kernels)
         return outputs
 
 
@@ -109,14 +114,20 @@ class CudaBackend:
 
     name = "cuda"
 
+    @staticmethod
+    def _check_supported(request):
+        dual_kernel_callback(request.net, request.names, "cuda")  # raises for DualKernel layers
+
     def gram(self, request):
         from . import _cuda_backend
 
+        self._check_supported(request)
         return _cuda_backend.gram(request)
 
     def diagonal(self, request):
         from . import _cuda_backend
 
+        self._check_supported(request)
         return _cuda_backend.diagonal(request)
 
 

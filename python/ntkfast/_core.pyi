@@ -39,19 +39,23 @@ def gram(program: Program, x1: _F64, x2: Optional[_F64], nngp: Optional[_F64], n
          num_threads: int, tile: int, progress: Optional[Callable[..., object]],
          series1: Optional[_F64] = ..., series2: Optional[_F64] = ...,
          series_profiles: Optional[_F64] = ..., series_fallbacks: Optional[_F64] = ...,
-         series_fallback_above: float = ...) -> Tuple[float, int]: ...
+         series_fallback_above: float = ...,
+         dual_kernels: Optional[Callable[..., object]] = ...) -> Tuple[float, int]: ...
 @overload
-def gram(program: Program, x1: _F32, x2: Optional[_F32], nngp: Optional[_F32], ntk: Optional[_F32],
-         num_threads: int, tile: int, progress: Optional[Callable[..., object]],
-         series1: Optional[_F64] = ..., series2: Optional[_F64] = ...,
-         series_profiles: Optional[_F64] = ..., series_fallbacks: Optional[_F64] = ...,
-         series_fallback_above: float = ...) -> Tuple[float, int]: ...
+def gram(program: Program, x1: _F32, x2: Optional[_F32], nngp: Optional[_F32],
+         ntk: Optional[_F32], num_threads: int, tile: int,
+         progress: Optional[Callable[..., object]], series1: Optional[_F64] = ...,
+         series2: Optional[_F64] = ..., series_profiles: Optional[_F64] = ...,
+         series_fallbacks: Optional[_F64] = ..., series_fallback_above: float = ...,
+         dual_kernels: Optional[Callable[..., object]] = ...) -> Tuple[float, int]: ...
 @overload
 def diagonal(program: Program, x: _F64, nngp: Optional[_F64], ntk: Optional[_F64],
-             num_threads: int, series: Optional[_F64] = ...) -> None: ...
+             num_threads: int, series: Optional[_F64] = ...,
+             dual_kernels: Optional[Callable[..., object]] = ...) -> None: ...
 @overload
 def diagonal(program: Program, x: _F32, nngp: Optional[_F32], ntk: Optional[_F32],
-             num_threads: int, series: Optional[_F64] = ...) -> None: ...
+             num_threads: int, series: Optional[_F64] = ...,
+             dual_kernels: Optional[Callable[..., object]] = ...) -> None: ...
 @overload
 def band_matmat(band: _F64, row0: int, col0: int, v_cols: Optional[_F64], v_rows: Optional[_F64],
                 out_rows: Optional[_F64], out_cols: Optional[_F64], mirror: int,

@@ -25,12 +25,13 @@ __all__ = [
     "Relu", "LeakyRelu", "ABRelu", "Abs", "Erf", "Sigmoid_like", "Gelu", "Sin", "Cos", "Rbf",
     "Exp", "ExpNormalized", "Gaussian", "Gabor", "Sign", "Monomial", "RectifiedMonomial",
     "Polynomial", "Hermite", "Identity", "Tanh", "Sigmoid", "Softplus", "Silu", "Elu", "Selu",
-    "Mish", "ElementwiseNumerical", "Elementwise",
+    "Mish", "ElementwiseNumerical", "Elementwise", "DualKernel",
 ]
 
 #: The engine's op kinds this module emits, by their names in program.hpp's NTKFAST_OP_KINDS.
 _OP_NAMES = ("Dense", "Identity", "ABRelu", "Erf", "Gelu", "Sin", "Rbf", "Exp", "ExpNormalized",
-             "Gaussian", "Gabor", "Sign", "RectifiedMonomial", "Polynomial", "Hermite", "Series")
+             "Gaussian", "Gabor", "Sign", "RectifiedMonomial", "Polynomial", "Hermite", "Series",
+             "Callback")
 
 
 def _op_codes(core):
@@ -58,7 +59,8 @@ def _op_codes(core):
 #: engine's kMaxDegree).
 _OP_CODES, MAX_DEGREE = _op_codes(_core)
 _DENSE, _IDENTITY, _ABRELU, _ERF, _GELU, _SIN, _RBF, _EXP, _EXP_NORMALIZED, _GAUSSIAN, _GABOR, \
-    _SIGN, _RECTIFIED_MONOMIAL, _POLYNOMIAL, _HERMITE, _SERIES = (_OP_CODES[name] for name in _OP_NAMES)
+    _SIGN, _RECTIFIED_MONOMIAL, _POLYNOMIAL, _HERMITE, _SERIES, _CALLBACK = (
+        _OP_CODES[name] for name in _OP_NAMES)
 #: Highest degree of a Hermite-series activation (deg=), the engine's kMaxSeriesDegree.
 MAX_SERIES_DEGREE = int(getattr(_core, "MAX_SERIES_DEGREE", 0))
 
@@ -1229,37 +1231,115 @@ class ElementwiseNumerical(_SeriesActivation):
         return self.fn, self.df
 
 
-def Elementwise(fn=None, nngp_fn=None, d_nngp_fn=None, *, deg=_DEFAULT_SERIES_DEGREE):
-    """neural-tangents' ``stax.Elementwise``: here only with ``fn`` (its dual kernels are then
-    computed exactly, as :class:`ElementwiseNumerical`).
+@_frozen
+class DualKernel(_Activation):
+    """An activation given by its dual kernels, as neural-tangents' ``stax.Elementwise(fn,
+    nngp_fn, d_nngp_fn)``: for pre-activations (u, v) ~ N(0, [[var1, cov12], [cov12, var2]]),
+
+    * ``nngp_fn(cov12, var1, var2)`` = E[φ(u)φ(v)], the next layer's covariance;
+    * ``d_nngp_fn(cov12, var1, var2)`` = its derivative in cov12, E[φ'(u)φ'(v)] (Price's
+      theorem), which multiplies the NTK. Only needed for the NTK.
+
+    Both are called on NumPy arrays that broadcast against each other, a block of Gram entries
+    at a time (``cov12`` of shape (rows, cols), ``var1`` (rows, 1), ``var2`` (1, cols); the
+    points' own variances as (n, 1) arrays with cov12 = var1 = var2), from the engine's threads
+    (one call at a time: they hold the GIL). They must be vectorised and return finite arrays of
+    cov12's shape (or broadcastable to it); the inputs are read-only. ntkfast evaluates them as
+    given: their accuracy is the kernel's. Python runs once per tile of the Gram (~150,000
+    entries), so a NumPy expression costs about what it costs on the whole matrix. CPU only
+    (``backend='cuda'`` cannot run Python in its kernels); no near-parallel recomputation
+    (``docs/activations.md``) and no scikit-learn hyperparameter gradients through it.
+
+    Parameters
+    ----------
+    nngp_fn : callable
+        ``(cov12, var1, var2) -> E[φ(u)φ(v)]``.
+    d_nngp_fn : callable, optional
+        ``(cov12, var1, var2) -> E[φ'(u)φ'(v)]``. Without it only the NNGP can be computed
+        (neural-tangents differentiates ``nngp_fn`` with JAX; ntkfast does not differentiate
+        Python functions).
+    fn : callable, optional
+        φ itself, for reference only (the kernels do not use it).
 
     Raises
     ------
-    NotImplementedError
-        ``nngp_fn`` or ``d_nngp_fn`` given: user-supplied dual kernels would have to run in
-        Python on every Gram entry, which the fused engine does not do.
+    TypeError
+        A non-callable argument.
+
+    Examples
+    --------
+    The arc-sine kernel of ``erf`` (Williams 1997), by hand, against the built-in :class:`Erf`:
+
+    >>> import numpy as np, ntkfast
+    >>> def nngp(c, q1, q2):
+    ...     return 2 / np.pi * np.arcsin(2 * c / np.sqrt((1 + 2 * q1) * (1 + 2 * q2)))
+    >>> def d_nngp(c, q1, q2):
+    ...     return 4 / np.pi / np.sqrt((1 + 2 * q1) * (1 + 2 * q2) - 4 * c**2)
+    >>> x = np.random.default_rng(0).standard_normal((6, 4))
+    >>> a = ntkfast.gram(x, net=ntkfast.MLP(2, ntkfast.DualKernel(nngp, d_nngp)), get="ntk")
+    >>> b = ntkfast.gram(x, net=ntkfast.MLP(2, "erf"), get="ntk")
+    >>> bool(np.allclose(a, b, rtol=1e-12, atol=0))
+    True
+    """
+
+    nngp_fn: object
+    d_nngp_fn: object = None
+    fn: object = None
+
+    def __post_init__(self):
+        for name in ("nngp_fn", "d_nngp_fn", "fn"):
+            value = getattr(self, name)
+            if (value is not None or name == "nngp_fn") and not callable(value):
+                raise TypeError(f"DualKernel: {name} must be a callable"
+                                f"{'' if name == 'nngp_fn' else ' or None'}, got {value!r}")
+
+    def _ops(self, ctx):
+        ctx.emit(_CALLBACK, (len(ctx.callback_layers),))
+        ctx.callback_layers.append(self)
+
+
+def Elementwise(fn=None, nngp_fn=None, d_nngp_fn=None, *, deg=_DEFAULT_SERIES_DEGREE):
+    """neural-tangents' ``stax.Elementwise``: with ``nngp_fn`` the user's dual kernels
+    (:class:`DualKernel`), with ``fn`` alone its dual kernels computed exactly
+    (:class:`ElementwiseNumerical`).
+
+    Raises
+    ------
+    TypeError
+        Neither ``fn`` nor ``nngp_fn`` given, or ``d_nngp_fn`` without ``nngp_fn``.
 
     Examples
     --------
     >>> import numpy as np, ntkfast
     >>> ntkfast.Elementwise(np.tanh) == ntkfast.ElementwiseNumerical(np.tanh)
     True
+    >>> ntkfast.Elementwise(nngp_fn=np.maximum)
+    DualKernel(<ufunc 'maximum'>)
     """
-    if nngp_fn is not None or d_nngp_fn is not None:
-        raise NotImplementedError(
-            "Elementwise: nngp_fn/d_nngp_fn (user-supplied dual kernels) are not supported; pass "
-            "fn=φ instead (ntkfast computes its dual kernels exactly), or a built-in activation")
+    if nngp_fn is not None:
+        return DualKernel(nngp_fn, d_nngp_fn, fn)
+    if d_nngp_fn is not None:
+        raise TypeError("Elementwise: d_nngp_fn needs nngp_fn (the dual kernel it differentiates)")
     if fn is None:
-        raise TypeError("Elementwise: fn is required")
+        raise TypeError("Elementwise: fn or nngp_fn is required")
     return ElementwiseNumerical(fn, deg=deg)
 
 
 @lru_cache(maxsize=256)
-def series_activations(net: Layer):
-    """The Series activation layers of ``net``, in program order."""
+def _engine_layers(net: Layer):
     ctx = _Lowering(1, repr(net))
     net._ops(ctx)
-    return tuple(ctx.series_layers)
+    return tuple(ctx.series_layers), tuple(ctx.callback_layers)
+
+
+def series_activations(net: Layer):
+    """The Series activation layers of ``net``, in program order."""
+    return _engine_layers(net)[0]
+
+
+def dual_kernel_layers(net: Layer):
+    """The :class:`DualKernel` layers of ``net``, in program order (the Callback ops' p0)."""
+    return _engine_layers(net)[1]
 
 
 def _hermite_table(coef):
@@ -1379,6 +1459,7 @@ class _Lowering:
         self.fan_in = n_features
         self.series_rows = 0      # rows of the Series tables so far (_series.py)
         self.series_layers = []   # the Series activations, in op order
+        self.callback_layers = []  # the DualKernel layers, in op order
 
     def emit(self, kind, params, degree=0, offset=0):
         self.ops.append((kind, degree, offset, tuple(float(p) for p in params)))

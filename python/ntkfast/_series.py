@@ -438,7 +438,7 @@ def _profile(tail_a, tail_b, scale_a, scale_b, rtol):
     return np.maximum.accumulate(bound[::-1])[::-1]
 
 
-def _tables(ops, pool, series, point_sets, num_threads, rtol):
+def _tables(ops, pool, series, point_sets, num_threads, rtol, dual_kernels=None):
     """(the lowered ops with each Series op's degree and first row as stored, the series tables
     of each point set, the tail profiles, the fallback records) (SeriesOptions).
 
@@ -462,7 +462,8 @@ def _tables(ops, pool, series, point_sets, num_threads, rtol):
         for x, table in zip(xs, tables):
             q = np.empty(x.shape[0])
             # Only the earlier ops' rows (a contiguous view): nothing else is read or copied.
-            _core.diagonal(program, x, q, None, num_threads, table[:row0] if row0 else None)
+            _core.diagonal(program, x, q, None, num_threads, table[:row0] if row0 else None,
+                           dual_kernels)
             qs.append(q)
         all_q = np.concatenate(qs)
         full = {}
@@ -498,9 +499,10 @@ def _tables(ops, pool, series, point_sets, num_threads, rtol):
     return tuple(ops), [table[:row0] for table in tables], profiles, fallbacks
 
 
-def series_inputs(layers, ops, pool, x1, x2, num_threads, dtype):
+def series_inputs(layers, ops, pool, x1, x2, num_threads, dtype, dual_kernels=None):
     """SeriesInputs for a gram (x2 may be None) or a diagonal of the lowered network (ops, pool)
-    whose Series activations are ``layers``, or None without Series ops. The rows enter only
+    whose Series activations are ``layers``, or None without Series ops; ``dual_kernels``: the
+    engine's callback for its DualKernel layers, if any (_dual_kernels.py). The rows enter only
     through their variances ||x||²/d (the row recursion up to each Series op), so any rows with
     the same variances give the same inputs (the CUDA backend passes (n, 1) rows √(||x||²/d))."""
     series = series_layers(ops, layers)
@@ -512,7 +514,8 @@ def series_inputs(layers, ops, pool, x1, x2, num_threads, dtype):
     # Entries whose bound exceeds fallback_rtol are computed by 2-D quadrature instead.
     rtol, fallback_rtol, warn_rtol = (1e-14, 1e-12, 1e-10) if float64 else (1e-8, 1e-7, 1e-6)
     ops, tables, profiles, fallbacks = _tables(ops, pool, series,
-                                               [x1] if x2 is None else [x1, x2], threads, rtol)
+                                               [x1] if x2 is None else [x1, x2], threads, rtol,
+                                               dual_kernels)
     tables1, tables2 = tables[0], (tables[1] if x2 is not None else None)
     return SeriesInputs(compiled_program(ops, pool), tables1, tables2, profiles, fallbacks,
                         fallback_rtol / rtol, series, rtol, warn_rtol, ops)

@@ -71,6 +71,73 @@ ntkfast::SeriesTables series_tables(const std::optional<CArray<double>>& tables,
   return {tables->data(), int64_t(tables->shape(0)), int64_t(tables->shape(1))};
 }
 
+// The Callback ops' dual kernels (engine.hpp DualKernelFn), in Python: evaluate(index, c, t, q1,
+// q2) gets float64 copies of a block -- c (rows, cols), t alike or None, q1 (rows,), q2 (cols,),
+// or None for a diagonal column -- and returns the new (c, t), arrays of c's shape (t None when it
+// was). It runs on the engine's threads with the GIL taken; the first Python error is kept, stops
+// the engine, and is re-raised by run().
+class PythonDualKernels {
+ public:
+  explicit PythonDualKernels(std::optional<py::function> evaluate)
+      : evaluate_(std::move(evaluate)) {}
+
+  ntkfast::DualKernelFn callback() {
+    if (!evaluate_) return {};
+    return [this](const ntkfast::DualKernelBlock& block) { apply(block); };
+  }
+
+  template <class F>
+  void run(F&& body) {
+    try {
+      body();
+    } catch (const Failed&) {
+      if (pending_) throw *pending_;
+      throw;
+    }
+  }
+
+ private:
+  struct Failed : std::runtime_error {
+    Failed() : std::runtime_error("dual kernel callback failed") {}
+  };
+
+  static CArray<double> copy_block(const double* data, int64_t rows, int64_t cols, int64_t ld) {
+    CArray<double> out({py::ssize_t(rows), py::ssize_t(cols)});
+    for (int64_t i = 0; i < rows; ++i)
+      std::copy(data + i * ld, data + i * ld + cols, out.mutable_data() + i * cols);
+    return out;
+  }
+
+  static void copy_back(const py::handle& result, const ntkfast::DualKernelBlock& b, double* to) {
+    const auto array = py::cast<CArray<double>>(result);
+    if (array.ndim() != 2 || array.shape(0) != b.rows || array.shape(1) != b.cols)
+      throw std::invalid_argument("dual kernels: the callback returned an array of the wrong shape");
+    for (int64_t i = 0; i < b.rows; ++i)
+      std::copy(array.data() + i * b.cols, array.data() + (i + 1) * b.cols, to + i * b.ld);
+  }
+
+  void apply(const ntkfast::DualKernelBlock& b) {
+    py::gil_scoped_acquire gil;
+    if (pending_) throw Failed();  // another thread's call failed: the engine is stopping
+    try {
+      py::object t = b.t ? py::object(copy_block(b.t, b.rows, b.cols, b.ld)) : py::none();
+      py::object q2 = b.q2 ? py::object(copy_block(b.q2, 1, b.cols, b.cols).attr("ravel")())
+                           : py::none();
+      const py::tuple result = (*evaluate_)(b.index, copy_block(b.c, b.rows, b.cols, b.ld), t,
+                                            copy_block(b.q1, 1, b.rows, b.rows).attr("ravel")(), q2);
+      if (result.size() != 2) throw std::invalid_argument("dual kernels: expected (c, t)");
+      copy_back(result[0], b, b.c);
+      if (b.t) copy_back(result[1], b, b.t);
+    } catch (py::error_already_set& e) {
+      pending_ = std::make_shared<py::error_already_set>(std::move(e));
+      throw Failed();
+    }
+  }
+
+  std::optional<py::function> evaluate_;
+  std::shared_ptr<py::error_already_set> pending_;
+};
+
 // Returns (the largest tail bound the Series ops left, the entries their fallback computed); 0
 // without them (engine.hpp SeriesOptions).
 template <class T>
@@ -79,7 +146,8 @@ py::tuple gram(const Program& prog, const CArray<T>& x1, std::optional<CArray<T>
             int64_t tile, std::optional<py::function> progress,
             std::optional<CArray<double>> series1, std::optional<CArray<double>> series2,
             std::optional<CArray<double>> series_profiles,
-            std::optional<CArray<double>> series_fallbacks, double series_fallback_above) {
+            std::optional<CArray<double>> series_fallbacks, double series_fallback_above,
+            std::optional<py::function> dual_kernels) {
   if (x1.ndim() != 2 || (x2 && x2->ndim() != 2)) throw std::invalid_argument("x must be 2-D");
   const py::ssize_t n1 = x1.shape(0), d = x1.shape(1);
   const py::ssize_t n2 = x2 ? x2->shape(0) : n1;
@@ -116,11 +184,15 @@ py::tuple gram(const Program& prog, const CArray<T>& x1, std::optional<CArray<T>
   options.series.max_tail_bound = &max_tail_bound;
   int64_t fallback_pairs = 0;
   options.series.fallback_pairs = &fallback_pairs;
+  PythonDualKernels callbacks(std::move(dual_kernels));
+  options.dual_kernels = callbacks.callback();
   const T* x1_ptr = x1.data();
   const T* x2_ptr = x2 ? x2->data() : nullptr;
-  poll.run_released<ntkfast::Cancelled>([&] {
-    ntkfast::compute_gram<T>(prog, x1_ptr, n1, x2_ptr, n2, d, nngp_ptr, n2, ntk_ptr, n2, g_blas,
-                             options);
+  callbacks.run([&] {
+    poll.run_released<ntkfast::Cancelled>([&] {
+      ntkfast::compute_gram<T>(prog, x1_ptr, n1, x2_ptr, n2, d, nngp_ptr, n2, ntk_ptr, n2, g_blas,
+                               options);
+    });
   });
   return py::make_tuple(max_tail_bound, fallback_pairs);
 }
@@ -134,13 +206,13 @@ void def_gram(py::module_& m) {
         py::arg("series1").noconvert() = py::none(), py::arg("series2").noconvert() = py::none(),
         py::arg("series_profiles").noconvert() = py::none(),
         py::arg("series_fallbacks").noconvert() = py::none(),
-        py::arg("series_fallback_above") = 1.0);
+        py::arg("series_fallback_above") = 1.0, py::arg("dual_kernels") = py::none());
 }
 
 template <class T>
 void diagonal(const Program& prog, const CArray<T>& x, std::optional<CArray<T>> nngp,
               std::optional<CArray<T>> ntk, int num_threads,
-              std::optional<CArray<double>> series) {
+              std::optional<CArray<double>> series, std::optional<py::function> dual_kernels) {
   if (x.ndim() != 2) throw std::invalid_argument("x must be 2-D");
   const py::ssize_t n = x.shape(0), d = x.shape(1);
   auto vec_ptr = [n](std::optional<CArray<T>>& out, const char* name) -> T* {
@@ -153,8 +225,20 @@ void diagonal(const Program& prog, const CArray<T>& x, std::optional<CArray<T>> 
   T* ntk_ptr = vec_ptr(ntk, "ntk");
   const T* x_ptr = x.data();
   const ntkfast::SeriesTables tables = series_tables(series, n, "series");
-  py::gil_scoped_release release;
-  ntkfast::compute_diagonal<T>(prog, x_ptr, n, d, nngp_ptr, ntk_ptr, num_threads, tables);
+  PythonDualKernels callbacks(std::move(dual_kernels));
+  callbacks.run([&] {
+    py::gil_scoped_release release;
+    ntkfast::compute_diagonal<T>(prog, x_ptr, n, d, nngp_ptr, ntk_ptr, num_threads, tables,
+                                 callbacks.callback());
+  });
+}
+
+// diagonal's overload for T.
+template <class T>
+void def_diagonal(py::module_& m) {
+  m.def("diagonal", &diagonal<T>, py::arg("program"), py::arg("x").noconvert(),
+        py::arg("nngp").noconvert(), py::arg("ntk").noconvert(), py::arg("num_threads"),
+        py::arg("series").noconvert() = py::none(), py::arg("dual_kernels") = py::none());
 }
 
 // A band may be a row slice of a larger matrix: its rows strided, each row contiguous.
@@ -250,12 +334,8 @@ PYBIND11_MODULE(_core, m) {
 
   def_gram<double>(m);
   def_gram<float>(m);
-  m.def("diagonal", &diagonal<double>, py::arg("program"), py::arg("x").noconvert(),
-        py::arg("nngp").noconvert(), py::arg("ntk").noconvert(), py::arg("num_threads"),
-        py::arg("series").noconvert() = py::none());
-  m.def("diagonal", &diagonal<float>, py::arg("program"), py::arg("x").noconvert(),
-        py::arg("nngp").noconvert(), py::arg("ntk").noconvert(), py::arg("num_threads"),
-        py::arg("series").noconvert() = py::none());
+  def_diagonal<double>(m);
+  def_diagonal<float>(m);
 
   m.def("band_matmat", &band_matmat<double>, py::arg("band").noconvert(), py::arg("row0"),
         py::arg("col0"), py::arg("v_cols").noconvert(), py::arg("v_rows").noconvert(),

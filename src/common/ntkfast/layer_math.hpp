@@ -478,7 +478,8 @@ NTKFAST_HD void apply_op(const LayerOp& op, const double* pool, const PairStats<
     case kRectifiedMonomial: op_rectified_monomial<WithNtk>(op, ps, c, t); break;
     case kPolynomial: op_polynomial<WithNtk>(op, pool, ps, c, t); break;
     case kHermite: op_hermite<WithNtk>(op, c, t); break;
-    case kSeries:  // needs per-row tables: the engines run it themselves (cpu_kernels.cpp)
+    case kSeries:    // needs per-row tables: the engines run it themselves (cpu_kernels.cpp)
+    case kCallback:  // evaluated by the caller between program segments (engine.cpp)
       c = splat<V>(NAN);
       if (WithNtk) t = splat<V>(NAN);
       break;

@@ -27,10 +27,13 @@ namespace ntkfast {
 //   Series             degree K: a Hermite series of K + 1 terms (Mehler's formula) whose per-row
 //                      coefficients come with the call, not the program (SeriesTables, engine.hpp);
 //                      p0 = its first row in the series tables, p1 = its tail profile
+//   Callback           dual kernels the caller evaluates (a user's Python functions): the engine
+//                      runs the program in segments between them (engine.hpp DualKernelFn);
+//                      p0 = its index among the program's callbacks
 #define NTKFAST_OP_KINDS(X)                                                                      \
   X(Dense, 0) X(Identity, 1) X(ABRelu, 2) X(Erf, 3) X(Gelu, 4) X(Sin, 5) X(Rbf, 6) X(Exp, 7)     \
   X(ExpNormalized, 8) X(Gaussian, 9) X(Gabor, 10) X(Sign, 11) X(RectifiedMonomial, 12)           \
-  X(Polynomial, 13) X(Hermite, 14) X(Series, 15)
+  X(Polynomial, 13) X(Hermite, 14) X(Series, 15) X(Callback, 16)
 
 // No count enumerator and no `default:` in the switches over it: with -Werror=switch (and the
 // pragma in layer_math.hpp) a switch that forgets an op does not compile.

@@ -68,6 +68,7 @@ NTKFAST_HD int homogeneous_degree(const LayerOp& op) {
     case kPolynomial:
     case kHermite:
     case kSeries:
+    case kCallback:
       return -1;
   }
   return -1;

@@ -267,6 +267,9 @@ void run_program_chunk(ProgramView prog, const RowTables& rows1, int64_t i, cons
         }
         series_chunk<WithNtk>(op, rows1, i, rows2, j0, k, m, tails, c, t);
         break;
+      case kCallback:  // never inside a segment (engine.cpp splits the program at callbacks)
+        for (int j = 0; j < m; ++j) c[j] = t[j] = __builtin_nan("");
+        break;
     }
 #undef NTKFAST_ONE_PASS
 #undef NTKFAST_CHUNK_LOOP
@@ -280,7 +283,7 @@ template <bool WithNtk>
 bool row_pass_impl(ProgramView prog, int64_t n, RowTables tab, double* ntk_diag) {
   bool any_rescaled = false;
   for (int64_t i0 = 0; i0 < n; i0 += kLanes) {
-    vdouble t{};
+    vdouble t = WithNtk ? load(ntk_diag + i0) : vdouble{};
     for (int k = 0; k < prog.n_ops; ++k) {
       const LayerOp& op = prog.ops[k];
       const vdouble q = load(tab.q + k * tab.stride + i0), sq = load(tab.sq + k * tab.stride + i0);
@@ -349,6 +352,36 @@ __attribute__((noinline)) uint64_t exact_pairs(const TileArgs<T>& a, int64_t i, 
   return bits;
 }
 
+// A chunk's (c, t) entering the program: c the input Gram of row i against columns j0.., undone
+// from the GEMM's scaling, divided by d and snapped; t = 0. Entries whose input |ρ| is near 1 are
+// recomputed from the input rows where the tile has them (bit j of `exact`: c_exact, t_exact).
+template <bool WithNtk, class T>
+inline void input_chunk(const TileArgs<T>& a, int64_t i, int64_t j0, int m, vdouble q1,
+                        vdouble sq1, double* c, double* t, uint64_t& exact, double* c_exact,
+                        double* t_exact) {
+  const T* g = a.gram + i * a.ld_gram + j0;
+  if (a.scale_exp1) {  // rows GEMMed as x·2^-k (engine.cpp): undo it exactly
+    const int e1 = a.scale_exp1[i];
+    const int32_t* e2 = a.scale_exp2 + j0;
+    for (int j = 0; j < kChunk; ++j)
+      c[j] = j < m ? __builtin_ldexp(double(g[j]), e1 + e2[j]) * a.inv_d : 0.0;
+  } else {
+    for (int j = 0; j < kChunk; ++j) c[j] = j < m ? double(g[j]) * a.inv_d : 0.0;
+  }
+  vmask near{};  // any entry whose input |ρ| is near 1 (exact_pair.hpp): rare
+  for (int p = 0; p < kChunk; p += kLanes) {
+    const vdouble s = pair_scale(q1, load(a.rows2.q + j0 + p), sq1, load(a.rows2.sq + j0 + p));
+    const vdouble cs = snap_input_correlation(load(c + p), s, a.snap_tol);
+    near |= near_parallel(cs, s);
+    store(c + p, cs);
+  }
+  bool any_near = false;
+  for (int l = 0; l < kLanes; ++l) any_near |= near[l] != 0;
+  if (any_near && a.x1) exact = exact_pairs<WithNtk>(a, i, j0, m, c, c_exact, t_exact);
+  if (WithNtk)
+    for (int j = 0; j < kChunk; ++j) t[j] = 0.0;
+}
+
 template <class T, bool WithNtk>
 void tile_impl(const TileArgs<T>& a) {
   alignas(64) double c[kChunk];
@@ -359,29 +392,17 @@ void tile_impl(const TileArgs<T>& a) {
     const vdouble sq1 = splat<vdouble>(a.rows1.sq[i]);
     for (int64_t j0 = j_begin; j0 < a.cols; j0 += kChunk) {
       const int64_t m = a.cols - j0 < kChunk ? a.cols - j0 : kChunk;
-      const T* g = a.gram + i * a.ld_gram + j0;
-      if (a.scale_exp1) {  // rows GEMMed as x·2^-k (engine.cpp): undo it exactly
-        const int e1 = a.scale_exp1[i];
-        const int32_t* e2 = a.scale_exp2 + j0;
-        for (int j = 0; j < kChunk; ++j)
-          c[j] = j < m ? __builtin_ldexp(double(g[j]), e1 + e2[j]) * a.inv_d : 0.0;
-      } else {
-        for (int j = 0; j < kChunk; ++j) c[j] = j < m ? double(g[j]) * a.inv_d : 0.0;
-      }
-      vmask near{};  // any entry whose input |ρ| is near 1 (exact_pair.hpp): rare
-      for (int p = 0; p < kChunk; p += kLanes) {
-        const vdouble s = pair_scale(q1, load(a.rows2.q + j0 + p), sq1, load(a.rows2.sq + j0 + p));
-        const vdouble cs = snap_input_correlation(load(c + p), s, a.snap_tol);
-        near |= near_parallel(cs, s);
-        store(c + p, cs);
-      }
-      bool any_near = false;
-      for (int l = 0; l < kLanes; ++l) any_near |= near[l] != 0;
       uint64_t exact = 0;
       alignas(64) double c_exact[kChunk], t_exact[kChunk];
-      if (any_near && a.x1) exact = exact_pairs<WithNtk>(a, i, j0, int(m), c, c_exact, t_exact);
-      if (WithNtk)
-        for (int j = 0; j < kChunk; ++j) t[j] = 0.0;
+      if (a.c_in) {  // a later segment: the state an earlier one left
+        const double* cs = a.c_in + i * a.ld_state + j0;
+        const double* ts = WithNtk ? a.t_in + i * a.ld_state + j0 : nullptr;
+        for (int j = 0; j < kChunk; ++j) c[j] = j < m ? cs[j] : 0.0;
+        if (WithNtk)
+          for (int j = 0; j < kChunk; ++j) t[j] = j < m ? ts[j] : 0.0;
+      } else {
+        input_chunk<WithNtk>(a, i, j0, int(m), q1, sq1, c, t, exact, c_exact, t_exact);
+      }
       if (m == kChunk)
         run_program_chunk<WithNtk, true>(a.prog, a.rows1, i, a.rows2, j0, kChunk, a.series_tails,
                                          c, t);
@@ -394,6 +415,11 @@ void tile_impl(const TileArgs<T>& a) {
             c[j] = c_exact[j];
             if (WithNtk) t[j] = t_exact[j];
           }
+      if (a.c_out) {
+        std::memcpy(a.c_out + i * a.ld_state + j0, c, size_t(m) * sizeof(double));
+        if (WithNtk) std::memcpy(a.t_out + i * a.ld_state + j0, t, size_t(m) * sizeof(double));
+        continue;
+      }
       if (a.nngp) {
         T* out = a.nngp + i * a.ld_nngp + j0;
         for (int64_t j = 0; j < m; ++j) out[j] = T(c[j]);
@@ -408,7 +434,7 @@ void tile_impl(const TileArgs<T>& a) {
 
 template <class T>
 void tile(const TileArgs<T>& a) {
-  if (a.ntk)
+  if (a.ntk || a.t_out)
     tile_impl<T, true>(a);
   else
     tile_impl<T, false>(a);

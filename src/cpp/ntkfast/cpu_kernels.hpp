@@ -21,6 +21,11 @@ struct RowTables {
   // series[r * stride + i]: row r of the Series ops' tables (engine.hpp SeriesTables), padded
   // like q; null when the program has no Series op.
   const double* series = nullptr;
+  // The tables from op k on, for a program segment that starts at op k (engine.cpp).
+  RowTables from_op(int64_t k) const {
+    return {q + k * stride, sq + k * stride, stride, rescale ? rescale + k * stride : nullptr,
+            series};
+  }
 };
 
 // A Series op's tail profiles and fallback records (engine.hpp SeriesOptions), and the largest
@@ -63,13 +68,23 @@ struct TileArgs {
   const T* x2 = nullptr;
   int64_t n_features = 0;
   SeriesTails* series_tails = nullptr;  // per thread; null without Series ops
+  // A program with Callback ops runs in segments (engine.cpp). A later segment starts from the
+  // (c, t) an earlier one left in c_in, t_in instead of the input Gram; a segment that ends at a
+  // callback leaves them in c_out, t_out instead of writing nngp, ntk (the WithNtk pass: t_out
+  // set). Row-major with leading dimension ld_state, offset like the outputs; may alias.
+  const double* c_in = nullptr;
+  const double* t_in = nullptr;
+  double* c_out = nullptr;
+  double* t_out = nullptr;
+  int64_t ld_state = 0;
 };
 
 struct CpuKernels {
   const char* name;
   int lanes;
   // Fills rows k = 1..n_ops of the tables from row 0, for n rows (a multiple of kRowPad), and the
-  // rescale table (which must be there, zeroed); ntk_diag (may be null) receives Θ(x_i, x_i).
+  // rescale table (which must be there, zeroed); ntk_diag (may be null) holds the NTK diagonal
+  // entering the program (0 for a whole one) and receives Θ(x_i, x_i).
   // Returns whether any row was rescaled.
   bool (*row_pass)(ProgramView prog, int64_t n, RowTables tables, double* ntk_diag);
   void (*tile_f64)(const TileArgs<double>& args);

@@ -81,6 +81,8 @@ Program::Program(std::vector<LayerOp> ops, std::vector<double> pool)
       throw std::invalid_argument(where.str() + "degree out of range [" +
                                   std::to_string(min_degree) + ", " + std::to_string(max_degree) +
                                   "]");
+    if (op.kind == kCallback && !(op.p[0] >= 0 && op.p[0] <= 1e9 && op.p[0] == std::floor(op.p[0])))
+      throw std::invalid_argument(where.str() + "malformed callback op");
     if (op.kind == kSeries)
       for (int m = 0; m < 2; ++m)
         if (!(op.p[m] >= 0 && op.p[m] <= 1e9 && op.p[m] == std::floor(op.p[m])))
@@ -255,6 +257,28 @@ struct RowStats {
   }
 };
 
+// A program with Callback ops runs in segments: ops [begin, end), then the callback ops[end]
+// (end == n_ops for the last segment). Without callbacks, one segment.
+struct Segment {
+  int32_t begin, end;
+};
+
+std::vector<Segment> program_segments(const ProgramView& prog) {
+  std::vector<Segment> out;
+  int32_t begin = 0;
+  for (int32_t k = 0; k < prog.n_ops; ++k)
+    if (prog.ops[k].kind == kCallback) {
+      out.push_back({begin, k});
+      begin = k + 1;
+    }
+  out.push_back({begin, prog.n_ops});
+  return out;
+}
+
+ProgramView segment_view(const ProgramView& prog, Segment segment) {
+  return {prog.ops + segment.begin, segment.end - segment.begin, prog.pool};
+}
+
 // The Series tables of a point set (engine.hpp) copied into the row tables' stride layout, with
 // padding rows that are harmless (E[φ²] = E[φ'²] = 1, coefficients 0); null for a program without
 // Series ops. Checks that the tables cover every Series op's rows.
@@ -282,12 +306,14 @@ const double* copy_series_tables(const ProgramView& prog, const SeriesTables& se
   return out.data();
 }
 
-// The range policy of row_step.hpp on every tabulated variance, the input one (k = 0) included,
-// in (op, row) order with the NTK diagonal last (the CUDA engine reports in the same order).
+// The range policy of row_step.hpp on the tabulated variances entering ops first..last (n_ops:
+// the NNGP diagonal), the input one (k = 0) included, in (op, row) order with the NTK diagonal
+// last (the CUDA engine reports in the same order).
 template <class T>
-void check_row_stats(const ProgramView& prog, const RowStats& st, int point_set) {
+void check_row_stats(const ProgramView& prog, const RowStats& st, int point_set, int first,
+                     int last) {
   const double storage_max = double(std::numeric_limits<T>::max());
-  for (int k = 0; k <= prog.n_ops; ++k) {
+  for (int k = first; k <= last; ++k) {
     const LayerOp* next_op = k < prog.n_ops ? &prog.ops[k] : nullptr;
     const double* q = st.q.data() + size_t(k) * size_t(st.stride);
     for (int64_t i = 0; i < st.n; ++i) {
@@ -298,7 +324,7 @@ void check_row_stats(const ProgramView& prog, const RowStats& st, int point_set)
         throw NonFiniteKernel(point_set, i, k - 1, q[i], false, range == kRowUnderflow);
     }
   }
-  if (!st.ntk_diag.empty())
+  if (!st.ntk_diag.empty() && last == prog.n_ops)
     for (int64_t i = 0; i < st.n; ++i)
       if (check_ntk_diagonal(st.ntk_diag[size_t(i)], storage_max) != kRowInRange)
         throw NonFiniteKernel(point_set, i, prog.n_ops - 1, st.ntk_diag[size_t(i)], true);
@@ -306,7 +332,11 @@ void check_row_stats(const ProgramView& prog, const RowStats& st, int point_set)
 
 template <class T>
 RowStats row_stats(const ProgramView& prog, const T* x, int64_t n, int64_t d, bool with_ntk,
-                   int threads, int point_set, SeriesTables series) {
+                   int threads, int point_set, SeriesTables series,
+                   const DualKernelFn& dual_kernels) {
+  const std::vector<Segment> segments = program_segments(prog);
+  if (segments.size() > 1 && !dual_kernels)
+    throw std::invalid_argument("the program has callback ops but no dual kernels were given");
   RowStats st;
   st.n = n;
   st.stride = row_stride(n);
@@ -348,14 +378,34 @@ RowStats row_stats(const ProgramView& prog, const T* x, int64_t n, int64_t d, bo
       scale_exp[size_t(i)] = gemm_scale_exponent<T>(sum);
       if (scale_exp[size_t(i)] != 0) any_scaled.store(true, std::memory_order_relaxed);
     }
-    if (kernels.row_pass(prog, kRowPad,
-                         RowTables{q + i0, sq + i0, stride, rescale + i0,
-                                   series_rows ? series_rows + i0 : nullptr},
-                         ntk_diag ? ntk_diag + i0 : nullptr))
-      any_rescaled.store(true, std::memory_order_relaxed);
   }
   if (any_input_underflow.load()) st.input_underflow = std::move(input_underflow);
-  check_row_stats<T>(prog, st, point_set);
+  // Segment by segment (program_segments): the rows' variances entering a callback op go through
+  // the caller's dual kernels as one column (c = q1 = q2).
+  for (size_t s = 0; s < segments.size(); ++s) {
+    const Segment segment = segments[s];
+    if (s > 0) {
+      const int64_t k = segments[s - 1].end;
+      // The caller's functions only see variances in range: the rows up to here are checked.
+      check_row_stats<T>(prog, st, point_set, s > 1 ? segments[s - 2].end + 1 : 0, int(k));
+      std::copy(q + k * stride, q + k * stride + n, q + (k + 1) * stride);
+      dual_kernels(DualKernelBlock{int32_t(prog.ops[k].p[0]), n, 1, 1, q + (k + 1) * stride,
+                                   ntk_diag, q + k * stride, nullptr});
+      for (int64_t i = 0; i < n; ++i) sq[(k + 1) * stride + i] = std::sqrt(q[(k + 1) * stride + i]);
+    }
+    const ProgramView view = segment_view(prog, segment);
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1 && blocks > 1)
+    for (int64_t b = 0; b < blocks; ++b) {
+      const int64_t i0 = b * kRowPad;
+      const RowTables tables{q + i0, sq + i0, stride, rescale + i0,
+                             series_rows ? series_rows + i0 : nullptr};
+      if (kernels.row_pass(view, kRowPad, tables.from_op(segment.begin),
+                           ntk_diag ? ntk_diag + i0 : nullptr))
+        any_rescaled.store(true, std::memory_order_relaxed);
+    }
+  }
+  check_row_stats<T>(prog, st, point_set, segments.size() > 1 ? segments.end()[-2].end + 1 : 0,
+                     prog.n_ops);
   if (any_scaled.load()) st.scale_exp = std::move(scale_exp);
   st.any_rescaled = any_rescaled.load();
   return st;
@@ -481,6 +531,54 @@ struct TileIndex {
   int64_t i, j;
 };
 
+template <class T>
+void run_tile(const CpuKernels& kernels, const TileArgs<T>& args) {
+  if constexpr (std::is_same<T, double>::value)
+    kernels.tile_f64(args);
+  else
+    kernels.tile_f32(args);
+}
+
+// A tile of a program with callback ops (program_segments): each segment but the last leaves
+// (c, t) in the thread's state buffers (leading dimension ld), the caller's dual kernels turn
+// them into the next segment's input, and the last segment writes the tile's outputs. q1, q2: the
+// variance tables of the tile's first row and column (row stride stride1, stride2).
+template <class T>
+void tile_in_segments(const CpuKernels& kernels, TileArgs<T> args,
+                      const std::vector<Segment>& segments, const double* q1, int64_t stride1,
+                      const double* q2, int64_t stride2, double* c_state, double* t_state,
+                      int64_t ld, const DualKernelFn& dual_kernels) {
+  const TileArgs<T> whole = args;
+  for (size_t s = 0; s < segments.size(); ++s) {
+    const Segment segment = segments[s];
+    const bool last = s + 1 == segments.size();
+    args.prog = segment_view(whole.prog, segment);
+    args.rows1 = whole.rows1.from_op(segment.begin);
+    args.rows2 = whole.rows2.from_op(segment.begin);
+    args.c_in = s > 0 ? c_state : nullptr;
+    args.t_in = s > 0 ? t_state : nullptr;
+    args.c_out = last ? nullptr : c_state;
+    args.t_out = last ? nullptr : t_state;
+    args.ld_state = ld;
+    args.nngp = last ? whole.nngp : nullptr;
+    args.ntk = last ? whole.ntk : nullptr;
+    run_tile(kernels, args);
+    if (last) break;
+    const int64_t k = segment.end, rows = args.rows, cols = args.cols;
+    if (args.strictly_upper)  // the entries not computed: mirrored, the diagonal its rows' own
+      for (int64_t i = 0; i < rows; ++i) {
+        c_state[i * ld + i] = q1[k * stride1 + i];
+        if (t_state) t_state[i * ld + i] = 0.0;
+        for (int64_t j = 0; j < i; ++j) {
+          c_state[i * ld + j] = c_state[j * ld + i];
+          if (t_state) t_state[i * ld + j] = t_state[j * ld + i];
+        }
+      }
+    dual_kernels(DualKernelBlock{int32_t(whole.prog.ops[k].p[0]), rows, cols, ld, c_state,
+                                 t_state, q1 + k * stride1, q2 + k * stride2});
+  }
+}
+
 // Outputs at least this large are written with streaming stores (see copy_row).
 constexpr int64_t kStreamingThreshold = int64_t(64) << 20;
 
@@ -504,10 +602,14 @@ void compute_gram(const Program& prog, const T* x1, int64_t n1, const T* x2, int
   const ProgramView pv = prog.view();
   const int threads = resolve_threads(options.num_threads);
   const bool with_ntk = ntk != nullptr;
-  RowStats stats1 = row_stats(pv, x1, n1, n_features, with_ntk, threads, 1, options.series.set1);
+  RowStats stats1 = row_stats(pv, x1, n1, n_features, with_ntk, threads, 1, options.series.set1,
+                              options.dual_kernels);
   RowStats stats2_own;
   if (!symmetric)
-    stats2_own = row_stats(pv, x2, n2, n_features, with_ntk, threads, 2, options.series.set2);
+    stats2_own = row_stats(pv, x2, n2, n_features, with_ntk, threads, 2, options.series.set2,
+                           options.dual_kernels);
+  const std::vector<Segment> segments = program_segments(pv);
+  const bool has_callbacks = segments.size() > 1;
   const bool has_series = stats1.series != nullptr;
   if (has_series && (!options.series.profiles || options.series.profile_len < 2))
     throw std::invalid_argument("series: tail profiles required");
@@ -584,8 +686,10 @@ void compute_gram(const Program& prog, const T* x1, int64_t n1, const T* x2, int
 
 #pragma omp parallel num_threads(threads) if (threads > 1)
   {
-    // Per thread: the tile's input Gram, its finished NNGP/NTK, and a transpose scratch.
+    // Per thread: the tile's input Gram, its finished NNGP/NTK, a transpose scratch, and with
+    // callback ops the (c, t) between segments.
     std::vector<T> gram, nngp_tile, ntk_tile, scratch;
+    std::vector<double> c_state, t_state;
     SeriesTails tails{options.series.profiles, options.series.profile_len, 0.0,
                       options.series.fallbacks, options.series.fallback_len,
                       options.series.fallback_above, 0};
@@ -594,6 +698,8 @@ void compute_gram(const Program& prog, const T* x1, int64_t n1, const T* x2, int
       if (nngp) nngp_tile.resize(size_t(tile * tile));
       if (ntk) ntk_tile.resize(size_t(tile * tile));
       scratch.resize(size_t(8 * tile));
+      if (has_callbacks) c_state.resize(size_t(tile * tile));
+      if (has_callbacks && with_ntk) t_state.resize(size_t(tile * tile));
     } catch (...) {
       record_error();
     }
@@ -627,15 +733,18 @@ void compute_gram(const Program& prog, const T* x1, int64_t n1, const T* x2, int
                          diagonal_tile,
                          scaled ? stats1.scale_exp.data() + i0 : nullptr,
                          scaled ? stats2.scale_exp.data() + j0 : nullptr,
-                         // Series ops have no exact-pair form (exact_pair.hpp): not recomputed.
-                         has_series ? nullptr : x1 + i0 * n_features,
-                         has_series ? nullptr : xb + j0 * n_features,
+                         // Series and callback ops have no exact-pair form (exact_pair.hpp):
+                         // not recomputed.
+                         has_series || has_callbacks ? nullptr : x1 + i0 * n_features,
+                         has_series || has_callbacks ? nullptr : xb + j0 * n_features,
                          n_features,
                          has_series ? &tails : nullptr};
-        if constexpr (std::is_same<T, double>::value)
-          kernels.tile_f64(args);
+        if (has_callbacks)
+          tile_in_segments(kernels, args, segments, stats1.q.data() + i0, stats1.stride,
+                           stats2.q.data() + j0, stats2.stride, c_state.data(),
+                           with_ntk ? t_state.data() : nullptr, tile, options.dual_kernels);
         else
-          kernels.tile_f32(args);
+          run_tile(kernels, args);
         for (int k = 0; k < 2; ++k) {
           T* finished = (k == 0 ? nngp_tile : ntk_tile).data();
           if ((k == 0 ? nngp : ntk) && diagonal_tile) {
@@ -690,12 +799,13 @@ void compute_gram(const Program& prog, const T* x1, int64_t n1, const T* x2, int
 
 template <class T>
 void compute_diagonal(const Program& prog, const T* x, int64_t n, int64_t n_features, T* nngp,
-                      T* ntk, int num_threads, SeriesTables series) {
+                      T* ntk, int num_threads, SeriesTables series,
+                      const DualKernelFn& dual_kernels) {
   if (n < 0 || n_features < 0) throw std::invalid_argument("negative size");
   if (n == 0 || (!nngp && !ntk)) return;
   const ProgramView pv = prog.view();
-  RowStats st =
-      row_stats(pv, x, n, n_features, ntk != nullptr, resolve_threads(num_threads), 1, series);
+  RowStats st = row_stats(pv, x, n, n_features, ntk != nullptr, resolve_threads(num_threads), 1,
+                          series, dual_kernels);
   const double* q_final = st.q.data() + size_t(pv.n_ops) * size_t(st.stride);
   for (int64_t i = 0; i < n; ++i) {
     if (nngp) nngp[i] = T(q_final[i]);
@@ -710,9 +820,9 @@ template void compute_gram<float>(const Program&, const float*, int64_t, const f
                                   int64_t, float*, int64_t, float*, int64_t, const Blas&,
                                   const GramOptions&);
 template void compute_diagonal<double>(const Program&, const double*, int64_t, int64_t, double*,
-                                       double*, int, SeriesTables);
+                                       double*, int, SeriesTables, const DualKernelFn&);
 template void compute_diagonal<float>(const Program&, const float*, int64_t, int64_t, float*, float*,
-                                      int, SeriesTables);
+                                      int, SeriesTables, const DualKernelFn&);
 template double snap_tolerance<double>(int64_t);
 template double snap_tolerance<float>(int64_t);
 

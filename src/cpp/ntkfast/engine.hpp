@@ -88,12 +88,30 @@ struct SeriesOptions {
   int64_t* fallback_pairs = nullptr;  // out, may be null: entries computed by the fallback
 };
 
+// A block of entries entering a Callback op (program.hpp), whose dual kernels the caller
+// evaluates, in place: c <- K(c, q1, q2) and, where t is given, t <- t * dK/dc (c, q1, q2), with
+// q1, q2 the variances of each entry's row and column. c and t are rows x cols, row-major with
+// leading dimension ld; q1 has rows values and q2 cols values, or q2 is null: a column of the
+// rows' own entries (cols == 1, c = q1 = q2 entry by entry: the diagonal). The engine calls it
+// from its worker threads, one block at a time per thread (a tile, or all rows of a point set);
+// what it throws stops the computation and is rethrown by compute_gram/compute_diagonal.
+struct DualKernelBlock {
+  int32_t index;  // the op's p0
+  int64_t rows, cols, ld;
+  double* c;
+  double* t;  // null when the NTK is not computed
+  const double* q1;
+  const double* q2;
+};
+using DualKernelFn = std::function<void(const DualKernelBlock&)>;
+
 struct GramOptions {
   int num_threads = 0;       // <= 0: OpenMP's default; in a forked child always 1
   int64_t tile = 0;          // <= 0: default_tile(n_features); larger than the problem: clamped
   PollFn poll;               // may be empty
   double poll_interval = 0.1;
   SeriesOptions series;      // required when the program has Series ops
+  DualKernelFn dual_kernels; // required when the program has Callback ops
 };
 
 class Cancelled : public std::exception {
@@ -113,7 +131,8 @@ void compute_gram(const Program& prog, const T* x1, int64_t n1, const T* x2, int
 // Per-row NNGP variance and NTK diagonal in O(n · (n_features + n_ops)).
 template <class T>
 void compute_diagonal(const Program& prog, const T* x, int64_t n, int64_t n_features, T* nngp,
-                      T* ntk, int num_threads, SeriesTables series = {});
+                      T* ntk, int num_threads, SeriesTables series = {},
+                      const DualKernelFn& dual_kernels = {});
 
 // The tile edge used when GramOptions::tile is not set: large enough for GEMM efficiency, small
 // enough that one tile's GEMM takes well under the poll interval.
