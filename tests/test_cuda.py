@@ -596,7 +596,10 @@ def test_series_fallback_entries(rng, monkeypatch, layer):
                           None if b is None else cp.asarray(b.astype(dtype)), net=net,
                           tile_size=16)
             cpu_count, gpu_count = counts[-2:]
-            assert gpu_count > 0 and gpu_count == cpu_count
+            # The same rule on the same ρ; in float32 the GEMMs' roundings (~1e-7 in ρ) could
+            # move an entry sitting on the threshold.
+            assert gpu_count > 0 and abs(gpu_count - cpu_count) <= (
+                0 if dtype == np.float64 else 0.01 * cpu_count)
             for name in ("nngp", "ntk"):
                 value, expected = _host(getattr(got, name)), getattr(want, name)
                 if dtype == np.float64:

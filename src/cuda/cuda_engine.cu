@@ -381,7 +381,7 @@ __global__ void __launch_bounds__(256) near_parallel_kernel(const TileParams<T> 
 // The entries of a tile that tile_kernel<T, WithNtk, true> marked: each again from its input,
 // now with the 2-D quadrature where a Series op needs it, over what tile_kernel wrote there (and
 // its mirror image). A kernel of its own because the quadrature (series_fallback.hpp) takes many
-// registers and ~3 KB of local scratch per thread; it returns at once unless an entry of this
+// registers and ~1.4 KB of local scratch per thread; it returns at once unless an entry of this
 // tile was marked, and clears the marks it consumed.
 template <class T, bool WithNtk>
 __global__ void __launch_bounds__(128) series_fallback_kernel(const TileParams<T> a,
