@@ -1,6 +1,8 @@
 """CUDA backend benchmark: ntkfast.gram on a GPU against cuBLAS SGEMM of the same X·Xᵀ, a
 hand-written CuPy implementation of the same kernel, and the CPU engine; plus the throughput of
-outputs streamed to host memory / np.memmap.
+outputs streamed to host memory / np.memmap; and a Hermite-series activation (MLP(3, 'tanh'):
+per-row coefficient tables built on the host, the series summed per entry on the GPU) against the
+ReLU network at the same N and against the CPU engine.
 
     python benchmarks/cuda_bench.py                      # N = 50k and 100k, d = 3072, float32, NTK
     python benchmarks/cuda_bench.py --n 20000 --stream-n 20000 --cpu-n 2048   # a quick run
@@ -68,6 +70,41 @@ def _relu_ntk_cupy(cp, x, depth, w_std, b_std, out, block=4096):
     return out
 
 
+def _series_section(cp, nf, args, rng, relu):
+    """MLP(depth, 'tanh') (Hermite series: tables on the host, sums on the GPU): NTK, float32,
+    against the ReLU network of the same depth and the CPU engine (subsample, extrapolated)."""
+    tanh = nf.MLP(args.depth, "tanh", W_std=1.5, b_std=0.05)
+    out = ["", f"Hermite-series activation: NTK of {tanh!r}, float32, d = {args.d} (time includes "
+           "building the coefficient tables on the host):", "",
+           "| N | ntkfast tanh (s) | ntkfast ReLU (s) | tanh / ReLU | max rel. err. vs CPU (256 rows) | "
+           "CPU engine tanh (s, extrapolated) |", "|---|---|---|---|---|---|"]
+    print("\n".join(out), flush=True)
+    for n in args.series_n:
+        x_host = rng.standard_normal((n, args.d), dtype=np.float32)
+        x = cp.asarray(x_host)
+        nf.gram(x[:1024], net=tanh, get="ntk")  # warm-up (and the tables' caches)
+        holder = {}
+        t_tanh = _gpu_time(cp, lambda: holder.__setitem__("k", nf.gram(x, net=tanh, get="ntk")))
+        t_relu = _gpu_time(cp, lambda: nf.gram(x, net=relu, get="ntk"))
+        check = nf.gram(x_host[:256], x_host, net=tanh, get="ntk", backend="cpu")
+        error = float(np.abs(holder["k"][:256].get() - check).max() / np.abs(check).max())
+        del holder["k"]
+        cpu = ""
+        if args.cpu_n:
+            m = min(args.cpu_n, n)
+            start = time.perf_counter()
+            nf.gram(x_host[:m], net=tanh, get="ntk", backend="cpu")
+            t_cpu = time.perf_counter() - start
+            cpu = f"{t_cpu * (n / m) ** 2:.1f} ({t_cpu:.2f} at N = {m})"
+        row = (f"| {n} | {t_tanh:.3f} | {t_relu:.3f} | {t_tanh / t_relu:.1f} | {error:.1e} | "
+               f"{cpu} |")
+        out.append(row)
+        print(row, flush=True)
+        del x
+        cp.get_default_memory_pool().free_all_blocks()
+    return out
+
+
 def _device_label(name):
     return re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_")
 
@@ -80,6 +117,8 @@ def main(argv=None):
     parser.add_argument("--cpu-n", type=int, default=4096, help="CPU engine subsample (extrapolated as N²)")
     parser.add_argument("--cupy-n", type=int, default=20_000, help="N of the hand-written CuPy version")
     parser.add_argument("--stream-n", type=int, default=50_000, help="N of the streamed-to-host runs")
+    parser.add_argument("--series-n", type=int, nargs="*", default=[20_000],
+                        help="N of the tanh depth-3 (Hermite series) runs; none: skipped")
     parser.add_argument("--memmap-dir", default=None, help="also stream to an np.memmap in this folder")
     parser.add_argument("--out", default=None, help="markdown file (default benchmarks/results/...)")
     args = parser.parse_args(argv)
@@ -191,7 +230,8 @@ def main(argv=None):
         print(row, flush=True)
         del out
 
-    text = "\n".join(lines + rows + stream_lines) + "\n"
+    series_lines = _series_section(cp, nf, args, rng, net)
+    text = "\n".join(lines + rows + stream_lines + series_lines) + "\n"
     target = pathlib.Path(args.out) if args.out else (
         pathlib.Path(__file__).parent / "results" / f"cuda_bench_{_device_label(name)}.md")
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -514,3 +514,113 @@ def test_interrupt_from_progress_stops_between_tiles(rng):
     # the device and the handle are usable afterwards
     _assert_close64(_host(nf.gram(x, net=RELU, get="ntk", tile_size=64)),
                     nf.gram(x.get(), net=RELU, get="ntk", backend="cpu"))
+
+
+# ----------------------------------------------------------------------------------------------
+# Hermite-series activations (Series ops: series_math.hpp, the fallback series_fallback.hpp).
+# Against the CPU engine: the GPU sums per entry the terms its own |ρ| needs (the CPU per chunk of
+# 64, at their largest |ρ|), both within the tolerance series_inputs sets (1e-14 of a layer's
+# largest value in float64), and for CuPy inputs its tables come from each row's variance alone
+# (equal to rounding): float64 within rtol 1e-12 (+1e-13 max|K|), float32 within 1e-6 max|K|.
+
+SERIES = [nf.Tanh(), nf.Silu(), nf.Elu(0.7), nf.Softplus(beta=2.0), nf.Sigmoid(), nf.Mish(),
+          nf.ElementwiseNumerical(lambda v: np.sin(v) + 0.3 * v, deg=128)]
+
+
+@pytest.mark.parametrize("layer", SERIES, ids=_ids)
+def test_series_activations_float64(rng, layer):
+    net = _net(layer)
+    x, y = _points(rng, 67), _points(rng, 45)
+    x[7] = x[3]  # a duplicate row: the exact diagonal
+    for a, b in ((x, None), (x, y)):
+        want = nf.gram(a, b, net=net, backend="cpu")
+        got = nf.gram(cp.asarray(a), None if b is None else cp.asarray(b), net=net, tile_size=32)
+        for name in ("nngp", "ntk"):
+            value = _host(getattr(got, name))
+            _assert_close64(value, getattr(want, name), f"{layer!r} {name}")
+            if b is None:
+                assert np.array_equal(value, value.T) and value[7, 3] == value[3, 3]
+    diag = nf.diagonal(cp.asarray(x), net=net)
+    k = nf.gram(cp.asarray(x), net=net, tile_size=32)
+    for name in ("nngp", "ntk"):
+        assert np.array_equal(np.diag(_host(getattr(k, name))), _host(getattr(diag, name)))
+        np.testing.assert_allclose(_host(getattr(diag, name)),
+                                   getattr(nf.diagonal(x, net=net), name), rtol=1e-12)
+
+
+@pytest.mark.parametrize("layer", SERIES[:3], ids=_ids)
+def test_series_activations_float32(rng, layer):
+    net = nf.MLP(3, layer, W_std=1.3, b_std=0.1)
+    x, y = _points(rng, 50, dtype=np.float32), _points(rng, 23, dtype=np.float32)
+    for a, b in ((x, None), (x, y)):
+        want = nf.gram(a, b, net=net, backend="cpu")
+        got = nf.gram(cp.asarray(a), None if b is None else cp.asarray(b), net=net)
+        for name in ("nngp", "ntk"):
+            value, expected = _host(getattr(got, name)), getattr(want, name)
+            assert value.dtype == np.float32
+            np.testing.assert_allclose(value, expected, rtol=0, atol=1e-6 * np.abs(expected).max())
+
+
+def _near_parallel_points(rng, n=40, d=9, scale=3.0, kinked=False):
+    """Large variances (few terms reach the tolerance: the fallback), a duplicate, near-parallel
+    pairs; exactly parallel rows of unequal norms only for smooth activations (for a kinked one
+    the NTK near |ρ| = 1 moves by ~√(1 - |ρ|), so the rounding of ρ after a Dense layer moves it
+    by ~1e-10 in either engine; tests/test_cuda_driver.py's _near_parallel_points)."""
+    x = scale * rng.standard_normal((n, d))
+    x[1] = x[0] + 1e-3 * rng.standard_normal(d)
+    x[5] = -x[4] + 1e-3 * rng.standard_normal(d)
+    x[9] = x[10]
+    if not kinked:
+        x[2] = 2.5 * x[3]
+        x[6] = -0.5 * x[8]
+    return x
+
+
+@pytest.mark.parametrize("layer", [nf.Elu(0.7, deg=16), nf.Tanh(deg=24)], ids=_ids)
+def test_series_fallback_entries(rng, monkeypatch, layer):
+    """Near-parallel rows at large variances with few terms: the 2-D quadrature
+    (series_fallback_kernel), the same entries as on the CPU, the count reported alike."""
+    from ntkfast import _series
+
+    counts = []
+    monkeypatch.setattr(_series.SeriesInputs, "warn_if_slow",
+                        lambda self, pairs, entries: counts.append(pairs))
+    net = nf.MLP(2, layer, W_std=1.5, b_std=0.2)
+    kinked = layer._kinked_at_zero
+    x, y = _near_parallel_points(rng, kinked=kinked), _near_parallel_points(rng, 13, kinked=kinked)
+    for a, b in ((x, None), (x, y)):
+        for dtype in (np.float64, np.float32):
+            want = nf.gram(a.astype(dtype), None if b is None else b.astype(dtype), net=net,
+                           backend="cpu")
+            got = nf.gram(cp.asarray(a.astype(dtype)),
+                          None if b is None else cp.asarray(b.astype(dtype)), net=net,
+                          tile_size=16)
+            cpu_count, gpu_count = counts[-2:]
+            # The same rule on the same ρ; in float32 the GEMMs' roundings (~1e-7 in ρ) could
+            # move an entry sitting on the threshold.
+            assert gpu_count > 0 and abs(gpu_count - cpu_count) <= (
+                0 if dtype == np.float64 else 0.01 * cpu_count)
+            for name in ("nngp", "ntk"):
+                value, expected = _host(getattr(got, name)), getattr(want, name)
+                if dtype == np.float64:
+                    _assert_close64(value, expected, name)
+                else:
+                    np.testing.assert_allclose(value, expected, rtol=0,
+                                               atol=1e-6 * np.abs(expected).max())
+
+
+def test_series_numpy_inputs_and_host_outputs(rng, tmp_path):
+    net = nf.MLP(3, "tanh", W_std=1.4, b_std=0.1)
+    x, y = _points(rng, 70), _points(rng, 30)
+    for b in (None, y):
+        want = nf.gram(x, b, net=net, backend="cpu")
+        got = nf.gram(x, b, net=net, backend="cuda", tile_size=32)  # NumPy out, streamed
+        out = nf.Kernels(*(np.memmap(tmp_path / f"{k}{b is None}", np.float64, "w+",
+                                     shape=want.nngp.shape) for k in ("nngp", "ntk")))
+        nf.gram(cp.asarray(x), None if b is None else cp.asarray(b), net=net, out=out,
+                tile_size=16)
+        for name in ("nngp", "ntk"):
+            assert type(getattr(got, name)) is np.ndarray
+            _assert_close64(getattr(got, name), getattr(want, name), name)
+            _assert_close64(np.asarray(getattr(out, name)), getattr(want, name), name)
+

@@ -17,6 +17,7 @@ import ctypes
 import math
 import sys
 import types
+import warnings
 
 import numpy as np
 import pytest
@@ -393,6 +394,7 @@ class FakePlan:
 
     instances = []
     scaled_bytes_after_stats = 0
+    series_report_value = (0.5, 0)  # what series_report returns: (tail bound, fallback entries)
 
     def __init__(self, **kw):
         self.kw = kw
@@ -407,8 +409,15 @@ class FakePlan:
         a = _view(x1, kw["dtype"], (kw["n1"], kw["d"])).astype(np.float64)
         return a, a if x2 == 0 else _view(x2, kw["dtype"], (kw["n2"], kw["d"])).astype(np.float64)
 
-    def row_stats(self, *, x1, x2, workspace, stream):
+    @property
+    def has_series(self):
+        return self.kw.get("series_rows", 0) > 0
+
+    def row_stats(self, *, x1, x2, workspace, stream, series1=None, series2=None):
         assert workspace and stream == 0x5EED and (x2 == 0) == self.kw["symmetric"]
+        assert (series1 is not None) == self.has_series
+        assert (series2 is not None) == (self.has_series and not self.kw["symmetric"])
+        self.series = (series1, series2)
         self.x = _view(x1, self.kw["dtype"], (self.kw["n1"], self.kw["d"])).astype(np.float64)
         self.calls.append("row_stats")
         return self.scaled_bytes_after_stats
@@ -433,6 +442,11 @@ class FakePlan:
         if progress is not None:
             progress(3, 3)
 
+    def series_report(self, *, workspace, stream):
+        assert self.has_series and self.calls == ["row_stats", "run"] and stream == 0x5EED
+        self.calls.append("series_report")
+        return self.series_report_value
+
     def write_diagonal(self, *, workspace, nngp, ntk, stream):
         n, d, dtype = self.kw["n1"], self.kw["d"], self.kw["dtype"]
         q = (self.x ** 2).sum(1) / d
@@ -446,6 +460,7 @@ def fake(monkeypatch):
     cp = _make_fake_cupy(free_bytes=1 << 34)
     FakePlan.instances = []
     FakePlan.scaled_bytes_after_stats = 0
+    FakePlan.series_report_value = (0.5, 0)
     module = types.SimpleNamespace(GramPlan=FakePlan)
     monkeypatch.setitem(sys.modules, "cupy", cp)
     monkeypatch.setitem(sys.modules, "ntkfast._cuda", module)
@@ -568,3 +583,217 @@ def test_unavailable_backend_says_why(monkeypatch, rng):
         nf.gram(rng.standard_normal((3, 2)), net=NET, backend="cuda")
     with pytest.raises(nf.BackendUnavailableError, match="no CUDA device"):
         nf.diagonal(_fake(np.ones((2, 2))), net=NET, get="ntk")
+
+
+# Hermite-series activations (Series ops): the host side of the CUDA backend.
+SERIES_NET = nf.serial(nf.Dense(W_std=1.4, b_std=0.1), nf.Tanh(deg=96), nf.Dense(W_std=1.2),
+                       nf.Elu(0.7, deg=64), nf.Dense())
+
+
+def _series_want(net, x1, x2, dtype):
+    from ntkfast._layers import lower, series_activations
+    from ntkfast._series import series_inputs
+
+    ops, pool, _ = lower(net, x1.shape[1])
+    return series_inputs(series_activations(net), ops, pool, x1.astype(dtype),
+                         None if x2 is None else x2.astype(dtype), None, dtype)
+
+
+@pytest.mark.parametrize("cross", [False, True])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_series_inputs_reach_the_plan(fake, rng, cross, dtype):
+    """The plan gets series_inputs's program (the Series ops' stored terms), profiles and
+    fallback records, and row_stats the tables of each point set, as the CPU backend builds
+    them: bit for bit from NumPy rows; from each CuPy row's variance alone (N values to the
+    host), equal up to the rounding of that variance."""
+    x1 = rng.standard_normal((29, 5)) * rng.uniform(0.2, 3.0, (29, 1))
+    x1[7] = x1[3]  # a duplicate row: its own column of coefficients, equal to the original's
+    x2 = rng.standard_normal((11, 5)) if cross else None
+    want = _series_want(SERIES_NET, x1, x2, dtype)
+    for inputs, exact in (((_fake(x1.astype(dtype)), None if x2 is None else _fake(x2.astype(dtype))),
+                           False),
+                          ((x1.astype(dtype), x2 if x2 is None else x2.astype(dtype)), True)):
+        nf.gram(*inputs, net=SERIES_NET, backend="cuda")
+        plan = FakePlan.instances[-1]
+        kw = plan.kw
+        assert plan.calls == ["row_stats", "run", "series_report"]
+        assert kw["ops"] == [(k, deg, off, list(p)) for k, deg, off, p in want.ops]
+        assert kw["series_rows"] == want.tables1.shape[0] and kw["fallback_above"] == want.fallback_above
+        np.testing.assert_array_equal(kw["fallbacks"], want.fallbacks)
+        for got, table, rows in zip(plan.series, (want.tables1, want.tables2), (x1, x2)):
+            if table is None:
+                assert got is None
+            elif exact:
+                np.testing.assert_array_equal(got, table)
+            else:
+                n = rows.shape[0]
+                np.testing.assert_allclose(got[:, :n], table[:, :n], rtol=1e-13, atol=1e-15)
+        np.testing.assert_array_equal(plan.series[0][:, 7], plan.series[0][:, 3])
+        if exact:
+            np.testing.assert_array_equal(kw["profiles"], want.profiles)
+        else:  # bounds in units of the tolerance, on tails that are differences of sums
+            np.testing.assert_allclose(kw["profiles"], want.profiles, rtol=1e-6, atol=1e-6)
+
+
+def test_series_input_variances_are_summed_on_the_device_by_chunks(fake, rng, monkeypatch):
+    from ntkfast import _cuda_backend
+
+    monkeypatch.setattr(_cuda_backend, "_VARIANCE_CHUNK_BYTES", 8 * 5 * 4)  # 4 rows per chunk
+    x = (rng.standard_normal((13, 5)) * 1e3).astype(np.float32)
+    q = _cuda_backend._input_variances(fake, _fake(x))
+    assert type(q) is np.ndarray and q.dtype == np.float64
+    np.testing.assert_allclose(q, (x.astype(np.float64) ** 2).sum(1) / 5, rtol=1e-15)
+    assert _cuda_backend._input_variances(fake, _fake(np.empty((3, 0)))).tolist() == [0.0] * 3
+
+
+def test_series_warnings_from_the_engine_report(fake, rng):
+    """The engine's largest tail bound and fallback count warn as on the CPU backend."""
+    x = _fake(rng.standard_normal((20, 4)))
+    FakePlan.series_report_value = (1e9, 0)
+    with pytest.warns(RuntimeWarning, match="Hermite series was truncated"):
+        nf.gram(x, net=SERIES_NET)
+    FakePlan.series_report_value = (0.5, 20_000)
+    with pytest.warns(RuntimeWarning, match="computed by 2-D quadrature"):
+        nf.gram(x, net=SERIES_NET)
+    FakePlan.series_report_value = (0.5, 100)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        nf.gram(x, net=SERIES_NET)
+    nf.gram(x, net=NET)  # no Series op: no report asked for
+    assert FakePlan.instances[-1].calls == ["row_stats", "run"]
+
+
+def test_series_diagonal(fake, rng):
+    x = rng.standard_normal((9, 4))
+    nf.diagonal(_fake(x), net=SERIES_NET)
+    plan = FakePlan.instances[-1]
+    want = _series_want(SERIES_NET, x, None, np.float64)
+    assert plan.kw["outputs"] == "none" and plan.kw["series_rows"] == want.tables1.shape[0]
+    assert plan.series[1] is None
+    np.testing.assert_allclose(plan.series[0][:, :9], want.tables1[:, :9], rtol=1e-13, atol=1e-15)
+
+
+def _series_plan(**changes):
+    want = _series_want(SERIES_NET, np.random.default_rng(3).standard_normal((10, 5)), None,
+                        np.float64)
+    kw = dict(ops=[(k, deg, off, list(p)) for k, deg, off, p in want.ops], pool=[],
+              dtype="float64", n1=10, n2=10, d=5, symmetric=True, nngp=True, ntk=True, tile=32,
+              outputs="device", device=0, free_bytes=0, snap_tol=1e-12,
+              series_rows=want.tables1.shape[0], profiles=want.profiles,
+              fallbacks=want.fallbacks, fallback_above=want.fallback_above)
+    kw.update(changes)
+    return _cuda.GramPlan(**kw), want
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+@pytest.mark.parametrize("outputs", ["device", "none"])
+def test_series_plan_workspace_layout(symmetric, outputs):
+    plan, want = _series_plan(symmetric=symmetric, outputs=outputs)
+    base = _plan(ops=plan_ops(want), pool=[], dtype="float64", n1=10, n2=10, d=5,
+                 symmetric=symmetric, outputs=outputs, tile=32)
+    rows, stride = want.tables1.shape[0], 32
+    extra = _align(8 * rows * stride) * (1 if symmetric else 2)
+    extra += _align(8 * want.profiles.size) + _align(8 * want.fallbacks.size)
+    extra += _align(8 * (2 * 12 + 2 * 6 * 24 + 6) + 4 * 6)  # FallbackRules
+    extra += _align(24)  # the report
+    if outputs != "none":
+        extra += _align(4 * (32 * 32 // 32))  # a bit per entry of a tile
+    assert plan.has_series and not base.has_series
+    assert plan.workspace_bytes == base.workspace_bytes + extra
+
+
+def plan_ops(want):
+    """The program of `want` with Identity ops for its Series ops (the same tables otherwise)."""
+    identity = (nf._core.OP_KINDS["Identity"], 0, 0, [])
+    return [identity if k == nf._core.OP_KINDS["Series"] else (k, deg, off, list(p))
+            for k, deg, off, p in want.ops]
+
+
+def test_series_plan_arguments_are_checked_before_any_cuda_call():
+    plan, want = _series_plan()
+    series = nf._core.OP_KINDS["Series"]
+    ops = [(k, deg, off, list(p)) for k, deg, off, p in want.ops]
+    with pytest.raises(ValueError, match="Series op 1: its tables lie outside the series_rows"):
+        _series_plan(series_rows=0)
+    with pytest.raises(ValueError, match="series_rows must be given exactly"):
+        _plan(series_rows=8)
+    with pytest.raises(ValueError, match="tables lie outside the series_rows"):
+        _series_plan(series_rows=want.tables1.shape[0] - 1)
+    with pytest.raises(ValueError, match="no tail profile"):
+        _series_plan(profiles=want.profiles[:, :10])
+    with pytest.raises(ValueError, match="no tail profile"):
+        _series_plan(profiles=want.profiles[:1])
+    bad = want.fallbacks.copy()
+    bad[1, 0] = 2.0  # kinked flag neither 0 nor 1
+    with pytest.raises(ValueError, match="Series op 3: malformed fallback record"):
+        _series_plan(fallbacks=bad)
+    with pytest.raises(ValueError, match="fallback_above >= 1"):
+        _series_plan(fallback_above=0.5)
+    with pytest.raises(ValueError, match="bad degree"):
+        _series_plan(ops=[op if op[0] != series else (series, 1025, 0, op[3]) for op in ops])
+    _series_plan(fallbacks=np.array([[-1.0], [-1.0]]))  # no fallback records: accepted
+    _series_plan(fallbacks=None)
+    for tables in ({}, dict(series1=want.tables1[:-1]), dict(series1=want.tables1[:, :9]),
+                   dict(series1=want.tables1, series2=want.tables1)):
+        with pytest.raises(ValueError, match="Series tables must be given exactly"):
+            plan.row_stats(x1=8, x2=0, workspace=4096, stream=0, **tables)
+    with pytest.raises(ValueError, match="series_report: call row_stats"):
+        plan.series_report(workspace=4096, stream=0)
+    with pytest.raises(ValueError, match="no Series op"):
+        _plan().series_report(workspace=4096, stream=0)
+
+
+def _near_parallel_points(rng, n, kinked, d=9, scale=3.0):
+    """Random rows at large variances (few terms reach the tolerance: the fallback) with a
+    duplicate and near-parallel pairs. Exactly parallel rows of unequal norms only for smooth
+    activations: for a kinked one the NTK at |ρ| = 1 - δ moves by ~√δ (the kink smoothed at
+    s = √(1 - ρ²)), so whether rounding leaves ρ at 1 or at 1 - 1e-16 after a Dense layer moves it
+    by ~1e-10 relative, in either engine."""
+    x = scale * rng.standard_normal((n, d))
+    x[1] = x[0] + 1e-3 * rng.standard_normal(d)
+    x[5] = -x[4] + 1e-3 * rng.standard_normal(d)
+    x[9] = x[10]
+    if not kinked:
+        x[2] = 2.5 * x[3]
+        x[6] = -0.5 * x[8]
+    return x
+
+
+@pytest.mark.parametrize("net", [nf.MLP(2, nf.Elu(0.7, deg=16), W_std=1.5, b_std=0.2),
+                                 nf.MLP(2, nf.Tanh(deg=24), W_std=1.5, b_std=0.2),
+                                 SERIES_NET,
+                                 nf.serial(nf.Dense(W_std=1.4, b_std=0.1), nf.Silu(), nf.Dense(),
+                                           nf.Relu(), nf.Dense(W_std=1.3), nf.Softplus(beta=2.0),
+                                           nf.Dense())],
+                         ids=["elu-deg16", "tanh-deg24", "tanh-elu", "silu-relu-softplus"])
+@pytest.mark.parametrize("cross", [False, True])
+def test_series_entries_of_the_cuda_kernels_on_the_host(rng, monkeypatch, net, cross):
+    """The CUDA engine's per-entry code for programs with Series ops (series_math.hpp's
+    series_program_entry: per-entry terms, Horner sums, duplicates, the fallback choice and the
+    quadrature itself), run on the host by _cuda._series_gram_host, against the CPU engine:
+    float64 within rtol 1e-12 (+1e-13 max|K|), the same entries by 2-D quadrature."""
+    from ntkfast import _series
+
+    counts = []
+    monkeypatch.setattr(_series.SeriesInputs, "warn_if_slow",
+                        lambda self, pairs, entries: counts.append(pairs))
+    from ntkfast._layers import lower, series_activations
+
+    kinked = any(layer._kinked_at_zero for layer in series_activations(net))
+    x = _near_parallel_points(rng, 24, kinked)
+    y = _near_parallel_points(rng, 13, kinked) if cross else None
+    want = nf.gram(x, y, net=net, backend="cpu")
+    inputs = _series_want(net, x, y, np.float64)
+    _, pool, _ = lower(net, 9)
+    nngp, ntk, bound, fallbacks = _cuda._series_gram_host(
+        ops=[(k, deg, off, list(p)) for k, deg, off, p in inputs.ops], pool=list(pool), x1=x,
+        x2=y, tables1=inputs.tables1, tables2=inputs.tables2, profiles=inputs.profiles,
+        fallbacks=inputs.fallbacks, fallback_above=inputs.fallback_above,
+        snap_tol=nf._core.snap_tolerance("float64", 9))
+    for got, expected in ((nngp, want.nngp), (ntk, want.ntk)):
+        np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-13 * np.abs(expected).max())
+    if y is None:
+        assert np.array_equal(ntk, ntk.T) and ntk[9, 10] == ntk[9, 9]
+    assert fallbacks == counts[-1]
+    assert fallbacks > 0 or min(layer.deg for layer in series_activations(net)) > 24
+    assert 0 <= bound <= inputs.fallback_above

@@ -477,18 +477,6 @@ def test_inputs_are_not_modified_and_layers_are_values():
         assert isinstance(nf.MLP(1, name).layers[1], cls)
 
 
-def test_cuda_backend_refuses_series_activations_clearly():
-    from ntkfast._backends import CudaBackend
-    from ntkfast._validation import gram_request
-
-    x = np.zeros((2, 3))
-    request = gram_request(x, None, net=nf.MLP(1, "tanh"), get="ntk", dtype=None, out=None,
-                           backend="cpu", num_threads=None, check_finite=True, progress=False,
-                           tile_size=None)
-    with pytest.raises(NotImplementedError, match=r"backend='cuda'.*Tanh"):
-        CudaBackend._check_supported(request)
-
-
 def test_sklearn_gradient_refuses_series_activations():
     pytest.importorskip("sklearn")
     from ntkfast.sklearn import NTKKernel

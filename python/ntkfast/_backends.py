@@ -117,11 +117,6 @@ class CudaBackend:
     @staticmethod
     def _check_supported(request):
         dual_kernel_callback(request.net, request.names, "cuda")  # raises for DualKernel layers
-        layers = series_activations(request.net)
-        if layers:
-            raise NotImplementedError(
-                f"backend='cuda' does not run Hermite-series activations yet "
-                f"({', '.join(sorted({type(l).__name__ for l in layers}))}); use backend='cpu'")
 
     def gram(self, request):
         from . import _cuda_backend

@@ -29,9 +29,13 @@ class GramPlan:
 
     def __init__(self, *, ops: Iterable[Tuple[int, int, int, Sequence[float]]], pool: Sequence[float],
                  dtype: str, n1: int, n2: int, d: int, symmetric: bool, nngp: bool, ntk: bool,
-                 tile: int, outputs: str, device: int, free_bytes: int, snap_tol: float) -> None:
+                 tile: int, outputs: str, device: int, free_bytes: int, snap_tol: float,
+                 series_rows: int = 0, profiles: Optional[np.ndarray] = None,
+                 fallbacks: Optional[np.ndarray] = None, fallback_above: float = 1.0) -> None:
         """outputs: 'device' (CuPy arrays), 'host' (NumPy arrays, streamed) or 'none' (tables
-        only, for write_diagonal). tile 0: the default. No CUDA call."""
+        only, for write_diagonal). tile 0: the default. Programs with Series ops: the rows of
+        each point set's tables, the tail profiles and fallback records (_series.SeriesInputs),
+        checked against the program here. No CUDA call."""
     @property
     def tile(self) -> int: ...
     @property
@@ -42,8 +46,15 @@ class GramPlan:
     def pinned_bytes(self) -> int: ...
     @property
     def scaled_bytes(self) -> int: ...
-    def row_stats(self, *, x1: int, x2: int, workspace: int, stream: int) -> int:
-        """Per-row tables; synchronizes `stream`; raises EngineNonFinite. Returns scaled_bytes."""
+    @property
+    def has_series(self) -> bool: ...
+    def row_stats(self, *, x1: int, x2: int, workspace: int, stream: int,
+                  series1: Optional[np.ndarray] = None, series2: Optional[np.ndarray] = None) -> int:
+        """Per-row tables (with Series ops from the host tables series1, series2: (series_rows,
+        >= n) float64); synchronizes `stream`; raises EngineNonFinite. Returns scaled_bytes."""
+    def series_report(self, *, workspace: int, stream: int) -> Tuple[float, int]:
+        """After run, with Series ops: (largest tail bound left, entries the fallback computed);
+        synchronizes `stream`."""
     def run(self, *, x1: int, x2: int, workspace: int, scaled: int, nngp: object, ntk: object,
             pinned: int, stream: int, cublas: int,
             progress: Optional[Callable[[int, int], None]]) -> None:
@@ -57,3 +68,10 @@ def _schedule(n1: int, n2: int, tile: int, symmetric: bool, outputs: str, n_outp
 def _simulate(n1: int, n2: int, tile: int, symmetric: bool, outputs: str, out: List[np.ndarray],
               progress: Optional[Callable[[int, int], None]] = None, poll_interval: float = 0.0) -> dict: ...
 def _load_cublas() -> str: ...
+def _series_gram_host(ops: Iterable[Tuple[int, int, int, Sequence[float]]], pool: Sequence[float],
+                      x1: np.ndarray, x2: Optional[np.ndarray], tables1: np.ndarray,
+                      tables2: Optional[np.ndarray], profiles: np.ndarray,
+                      fallbacks: Optional[np.ndarray], fallback_above: float,
+                      snap_tol: float) -> Tuple[np.ndarray, np.ndarray, float, int]:
+    """The CUDA engine's per-entry code for programs with Series ops, run on the host (float64):
+    (nngp, ntk, largest tail bound, fallback entries)."""

@@ -15,9 +15,10 @@ import numpy as np
 
 from . import _core
 from ._cuda_probe import device_problem  # noqa: F401  (benchmarks/cuda_bench.py)
-from ._layers import lower
+from ._layers import lower, series_activations
 from ._program import compiled_program
 from ._progress import Progress
+from ._series import series_inputs
 from ._validation import check_host_output, check_memory, human_bytes, is_cupy, out_label
 
 __all__ = ["gram", "diagonal", "tf32_state"]
@@ -112,18 +113,66 @@ def _ptr(a):
     return 0 if a is None else a.data.ptr
 
 
-def _plan(request, shape, outputs, device, free_bytes=0):
-    """The engine's plan for this request (the program validated by the CPU engine first)."""
+# Rows per chunk of the device-side sums ||x_i||² (bounded float64 temporaries).
+_VARIANCE_CHUNK_BYTES = 64 << 20
+
+
+def _input_variances(cp, x):
+    """||x_i||²/d of a device array, summed in float64 on the device by chunks of rows, as a
+    NumPy array (N values cross to the host, not the rows)."""
+    n, d = x.shape
+    inv_d = 1.0 / d if d else 0.0  # as the engines
+    q = np.empty(n)
+    step = max(1, _VARIANCE_CHUNK_BYTES // (8 * max(d, 1)))
+    for start in range(0, n, step):
+        block = x[start:start + step].astype(np.float64)
+        q[start:start + step] = ((block * block).sum(axis=1) * inv_d).get()
+    return q
+
+
+def _series(cp, request, x1, x2):
+    """The SeriesInputs of a request whose network has Hermite-series activations (else None),
+    built on the host by series_inputs as on the CPU backend: from the rows themselves for NumPy
+    inputs (the CPU backend's tables, bit for bit), else from each device row's variance alone,
+    through (n, 1) rows √(||x||²/d) with the same variances (up to rounding): O(N) values to the
+    host and O(N·K) work there, never O(N²)."""
+    layers = series_activations(request.net)
+    if not layers:
+        return None
+    if is_cupy(request.x1):
+        rows = [np.sqrt(_input_variances(cp, x))[:, None] for x in (x1, x2) if x is not None]
+    else:
+        rows = [np.asarray(x, dtype=request.dtype) for x in (request.x1, request.x2) if x is not None]
+    ops, pool, _ = lower(request.net, request.n_features)
+    return series_inputs(layers, ops, pool, rows[0], rows[1] if len(rows) > 1 else None,
+                         request.num_threads, request.dtype)
+
+
+def _plan(request, shape, outputs, device, free_bytes=0, series=None):
+    """The engine's plan for this request (the program validated by the CPU engine first; with
+    Series ops, series_inputs's program and the sizes of its tables)."""
     from . import _cuda
 
     d, dtype = request.n_features, np.dtype(request.dtype)
     ops, pool, _ = lower(request.net, d)
     compiled_program(ops, pool)  # the CPU engine's validation: nothing unchecked reaches the GPU
+    extra = {}
+    if series is not None:
+        ops = series.ops  # validated by series_inputs, with the terms the tables hold
+        extra = dict(series_rows=series.tables1.shape[0], profiles=series.profiles,
+                     fallbacks=series.fallbacks, fallback_above=series.fallback_above)
     return _cuda.GramPlan(
         ops=[(k, deg, off, list(p)) for k, deg, off, p in ops], pool=list(pool), dtype=dtype.name,
         n1=shape[0], n2=shape[1], d=d, symmetric=request.x2 is None, nngp="nngp" in request.names,
         ntk="ntk" in request.names, tile=request.tile or 0, outputs=outputs, device=device.id,
-        free_bytes=free_bytes, snap_tol=_core.snap_tolerance(dtype.name, d))
+        free_bytes=free_bytes, snap_tol=_core.snap_tolerance(dtype.name, d), **extra)
+
+
+def _series_tables(series, symmetric):
+    """row_stats's Series arguments."""
+    if series is None:
+        return {}
+    return dict(series1=series.tables1, series2=None if symmetric else series.tables2)
 
 
 # Public entry points (called by _backends.CudaBackend with a checked request).
@@ -201,8 +250,9 @@ def _compute(cp, request, outputs, on_host, device, reporter):
     with _gpu_memory(cp, "the computation", device.id):
         x1 = _to_device(cp, request.x1, dtype, device, "x1")
         x2 = None if request.x2 is None else _to_device(cp, request.x2, dtype, device, "x2")
+        series = _series(cp, request, x1, x2)
         plan = _plan(request, request.shape, "host" if on_host else "device", device,
-                     0 if on_host or request.tile else _free_device_bytes(cp))
+                     0 if on_host or request.tile else _free_device_bytes(cp), series)
         workspace = cp.empty(plan.workspace_bytes, dtype=np.uint8)
         pinned = None
         if on_host:
@@ -211,13 +261,20 @@ def _compute(cp, request, outputs, on_host, device, reporter):
             except cp.cuda.runtime.CUDARuntimeError as error:
                 raise MemoryError(f"could not allocate {human_bytes(plan.pinned_bytes)} of pinned host "
                                   f"memory to stream the result ({error}); pass a smaller tile_size") from None
-        extra = plan.row_stats(x1=_ptr(x1), x2=_ptr(x2), workspace=workspace.data.ptr, stream=stream.ptr)
+        extra = plan.row_stats(x1=_ptr(x1), x2=_ptr(x2), workspace=workspace.data.ptr,
+                               stream=stream.ptr, **_series_tables(series, x2 is None))
         scaled = cp.empty(extra, dtype=np.uint8) if extra else None
         out = {name: outputs[name] if on_host else outputs[name].data.ptr for name in request.names}
         plan.run(x1=_ptr(x1), x2=_ptr(x2), workspace=workspace.data.ptr, scaled=_ptr(scaled),
                  nngp=out.get("nngp"), ntk=out.get("ntk"), pinned=pinned.ptr if on_host else 0,
                  stream=stream.ptr, cublas=cp.cuda.device.get_cublas_handle(),
                  progress=reporter if reporter.enabled else None)
+        if series is not None:  # as the CPU backend (waits for the last tiles)
+            bound, fallback_pairs = plan.series_report(workspace=workspace.data.ptr,
+                                                       stream=stream.ptr)
+            series.warn_if_truncated(bound)
+            n1, n2 = request.shape
+            series.warn_if_slow(fallback_pairs, n1 * (n1 + 1) // 2 if x2 is None else n1 * n2)
 
 
 def diagonal(request):
@@ -235,9 +292,11 @@ def diagonal(request):
         stream = cp.cuda.get_current_stream()
         with _gpu_memory(cp, "diagonal", device.id):
             x = _to_device(cp, a, dtype, device, "x")
-            plan = _plan(request, (n, n), "none", device)
+            series = _series(cp, request, x, None)
+            plan = _plan(request, (n, n), "none", device, series=series)
             workspace = cp.empty(plan.workspace_bytes, dtype=np.uint8)
-            plan.row_stats(x1=_ptr(x), x2=0, workspace=workspace.data.ptr, stream=stream.ptr)
+            plan.row_stats(x1=_ptr(x), x2=0, workspace=workspace.data.ptr, stream=stream.ptr,
+                           **_series_tables(series, True))
             outputs = {name: cp.empty(n, dtype=dtype) for name in names}
             plan.write_diagonal(workspace=workspace.data.ptr, nngp=_ptr(outputs.get("nngp")),
                                 ntk=_ptr(outputs.get("ntk")), stream=stream.ptr)

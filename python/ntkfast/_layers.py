@@ -999,7 +999,8 @@ class Tanh(_SeriesActivation):
     entry's correlation needs for float64 accuracy (1e-14 of the layer's largest value), up to
     ``deg``. Where ``deg`` terms cannot reach 1e-12 (pairs with ``|ρ|`` near 1 at large
     variances) the entry is computed by 2-D quadrature instead (100-1500x slower per entry; a
-    RuntimeWarning says so when that is a large share of the Gram). CPU only for now.
+    RuntimeWarning says so when that is a large share of the Gram). Both backends; the CUDA
+    engine's Series path has not yet run on a GPU (docs/cuda.md).
 
     Parameters
     ----------

@@ -379,13 +379,15 @@ _SLOW_FALLBACK_SHARE = 0.1
 
 
 class SeriesInputs:
-    """What the CPU engine needs for a program with Series ops: the program itself (its Series
-    ops keep the terms their rows need), the tables of both point sets, the tail profiles and
-    fallback records (engine.hpp SeriesOptions) and, for messages, each op's layer."""
+    """What the engines need for a program with Series ops: the program itself (its Series
+    ops keep the terms their rows need; ``ops``: the same as lowered ops, for the CUDA engine),
+    the tables of both point sets, the tail profiles and fallback records (engine.hpp
+    SeriesOptions) and, for messages, each op's layer."""
 
     def __init__(self, program, tables1, tables2, profiles, fallbacks, fallback_above, layers,
-                 rtol, warn_rtol):
+                 rtol, warn_rtol, ops=()):
         self.program = program  # the network's program with the Series ops' degrees as stored
+        self.ops = ops
         self.tables1, self.tables2, self.profiles = tables1, tables2, profiles
         self.fallbacks, self.fallback_above = fallbacks, fallback_above
         self.layers, self.rtol, self.warn_rtol = layers, rtol, warn_rtol
@@ -500,7 +502,9 @@ def _tables(ops, pool, series, point_sets, num_threads, rtol, dual_kernels=None)
 def series_inputs(layers, ops, pool, x1, x2, num_threads, dtype, dual_kernels=None):
     """SeriesInputs for a gram (x2 may be None) or a diagonal of the lowered network (ops, pool)
     whose Series activations are ``layers``, or None without Series ops; ``dual_kernels``: the
-    engine's callback for its DualKernel layers, if any (_dual_kernels.py)."""
+    engine's callback for its DualKernel layers, if any (_dual_kernels.py). The rows enter only
+    through their variances ||x||²/d (the row recursion up to each Series op), so any rows with
+    the same variances give the same inputs (the CUDA backend passes (n, 1) rows √(||x||²/d))."""
     series = series_layers(ops, layers)
     if not series:
         return None
@@ -514,4 +518,4 @@ def series_inputs(layers, ops, pool, x1, x2, num_threads, dtype, dual_kernels=No
                                                dual_kernels)
     tables1, tables2 = tables[0], (tables[1] if x2 is not None else None)
     return SeriesInputs(compiled_program(ops, pool), tables1, tables2, profiles, fallbacks,
-                        fallback_rtol / rtol, series, rtol, warn_rtol)
+                        fallback_rtol / rtol, series, rtol, warn_rtol, ops)

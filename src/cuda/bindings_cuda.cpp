@@ -14,16 +14,21 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <memory>
 #include <optional>
 #include <string>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include "cublas_runtime.hpp"
 #include "cuda_engine.hpp"
 #include "gram_plan.hpp"
+#include "ntkfast/layer_math.hpp"
+#include "ntkfast/row_step.hpp"
+#include "ntkfast/series_math.hpp"
 #include "python_poll.hpp"
 #include "tile_schedule.hpp"
 
@@ -50,7 +55,8 @@ std::string pack(const std::vector<OpTuple>& ops) {
   for (const auto& [kind, degree, offset, params] : ops) {
     if (params.size() > 6) throw std::invalid_argument("program op: at most 6 parameters");
     if (kind < 0 || kind >= ntkfast::kNumOpKinds) throw std::invalid_argument("program op: unknown kind");
-    if (degree < 0 || degree > ntkfast::kMaxDegree) throw std::invalid_argument("program op: bad degree");
+    const int max_degree = kind == ntkfast::kSeries ? ntkfast::kMaxSeriesDegree : ntkfast::kMaxDegree;
+    if (degree < 0 || degree > max_degree) throw std::invalid_argument("program op: bad degree");
     ntkfast::LayerOp op{};
     op.kind = kind;
     op.degree = degree;
@@ -85,11 +91,40 @@ py::array host_output(const py::object& obj, int64_t n1, int64_t n2, int itemsiz
 
 using ntkfast::python::PythonPoll;  // the CPU binding's poll (src/cpp/python_poll.hpp)
 
+using F64Array = py::array_t<double, py::array::c_style | py::array::forcecast>;
+
+// A 2-D float64 array (None: empty) as (values, row length).
+std::pair<std::vector<double>, int64_t> matrix_values(const std::optional<F64Array>& a,
+                                                      const char* name) {
+  if (!a) return {{}, 0};
+  if (a->ndim() != 2) throw std::invalid_argument(std::string(name) + " must be 2-D");
+  return {std::vector<double>(a->data(), a->data() + a->size()), int64_t(a->shape(1))};
+}
+
+nc::HostSeriesTable host_table(const std::optional<F64Array>& a, const char* name) {
+  if (!a) return {};
+  if (a->ndim() != 2) throw std::invalid_argument(std::string(name) + " must be 2-D");
+  return {a->data(), int64_t(a->shape(0)), int64_t(a->shape(1))};
+}
+
+// row_stats with the Series tables (NumPy arrays, read with the GIL held; the copy is done when
+// row_stats returns).
+int64_t plan_row_stats(nc::GramPlan& plan, uintptr_t x1, uintptr_t x2, uintptr_t workspace,
+                       uintptr_t stream, const std::optional<F64Array>& series1,
+                       const std::optional<F64Array>& series2) {
+  const nc::HostSeriesTable t1 = host_table(series1, "series1"), t2 = host_table(series2, "series2");
+  py::gil_scoped_release release;
+  return plan.row_stats(x1, x2, workspace, stream, t1, t2);
+}
+
 std::unique_ptr<nc::GramPlan> make_plan(const std::vector<OpTuple>& ops, std::vector<double> pool,
                                         const std::string& dtype, int64_t n1, int64_t n2, int64_t d,
                                         bool symmetric, bool nngp, bool ntk, int64_t tile,
                                         const std::string& outputs, int device, int64_t free_bytes,
-                                        double snap_tol) {
+                                        double snap_tol, int64_t series_rows,
+                                        const std::optional<F64Array>& profiles,
+                                        const std::optional<F64Array>& fallbacks,
+                                        double fallback_above) {
   nc::PlanSpec spec;
   spec.ops = pack(ops);
   spec.pool = std::move(pool);
@@ -105,6 +140,10 @@ std::unique_ptr<nc::GramPlan> make_plan(const std::vector<OpTuple>& ops, std::ve
   spec.device = device;
   spec.free_bytes = free_bytes;
   spec.snap_tol = snap_tol;
+  spec.series_rows = series_rows;
+  std::tie(spec.profiles, spec.profile_len) = matrix_values(profiles, "profiles");
+  std::tie(spec.fallbacks, spec.fallback_len) = matrix_values(fallbacks, "fallbacks");
+  spec.fallback_above = fallback_above;
   return std::make_unique<nc::GramPlan>(std::move(spec));
 }
 
@@ -335,6 +374,109 @@ py::dict simulate(int64_t n1, int64_t n2, int64_t tile, bool symmetric, const st
 
 }  // namespace
 
+// Test hook: a Gram of a program with Series ops computed on the host by the CUDA engine's own
+// per-entry code (series_math.hpp's series_program_entry, which tile_kernel<T, WithNtk, true> and
+// series_fallback_kernel run), one entry at a time: the rows' variances ||x||²/d summed in order,
+// the row recursion as row_pass_kernel runs it (no rescaling: variances in range), the input
+// Gram summed in order and snapped, every entry with the fallback where it needs it, the diagonal
+// of a symmetric Gram from the row recursion. Float64 only; N small. Returns (nngp, ntk, largest
+// tail bound, fallback entries), the bound and count as the plan's series_report (a symmetric
+// Gram's strictly upper triangle).
+py::tuple series_gram_host(const std::vector<OpTuple>& op_tuples, const std::vector<double>& pool,
+                           const F64Array& x1, const std::optional<F64Array>& x2_given,
+                           const F64Array& tables1, const std::optional<F64Array>& tables2_given,
+                           const F64Array& profiles, const std::optional<F64Array>& fallbacks,
+                           double fallback_above, double snap_tol) {
+  namespace nt = ntkfast;
+  const std::string packed = pack(op_tuples);
+  std::vector<nt::LayerOp> ops(packed.size() / sizeof(nt::LayerOp));
+  if (!ops.empty()) std::memcpy(ops.data(), packed.data(), packed.size());
+  const int n_ops = int(ops.size());
+  const bool symmetric = !x2_given;
+  const F64Array& x2 = symmetric ? x1 : *x2_given;
+  const F64Array& tables2 = symmetric ? tables1 : *tables2_given;
+  if (x1.ndim() != 2 || x2.ndim() != 2 || x1.shape(1) != x2.shape(1) || tables1.ndim() != 2 ||
+      tables2.ndim() != 2 || tables1.shape(1) < x1.shape(0) || tables2.shape(1) < x2.shape(0) ||
+      profiles.ndim() != 2)
+    throw std::invalid_argument("_series_gram_host: inconsistent shapes");
+  const int64_t d = x1.shape(1);
+  const double inv_d = d > 0 ? 1.0 / double(d) : 0.0;
+  const nt::FallbackRules rules = nt::make_fallback_rules();
+  const nt::SeriesData data{profiles.data(), int64_t(profiles.shape(1)),
+                            fallbacks ? fallbacks->data() : nullptr,
+                            fallbacks ? int64_t(fallbacks->shape(1)) : 0, fallback_above, &rules};
+  struct Set {
+    int64_t n, stride;
+    const double* x;
+    const double* table;
+    std::vector<double> q, sq, ntk;
+  };
+  Set sets[2] = {{x1.shape(0), int64_t(tables1.shape(1)), x1.data(), tables1.data(), {}, {}, {}},
+                 {x2.shape(0), int64_t(tables2.shape(1)), x2.data(), tables2.data(), {}, {}, {}}};
+  for (Set& st : sets) {  // row_norms_kernel and row_pass_kernel, one row at a time
+    st.q.assign(size_t((n_ops + 1) * st.stride), 1.0);
+    st.sq.assign(st.q.size(), 1.0);
+    st.ntk.assign(size_t(st.n), 0.0);
+    for (int64_t i = 0; i < st.n; ++i) {
+      double sum = 0.0;
+      for (int64_t k = 0; k < d; ++k) sum = sum + st.x[i * d + k] * st.x[i * d + k];
+      st.q[size_t(i)] = sum * inv_d;
+      st.sq[size_t(i)] = std::sqrt(st.q[size_t(i)]);
+      double t = 0.0;
+      for (int k = 0; k < n_ops; ++k) {
+        const size_t at = size_t(k * st.stride + i), next = at + size_t(st.stride);
+        if (ops[size_t(k)].kind == nt::kSeries) {
+          const double* m = st.table + int64_t(ops[size_t(k)].p[0]) * st.stride + i;
+          nt::series_row_step<true>(m[0], m[st.stride], t, st.q[next], st.sq[next]);
+        } else {
+          nt::row_step<true>(ops[size_t(k)], pool.data(), st.q[at], st.sq[at], t, st.q[next],
+                             st.sq[next]);
+        }
+      }
+      st.ntk[size_t(i)] = t;
+    }
+  }
+  const int64_t n1 = sets[0].n, n2 = sets[1].n;
+  py::array_t<double> nngp({n1, n2}), ntk({n1, n2});
+  double* kn = nngp.mutable_data();
+  double* kt = ntk.mutable_data();
+  nt::SeriesTally tally;
+  for (int64_t i = 0; i < n1; ++i)
+    for (int64_t j = symmetric ? i : 0; j < n2; ++j) {
+      if (symmetric && j == i) {
+        kn[i * n2 + i] = sets[0].q[size_t(n_ops * sets[0].stride + i)];
+        kt[i * n2 + i] = sets[0].ntk[size_t(i)];
+        continue;
+      }
+      double dot = 0.0;
+      for (int64_t k = 0; k < d; ++k) dot = dot + sets[0].x[i * d + k] * sets[1].x[j * d + k];
+      const double scale = nt::pair_scale(sets[0].q[size_t(i)], sets[1].q[size_t(j)],
+                                          sets[0].sq[size_t(i)], sets[1].sq[size_t(j)]);
+      double c = nt::snap_input_correlation(dot * inv_d, scale, snap_tol), t = 0.0;
+      const nt::SeriesRow r1{sets[0].q.data() + i, sets[0].sq.data() + i, nullptr,
+                             sets[0].table + i, sets[0].stride};
+      const nt::SeriesRow r2{sets[1].q.data() + j, sets[1].sq.data() + j, nullptr,
+                             sets[1].table + j, sets[1].stride};
+      nt::SeriesTally scratch;  // the first pass: as tile_kernel, which only marks fallbacks
+      double c0 = c, t0 = t;
+      if (!nt::series_program_entry<true, false>(ops.data(), n_ops, pool.data(), data, r1, r2, c0,
+                                                  t0, scratch))
+        nt::series_program_entry<true, true>(ops.data(), n_ops, pool.data(), data, r1, r2, c, t,
+                                             scratch);
+      else
+        c = c0, t = t0;
+      tally.bound = std::max(tally.bound, scratch.bound);
+      tally.fallbacks += scratch.fallbacks;
+      kn[i * n2 + j] = c;
+      kt[i * n2 + j] = t;
+      if (symmetric) {
+        kn[j * n2 + i] = c;
+        kt[j * n2 + i] = t;
+      }
+    }
+  return py::make_tuple(nngp, ntk, tally.bound, tally.fallbacks);
+}
+
 PYBIND11_MODULE(_cuda, m) {
   m.doc() = "ntkfast's compiled CUDA engine (private; use ntkfast.gram(..., backend='cuda')).";
 
@@ -361,16 +503,32 @@ PYBIND11_MODULE(_cuda, m) {
       .def(py::init(&make_plan), py::kw_only(), py::arg("ops"), py::arg("pool"), py::arg("dtype"),
            py::arg("n1"), py::arg("n2"), py::arg("d"), py::arg("symmetric"), py::arg("nngp"),
            py::arg("ntk"), py::arg("tile"), py::arg("outputs"), py::arg("device"),
-           py::arg("free_bytes"), py::arg("snap_tol"))
+           py::arg("free_bytes"), py::arg("snap_tol"), py::arg("series_rows") = 0,
+           py::arg("profiles") = py::none(), py::arg("fallbacks") = py::none(),
+           py::arg("fallback_above") = 1.0)
       .def_property_readonly("tile", &nc::GramPlan::tile)
       .def_property_readonly("tiles_total", [](const nc::GramPlan& p) { return p.schedule().total(); })
       .def_property_readonly("workspace_bytes", &nc::GramPlan::workspace_bytes)
       .def_property_readonly("pinned_bytes", &nc::GramPlan::pinned_bytes)
       .def_property_readonly("scaled_bytes", &nc::GramPlan::scaled_bytes)
-      .def("row_stats", &nc::GramPlan::row_stats, py::kw_only(), py::arg("x1"), py::arg("x2"),
-           py::arg("workspace"), py::arg("stream"), py::call_guard<py::gil_scoped_release>(),
-           "Per-row tables of both point sets; synchronizes the stream; raises EngineNonFinite. "
-           "Returns the bytes of device memory the scaled GEMM copies need (usually 0).")
+      .def("row_stats", &plan_row_stats, py::kw_only(), py::arg("x1"), py::arg("x2"),
+           py::arg("workspace"), py::arg("stream"), py::arg("series1") = py::none(),
+           py::arg("series2") = py::none(),
+           "Per-row tables of both point sets (with Series ops from their tables series1, "
+           "series2: (series_rows, >= n) float64); synchronizes the stream; raises "
+           "EngineNonFinite. Returns the bytes of device memory the scaled GEMM copies need "
+           "(usually 0).")
+      .def_property_readonly("has_series", &nc::GramPlan::has_series)
+      .def(
+          "series_report",
+          [](const nc::GramPlan& plan, uintptr_t workspace, uintptr_t stream) {
+            const nc::GramPlan::SeriesReport r = plan.series_report(workspace, stream);
+            return std::make_tuple(r.max_tail_bound, r.fallback_pairs);
+          },
+          py::kw_only(), py::arg("workspace"), py::arg("stream"),
+          py::call_guard<py::gil_scoped_release>(),
+          "After run, with Series ops: (the largest tail bound left, the entries the fallback "
+          "computed); synchronizes the stream.")
       .def("run", &plan_run, py::kw_only(), py::arg("x1"), py::arg("x2"), py::arg("workspace"),
            py::arg("scaled"), py::arg("nngp"), py::arg("ntk"), py::arg("pinned"), py::arg("stream"),
            py::arg("cublas"), py::arg("progress"),
@@ -394,6 +552,11 @@ PYBIND11_MODULE(_cuda, m) {
         py::arg("outputs"), py::arg("out"), py::arg("progress") = py::none(),
         py::arg("poll_interval") = 0.0,
         "Test hook: the tile loop on the CPU with an emulated device (bindings_cuda.cpp).");
+  m.def("_series_gram_host", &series_gram_host, py::arg("ops"), py::arg("pool"), py::arg("x1"),
+        py::arg("x2"), py::arg("tables1"), py::arg("tables2"), py::arg("profiles"),
+        py::arg("fallbacks"), py::arg("fallback_above"), py::arg("snap_tol"),
+        "Test hook: a float64 Gram of a program with Series ops by the CUDA engine's per-entry "
+        "code, run on the host.");
   m.def("_load_cublas", []() { return nc::cublas_api().library; },
         "Test hook: the file cuBLAS is resolved from (RuntimeError if it cannot be).");
   m.attr("DEVICE_TILE") = nc::kDeviceTile;

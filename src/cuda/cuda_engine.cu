@@ -17,6 +17,13 @@
 //                 to ±√(q1 q2) when |ρ| is within snap_tol of 1, t = 0, then every op; when
 //                 the plan passes the input rows, entries whose |ρ| is near 1 are flagged and
 //                 near_parallel_kernel redoes them from the rows (exact_pair.hpp, as on the CPU).
+//                 Programs with Series ops (Hermite series, series_math.hpp) run tile_kernel's
+//                 Series instantiation instead: per entry the fewest terms its |ρ| allows, the
+//                 Horner sums for F and F', and the duplicate rows' exact diagonal; an entry that
+//                 needs the 2-D quadrature (series_fallback.hpp) is marked in a bit map and
+//                 series_fallback_kernel recomputes it, so the quadrature's registers and local
+//                 scratch stay out of the tile kernels. The largest tail bound left and the
+//                 fallback's count go to a report the plan reads after the run.
 //
 // Layout: row-major everywhere. A block of 32 x 8 threads owns a 32 x 32 sub-tile; thread (x, y)
 // computes rows y, y + 8, y + 16, y + 24 of column x and writes them along j (coalesced). For the
@@ -44,6 +51,8 @@
 #include "ntkfast/layer_math.hpp"
 #include "ntkfast/program.hpp"
 #include "ntkfast/row_step.hpp"
+#include "ntkfast/series_fallback.hpp"
+#include "ntkfast/series_math.hpp"
 
 #ifndef NTKFAST_CUDA_ARCHS
 #define NTKFAST_CUDA_ARCHS "unknown"
@@ -115,9 +124,11 @@ __global__ void __launch_bounds__(kNormThreads)
 // k = 0..n_ops: q entering op k, i.e. after op k - 1, 0 being the input variance; n_ops + 1: the
 // NTK diagonal). With a rescale table (int32, the layout of q), homogeneous ops take rows of any
 // normal variance, exactly, as on the CPU (row_step.hpp); without one they keep [2^-500, 2^500].
+// A Series op takes the row's own E[φ²], E[φ'²] from its tables (`series`, the layout of q).
 template <bool WithNtk>
 __global__ void __launch_bounds__(kRowPassThreads)
     row_pass_kernel(const LayerOp* __restrict__ ops, int32_t n_ops, const double* __restrict__ pool,
+                    const double* __restrict__ series,
                     double* __restrict__ q, double* __restrict__ sq, int64_t stride,
                     double* __restrict__ ntk_diag, int32_t* __restrict__ rescale, int64_t n,
                     double storage_max, unsigned long long* __restrict__ status) {
@@ -137,7 +148,10 @@ __global__ void __launch_bounds__(kRowPassThreads)
     if (rescaling) rescale[k * stride + i] = e;
     any_rescaled = any_rescaled || e != 0;
     double q_next, sq_next;
-    if (e != 0)
+    if (op.kind == kSeries) {
+      const double* m = series + int64_t(op.p[0]) * stride + i;
+      series_row_step<WithNtk>(m[0], m[stride], t, q_next, sq_next);
+    } else if (e != 0)
       row_step_rescaled<WithNtk>(op, pool, qk, sqk, e, t, q_next, sq_next);
     else
       row_step<WithNtk>(op, pool, qk, sqk, t, q_next, sq_next);
@@ -210,7 +224,17 @@ struct TileParams {
   bool diagonal;
 };
 
-// The snapped input c = (x_i · x_j)/d of entry (i, j), and s = √(q1 q2).
+// What the kernels of programs with Series ops need besides TileParams (cuda_engine.hpp's
+// TileArgs::Series); a parameter of its own, so the other programs' kernels do not carry it.
+struct SeriesParams {
+  const double* table1;  // offset to the tile's first row, stride a.stride1
+  const double* table2;  // offset to the tile's first column, stride a.stride2
+  SeriesData data;       // profiles, fallback records, rules (series_math.hpp)
+  unsigned* marks;             // a bit per entry, i * cols + j
+  unsigned long long* report;  // [0]: largest bound (bits), [1]: fallback entries
+  unsigned* flag;              // some entry of this tile marked
+};
+
 template <class T>
 __device__ __forceinline__ void input_entry(const TileParams<T>& a, int64_t i, int64_t j, double& c,
                                             double& s) {
@@ -222,27 +246,54 @@ __device__ __forceinline__ void input_entry(const TileParams<T>& a, int64_t i, i
 }
 
 // (c, t) of entry (i, j) of a tile: the CPU engine's tile_impl (cpu_kernels.cpp) for one entry.
-template <bool WithNtk, class T>
-__device__ __forceinline__ void tile_entry(const TileParams<T>& a, int64_t i, int64_t j, double& c,
-                                           double& t) {
-  double s;
-  input_entry(a, i, j, c, s);
+// Series: the program may have Series ops (then s is used, else it is not read); false: the entry
+// needs series_fallback_kernel (Fallback false only).
+template <bool WithNtk, bool Series, bool Fallback, class T>
+__device__ __forceinline__ bool tile_entry(const TileParams<T>& a, const SeriesParams& s, int64_t i,
+                                           int64_t j, double& c, double& t, SeriesTally& tally) {
+  double scale;
+  input_entry(a, i, j, c, scale);
   t = 0.0;
   // |ρ| near 1: near_parallel_kernel redoes the entry from the rows (a benign race: all write 1).
-  if (a.near_flag && near_parallel(c, s)) *a.near_flag = 1u;
-  for (int k = 0; k < a.n_ops; ++k) {
-    const int64_t o1 = k * a.stride1 + i, o2 = k * a.stride2 + j;
-    const PairStats<double> ps{a.q1[o1], a.q2[o2], a.sq1[o1], a.sq2[o2]};
-    const int32_t e1 = a.rescale1 ? a.rescale1[o1] : 0, e2 = a.rescale2 ? a.rescale2[o2] : 0;
-    if (e1 != 0 || e2 != 0)  // only ever set for homogeneous ops
-      apply_op_rescaled<WithNtk>(a.ops[k], a.pool, ps, e1, e2, c, t);
-    else
-      apply_op<WithNtk>(a.ops[k], a.pool, ps, c, t);
-  }
+  if (a.near_flag && near_parallel(c, scale)) *a.near_flag = 1u;
+  if (Series)  // series_math.hpp: the same loop, with the Series ops
+    return series_program_entry<WithNtk, Fallback>(
+        a.ops, a.n_ops, a.pool, s.data,
+        SeriesRow{a.q1 + i, a.sq1 + i, a.rescale1 ? a.rescale1 + i : nullptr, s.table1 + i, a.stride1},
+        SeriesRow{a.q2 + j, a.sq2 + j, a.rescale2 ? a.rescale2 + j : nullptr, s.table2 + j, a.stride2},
+        c, t, tally);
+  else
+    for (int k = 0; k < a.n_ops; ++k) {
+      const int64_t o1 = k * a.stride1 + i, o2 = k * a.stride2 + j;
+      const PairStats<double> ps{a.q1[o1], a.q2[o2], a.sq1[o1], a.sq2[o2]};
+      const int32_t e1 = a.rescale1 ? a.rescale1[o1] : 0, e2 = a.rescale2 ? a.rescale2[o2] : 0;
+      if (e1 != 0 || e2 != 0)  // only ever set for homogeneous ops
+        apply_op_rescaled<WithNtk>(a.ops[k], a.pool, ps, e1, e2, c, t);
+      else
+        apply_op<WithNtk>(a.ops[k], a.pool, ps, c, t);
+    }
+  return true;
 }
 
-template <class T, bool WithNtk>
-__global__ void __launch_bounds__(kTileDim * kBlockRows) tile_kernel(const TileParams<T> a) {
+// A thread's tally into the report: the warp's largest bound by one atomicMax (a double >= 0
+// orders as its bits), the fallback count by one atomicAdd. Every lane of the warp calls it.
+__device__ __forceinline__ void report_series(const SeriesParams& s, SeriesTally tally) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) {
+    const double other = __shfl_xor_sync(0xffffffffu, tally.bound, offset);
+    tally.bound = other > tally.bound ? other : tally.bound;
+    tally.fallbacks += __shfl_xor_sync(0xffffffffu, tally.fallbacks, offset);
+  }
+  if ((threadIdx.x & 31) != 0) return;
+  if (tally.bound > 0.0)
+    atomicMax(&s.report[0], (unsigned long long)__double_as_longlong(tally.bound));
+  if (tally.fallbacks) atomicAdd(&s.report[1], tally.fallbacks);
+}
+
+// Series: the instantiation for programs with Series ops (s used), else s is not read.
+template <class T, bool WithNtk, bool Series>
+__global__ void __launch_bounds__(kTileDim * kBlockRows)
+    tile_kernel(const TileParams<T> a, const SeriesParams s) {
   const int64_t bi = blockIdx.y, bj = blockIdx.x;
   // Below the diagonal of a diagonal tile: written by the mirror of block (bj, bi). Block-uniform,
   // so no thread of this block reaches the barrier below.
@@ -252,6 +303,7 @@ __global__ void __launch_bounds__(kTileDim * kBlockRows) tile_kernel(const TileP
   __shared__ T s_ntk[WithNtk ? kTileDim : 1][kTileDim + 1];
   const int tx = int(threadIdx.x), ty = int(threadIdx.y);
   const int64_t j = bj * kTileDim + tx;
+  SeriesTally tally;
   // Not unrolled: the body inlines the whole layer program (every op kind), and four copies of it
   // would only crowd the instruction cache.
 #pragma unroll 1
@@ -267,7 +319,12 @@ __global__ void __launch_bounds__(kTileDim * kBlockRows) tile_kernel(const TileP
       continue;
     }
     double c, t;
-    tile_entry<WithNtk>(a, i, j, c, t);
+    if (!tile_entry<WithNtk, Series, false>(a, s, i, j, c, t, tally)) {
+      // Marked for series_fallback_kernel, which overwrites what is written here.
+      const int64_t idx = i * a.cols + j;
+      atomicOr(&s.marks[idx >> 5], 1u << (idx & 31));
+      *s.flag = 1u;  // a benign race: all write 1
+    }
     const T c_out = T(c);
     if (a.nngp) a.nngp[i * a.ld_nngp + j] = c_out;
     if (WithNtk) a.ntk[i * a.ld_ntk + j] = T(t);
@@ -276,6 +333,7 @@ __global__ void __launch_bounds__(kTileDim * kBlockRows) tile_kernel(const TileP
       if (WithNtk) s_ntk[WithNtk ? li : 0][tx] = T(t);
     }
   }
+  if (Series) report_series(s, tally);  // whole warps: only block-uniform returns above
   if (!mirror) return;
   __syncthreads();
   // Transposed write: entry (i, j) of the tile goes to row j, column i of the mirror; now the
@@ -318,6 +376,36 @@ __global__ void __launch_bounds__(256) near_parallel_kernel(const TileParams<T> 
       if (a.ntk_mirror) a.ntk_mirror[j * a.ld_ntk_mirror + i] = T(t);
     }
   }
+}
+
+// The entries of a tile that tile_kernel<T, WithNtk, true> marked: each again from its input,
+// now with the 2-D quadrature where a Series op needs it, over what tile_kernel wrote there (and
+// its mirror image). A kernel of its own because the quadrature (series_fallback.hpp) takes many
+// registers and ~1.4 KB of local scratch per thread; it returns at once unless an entry of this
+// tile was marked, and clears the marks it consumed.
+template <class T, bool WithNtk>
+__global__ void __launch_bounds__(128) series_fallback_kernel(const TileParams<T> a,
+                                                              const SeriesParams s) {
+  if (*s.flag == 0u) return;
+  SeriesTally tally;
+  const int64_t total = a.rows * a.cols;
+  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+  const int64_t end = (total + stride - 1) / stride * stride;  // whole warps for report_series
+  for (int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; idx < end; idx += stride) {
+    const unsigned bit = 1u << (idx & 31);
+    if (idx >= total || !(s.marks[idx >> 5] & bit)) continue;
+    atomicAnd(&s.marks[idx >> 5], ~bit);
+    const int64_t i = idx / a.cols, j = idx % a.cols;
+    double c, t;
+    tile_entry<WithNtk, true, true>(a, s, i, j, c, t, tally);
+    if (a.nngp) a.nngp[i * a.ld_nngp + j] = T(c);
+    if (a.nngp_mirror) a.nngp_mirror[j * a.ld_nngp_mirror + i] = T(c);
+    if (WithNtk) {
+      a.ntk[i * a.ld_ntk + j] = T(t);
+      if (a.ntk_mirror) a.ntk_mirror[j * a.ld_ntk_mirror + i] = T(t);
+    }
+  }
+  report_series(s, tally);
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -392,10 +480,34 @@ void launch_tile(const TileArgs& a, cudaStream_t stream) {
   p.near_flag = p.x1 ? as_ptr<unsigned>(a.near_flag) : nullptr;
   p.diagonal = a.diagonal;
   if (p.near_flag) NTKFAST_CUDA_CHECK(cudaMemsetAsync(p.near_flag, 0, sizeof(unsigned), stream));
+  const TileArgs::Series& in = a.series;
+  SeriesParams sp{};
+  sp.table1 = as_ptr<const double>(in.table1);
+  sp.table2 = as_ptr<const double>(in.table2);
+  sp.data.profiles = as_ptr<const double>(in.profiles);
+  sp.data.profile_len = in.profile_len;
+  sp.data.fallbacks = as_ptr<const double>(in.fallbacks);
+  sp.data.fallback_len = in.fallback_len;
+  sp.data.fallback_above = in.fallback_above;
+  sp.data.rules = as_ptr<const FallbackRules>(in.rules);
+  sp.marks = as_ptr<unsigned>(in.marks);
+  sp.report = as_ptr<unsigned long long>(in.report);
+  sp.flag = in.report ? as_ptr<unsigned>(in.report + 2 * sizeof(unsigned long long)) : nullptr;
+  const bool series = sp.table1 != nullptr;
+  if (series && sp.data.fallbacks)
+    NTKFAST_CUDA_CHECK(cudaMemsetAsync(sp.flag, 0, sizeof(unsigned), stream));
   const dim3 grid(unsigned((a.cols + kTileDim - 1) / kTileDim), unsigned((a.rows + kTileDim - 1) / kTileDim));
   const dim3 block(kTileDim, kBlockRows);
-  tile_kernel<T, WithNtk><<<grid, block, 0, stream>>>(p);
+  if (series)
+    tile_kernel<T, WithNtk, true><<<grid, block, 0, stream>>>(p, sp);
+  else
+    tile_kernel<T, WithNtk, false><<<grid, block, 0, stream>>>(p, sp);
   NTKFAST_CUDA_CHECK_LAUNCH("tile_kernel");
+  if (series && sp.data.fallbacks) {
+    const int64_t blocks = std::min<int64_t>((a.rows * a.cols + 127) / 128, 2048);
+    series_fallback_kernel<T, WithNtk><<<unsigned(blocks), 128, 0, stream>>>(p, sp);
+    NTKFAST_CUDA_CHECK_LAUNCH("series_fallback_kernel");
+  }
   if (p.near_flag) {
     const int64_t blocks = std::min<int64_t>((a.rows * a.cols + 255) / 256, 1024);
     near_parallel_kernel<T, WithNtk><<<unsigned(blocks), 256, 0, stream>>>(p);
@@ -433,6 +545,7 @@ RowStatsFlags row_stats(Dtype dtype, uintptr_t x, int64_t n, int64_t d, int64_t 
   double* sq = as_ptr<double>(tables.sq);
   double* ntk_diag = as_ptr<double>(tables.ntk_diag);
   int32_t* rescale = as_ptr<int32_t>(tables.rescale);
+  const double* series = as_ptr<const double>(tables.series);  // the plan checked it is there
   auto* first = as_ptr<unsigned long long>(status);
   NTKFAST_CUDA_CHECK(cudaMemsetAsync(first, 0xFF, sizeof(unsigned long long), s));
   NTKFAST_CUDA_CHECK(cudaMemsetAsync(first + 1, 0, sizeof(unsigned long long), s));
@@ -450,11 +563,11 @@ RowStatsFlags row_stats(Dtype dtype, uintptr_t x, int64_t n, int64_t d, int64_t 
   const double* pool = as_ptr<const double>(prog.pool);
   if (ntk_diag) {
     row_pass_kernel<true><<<unsigned(blocks), kRowPassThreads, 0, s>>>(
-        ops, prog.n_ops, pool, q, sq, tables.stride, ntk_diag, rescale, n, storage_max, first);
+        ops, prog.n_ops, pool, series, q, sq, tables.stride, ntk_diag, rescale, n, storage_max, first);
     NTKFAST_CUDA_CHECK_LAUNCH("row_pass_kernel<true>");
   } else {
     row_pass_kernel<false><<<unsigned(blocks), kRowPassThreads, 0, s>>>(
-        ops, prog.n_ops, pool, q, sq, tables.stride, nullptr, rescale, n, storage_max, first);
+        ops, prog.n_ops, pool, series, q, sq, tables.stride, nullptr, rescale, n, storage_max, first);
     NTKFAST_CUDA_CHECK_LAUNCH("row_pass_kernel<false>");
   }
 
@@ -491,6 +604,16 @@ void gram_tile(Dtype dtype, const TileArgs& a, int device, uintptr_t stream) {
   require((a.x1 == 0) == (a.x2 == 0) && (a.x1 == 0 || a.near_flag != 0),
           "gram_tile: give both input row sets and the flag word, or none of them");
   require(a.stride1 > 0 && a.stride2 > 0, "gram_tile: table strides must be positive");
+  const TileArgs::Series& ser = a.series;
+  require((ser.table1 == 0) == (ser.table2 == 0) &&
+              (ser.table1 == 0 || (ser.profiles != 0 && ser.profile_len >= 2 && ser.report != 0 &&
+                                   a.x1 == 0)),
+          "gram_tile: Series tables need both sets, the profiles, the report and no input rows");
+  require(ser.table1 == 0 || ser.fallbacks == 0 ||
+              (ser.fallback_len >= 1 && ser.fallback_above >= 1.0 && ser.rules != 0 &&
+               ser.marks != 0),
+          "gram_tile: a Series fallback needs its records' length, fallback_above >= 1, the "
+          "rules and the marks");
   require(a.prog.n_ops >= 0 && (a.prog.n_ops == 0 || a.prog.ops != 0), "gram_tile: no program");
   require(a.nngp == 0 || a.ld_nngp >= a.cols, "gram_tile: ld_nngp < cols");
   require(a.ntk == 0 || a.ld_ntk >= a.cols, "gram_tile: ld_ntk < cols");
@@ -573,7 +696,7 @@ std::string probe(int device) {
   try {
     use_device(device);
     cudaFuncAttributes attributes;
-    const cudaError_t image = cudaFuncGetAttributes(&attributes, tile_kernel<double, true>);
+    const cudaError_t image = cudaFuncGetAttributes(&attributes, tile_kernel<double, true, false>);
     (void)cudaGetLastError();
     if (image != cudaSuccess) {
       cudaDeviceProp prop;

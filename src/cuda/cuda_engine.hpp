@@ -58,6 +58,10 @@ struct DeviceRowTables {
   // the CPU engine; not given, variances entering them must lie in [2^-500, 2^500] or raise.
   // Pass it to gram_tile (rescale1/rescale2) for every tile of this point set.
   uintptr_t rescale = 0;
+  // Required where the program has Series ops: their per-row tables (engine.hpp SeriesTables) in
+  // the layout of q (table row r of row i at r * stride + i); the row pass takes the rows' own
+  // E[φ²], E[φ'²] from them (series_math.hpp's series_row_step).
+  uintptr_t series = 0;
 };
 
 // What row_stats found besides failures.
@@ -118,7 +122,27 @@ struct TileArgs {
   uintptr_t x1 = 0, x2 = 0;
   int64_t d = 0;
   uintptr_t near_flag = 0;  // with x1, x2: 4 bytes of device scratch for the tile's kernels
+  // Programs with Series ops (series_math.hpp): the kernels for them run instead (never with
+  // x1, x2: as on the CPU, Series ops have no exact near-parallel form).
+  struct Series {
+    uintptr_t table1 = 0, table2 = 0;  // DeviceRowTables::series, offset to the tile's first
+                                       // row / column (strides stride1 / stride2); 0: no Series op
+    uintptr_t profiles = 0;            // per op (its p1): profile_len doubles (engine.hpp)
+    int64_t profile_len = 0;
+    uintptr_t fallbacks = 0;           // per op: a fallback record (series_fallback.hpp); 0: none
+    int64_t fallback_len = 0;
+    double fallback_above = 1.0;
+    uintptr_t rules = 0;               // with fallbacks: the FallbackRules (series_fallback.hpp)
+    // With fallbacks: one bit per entry of the largest tile (u32 words), all 0 before the call
+    // and left so; the entries to redo by quadrature are marked there.
+    uintptr_t marks = 0;
+    // kSeriesReportBytes of device memory: u64 [0] the largest tail bound left (the bits of a
+    // double >= 0, combined by atomicMax), [1] the entries the fallback computed (summed over the
+    // tiles until reset), then the tile's u32 "some entry marked" flag.
+    uintptr_t report = 0;
+  } series;
 };
+constexpr int64_t kSeriesReportBytes = 24;
 void gram_tile(Dtype dtype, const TileArgs& args, int device, uintptr_t stream);
 
 // The largest tile edge gram_tile accepts (grid limits).

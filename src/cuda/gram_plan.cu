@@ -35,6 +35,47 @@ void set_device(int device) {
   if (current != device) NTKFAST_CUDA_CHECK(cudaSetDevice(device));
 }
 
+// The Series inputs of a plan against its program, as the CPU engine checks them (engine.cpp):
+// every Series op's rows inside the tables, a profile of degree + 2 values, a well-formed
+// fallback record where records are given. No CUDA call.
+void check_series(const PlanSpec& s) {
+  std::vector<LayerOp> ops(s.ops.size() / sizeof(LayerOp));
+  if (!ops.empty()) std::memcpy(ops.data(), s.ops.data(), ops.size() * sizeof(LayerOp));
+  require(s.series_rows >= 0 && s.profile_len >= 0 && s.fallback_len >= 0,
+          "GramPlan: negative Series sizes");
+  const int64_t profile_count =
+      s.profile_len > 0 ? int64_t(s.profiles.size()) / s.profile_len : 0;
+  const int64_t fallback_count =
+      s.fallback_len > 0 ? int64_t(s.fallbacks.size()) / s.fallback_len : 0;
+  require(s.profile_len == 0 || int64_t(s.profiles.size()) == profile_count * s.profile_len,
+          "GramPlan: profiles must hold whole profiles of profile_len values");
+  require(s.fallbacks.empty() ||
+              (s.fallback_len > 0 && int64_t(s.fallbacks.size()) == fallback_count * s.fallback_len &&
+               s.fallback_above >= 1.0),
+          "GramPlan: fallbacks must hold whole records of fallback_len values, fallback_above >= 1");
+  bool any = false;
+  for (size_t k = 0; k < ops.size(); ++k) {
+    const LayerOp& op = ops[k];
+    if (op.kind != kSeries) continue;
+    any = true;
+    const std::string where = "GramPlan: Series op " + std::to_string(k) + ": ";
+    const double row0 = op.p[0], index = op.p[1];
+    require(op.degree >= 1 && row0 >= 0 && row0 == double(int64_t(row0)) &&
+                int64_t(row0) + series_table_rows(op.degree) <= s.series_rows,
+            (where + "its tables lie outside the series_rows").c_str());
+    require(index >= 0 && index == double(int64_t(index)) && int64_t(index) < profile_count &&
+                s.profile_len >= op.degree + 2,
+            (where + "no tail profile of degree + 2 values").c_str());
+    if (!s.fallbacks.empty())
+      require(int64_t(index) < fallback_count &&
+                  fallback_record_valid(s.fallbacks.data() + int64_t(index) * s.fallback_len,
+                                        s.fallback_len),
+              (where + "malformed fallback record").c_str());
+  }
+  require(any == (s.series_rows > 0),
+          "GramPlan: series_rows must be given exactly for a program with Series ops");
+}
+
 int64_t plan_tile(const PlanSpec& s) {
   require(s.n1 >= 0 && s.n2 >= 0 && s.d >= 0, "GramPlan: negative size");
   const int n_outputs = (s.nngp ? 1 : 0) + (s.ntk ? 1 : 0);
@@ -150,6 +191,10 @@ class DeviceExecutor final : public TileExecutor {
     if (a.scale_exp2) a.scale_exp2 += uintptr_t(4 * j0);
     if (a.rescale1) a.rescale1 += uintptr_t(4 * i0);
     if (a.rescale2) a.rescale2 += uintptr_t(4 * j0);
+    if (a.series.table1) {
+      a.series.table1 += uintptr_t(8 * i0);
+      a.series.table2 += uintptr_t(8 * j0);
+    }
     if (a.x1) {
       a.x1 += uintptr_t(i0 * a.d * itemsize_);
       a.x2 += uintptr_t(j0 * a.d * itemsize_);
@@ -279,6 +324,9 @@ GramPlan::GramPlan(PlanSpec spec)
       itemsize_(spec_.dtype == Dtype::kFloat32 ? 4 : 8),
       n_ops_(int32_t(spec_.ops.size() / sizeof(LayerOp))) {
   require(spec_.ops.size() % sizeof(LayerOp) == 0, "GramPlan: ops must be packed LayerOps");
+  check_series(spec_);
+  const bool series = spec_.series_rows > 0, fallbacks = series && !spec_.fallbacks.empty();
+  if (fallbacks) rules_ = make_fallback_rules();
   require(spec_.nngp || spec_.ntk, "GramPlan: no kernel requested");
   require(spec_.d <= int64_t(INT32_MAX) && schedule_.n1() <= int64_t(INT32_MAX) &&
               schedule_.n2() <= int64_t(INT32_MAX),
@@ -303,6 +351,20 @@ GramPlan::GramPlan(PlanSpec spec)
     if (spec_.ntk) t.ntk = take(8 * stride);
     t.scale = take(4 * stride);
     t.rescale = take(4 * rows * stride);
+    if (series) t.series = take(8 * spec_.series_rows * stride);
+  }
+  if (series) {
+    layout_.profiles = take(int64_t(spec_.profiles.size()) * 8);
+    if (fallbacks) {
+      layout_.fallbacks = take(int64_t(spec_.fallbacks.size()) * 8);
+      layout_.rules = take(int64_t(sizeof(FallbackRules)));
+    }
+    layout_.report = take(kSeriesReportBytes);
+    if (fallbacks && spec_.outputs != OutputKind::kNone) {
+      const int64_t tile = schedule_.tile();
+      layout_.marks_bytes = 4 * ((tile * tile + 31) / 32);
+      layout_.marks = take(layout_.marks_bytes);
+    }
   }
   if (spec_.symmetric) layout_.set[1] = layout_.set[0];
   if (spec_.outputs != OutputKind::kNone) layout_.gemm = take(schedule_.gemm_elements() * itemsize_);
@@ -313,11 +375,22 @@ GramPlan::GramPlan(PlanSpec spec)
   workspace_bytes_ = at;
 }
 
-int64_t GramPlan::row_stats(uintptr_t x1, uintptr_t x2, uintptr_t workspace, uintptr_t stream) {
+int64_t GramPlan::row_stats(uintptr_t x1, uintptr_t x2, uintptr_t workspace, uintptr_t stream,
+                            HostSeriesTable series1, HostSeriesTable series2) {
   require(workspace != 0, "GramPlan.row_stats: no workspace");
   require(x1 != 0 || schedule_.n1() == 0 || spec_.d == 0, "GramPlan.row_stats: no x1");
   require(spec_.symmetric ? x2 == 0 : (x2 != 0 || schedule_.n2() == 0 || spec_.d == 0),
           "GramPlan.row_stats: x2 must be given exactly for a cross Gram");
+  const HostSeriesTable tables[2] = {series1, series2};
+  for (int set = 0; set < 2; ++set) {
+    const bool wanted = spec_.series_rows > 0 && (set == 0 || !spec_.symmetric);
+    const int64_t n = set == 0 ? schedule_.n1() : schedule_.n2();
+    require(wanted ? tables[set].data != nullptr && tables[set].rows == spec_.series_rows &&
+                         tables[set].cols >= n
+                   : tables[set].data == nullptr,
+            "GramPlan.row_stats: the Series tables must be given exactly for the plan's point sets, "
+            "series_rows rows of at least n values each");
+  }
   set_device(spec_.device);
   const cudaStream_t s = reinterpret_cast<cudaStream_t>(stream);
   stats_workspace_ = 0;
@@ -330,8 +403,15 @@ int64_t GramPlan::row_stats(uintptr_t x1, uintptr_t x2, uintptr_t workspace, uin
     NTKFAST_CUDA_CHECK(cudaMemcpyAsync(reinterpret_cast<void*>(pool), spec_.pool.data(),
                                        spec_.pool.size() * 8, cudaMemcpyHostToDevice, s));
   const DeviceProgram prog{n_ops_ ? ops : 0, n_ops_, spec_.pool.empty() ? 0 : pool};
+  if (spec_.series_rows > 0) upload_series(workspace, s);
   for (int set = 0; set < (spec_.symmetric ? 1 : 2); ++set) {
     const SetLayout& t = layout_.set[set];
+    const int64_t n_rows = set == 0 ? schedule_.n1() : schedule_.n2();
+    if (t.series >= 0 && n_rows > 0)  // into the layout of q (the padding is never read)
+      NTKFAST_CUDA_CHECK(cudaMemcpy2DAsync(
+          reinterpret_cast<void*>(workspace + uintptr_t(t.series)), size_t(8 * layout_.stride),
+          tables[set].data, size_t(8 * tables[set].cols), size_t(8 * n_rows),
+          size_t(spec_.series_rows), cudaMemcpyHostToDevice, s));
     DeviceRowTables tables;
     tables.q = workspace + uintptr_t(t.q);
     tables.sq = workspace + uintptr_t(t.sq);
@@ -339,6 +419,7 @@ int64_t GramPlan::row_stats(uintptr_t x1, uintptr_t x2, uintptr_t workspace, uin
     tables.ntk_diag = t.ntk >= 0 ? workspace + uintptr_t(t.ntk) : 0;
     tables.scale_exp = workspace + uintptr_t(t.scale);
     tables.rescale = workspace + uintptr_t(t.rescale);
+    if (t.series >= 0) tables.series = workspace + uintptr_t(t.series);
     const int64_t n = set == 0 ? schedule_.n1() : schedule_.n2();
     flags_[set] = cuda::row_stats(spec_.dtype, set == 0 ? x1 : x2, n, spec_.d, spec_.d, prog, tables,
                                   workspace + uintptr_t(layout_.status), set + 1, spec_.device, stream);
@@ -400,8 +481,27 @@ void GramPlan::run(const RunArgs& args) {
     base.scale_exp1 = ws + uintptr_t(t1.scale);
     base.scale_exp2 = ws + uintptr_t(t2.scale);
   }
-  // The unscaled rows, for the exact near-parallel path (exact_pair.hpp).
-  if (spec_.d > 0) {
+  // Series ops: their tables, profiles, records; the report is reset for this run.
+  if (spec_.series_rows > 0) {
+    TileArgs::Series& ser = base.series;
+    ser.table1 = ws + uintptr_t(t1.series);
+    ser.table2 = ws + uintptr_t(t2.series);
+    ser.profiles = ws + uintptr_t(layout_.profiles);
+    ser.profile_len = spec_.profile_len;
+    if (layout_.fallbacks >= 0) {
+      ser.fallbacks = ws + uintptr_t(layout_.fallbacks);
+      ser.fallback_len = spec_.fallback_len;
+      ser.fallback_above = spec_.fallback_above;
+      ser.rules = ws + uintptr_t(layout_.rules);
+      ser.marks = ws + uintptr_t(layout_.marks);
+    }
+    ser.report = ws + uintptr_t(layout_.report);
+    NTKFAST_CUDA_CHECK(cudaMemsetAsync(reinterpret_cast<void*>(ser.report), 0, kSeriesReportBytes,
+                                       reinterpret_cast<cudaStream_t>(args.stream)));
+  }
+  // The unscaled rows, for the exact near-parallel path (exact_pair.hpp); not with Series ops,
+  // which have no exact form (as on the CPU).
+  if (spec_.d > 0 && spec_.series_rows == 0) {
     base.x1 = args.x1;
     base.x2 = spec_.symmetric ? args.x1 : args.x2;
     base.d = spec_.d;
@@ -425,6 +525,41 @@ void GramPlan::write_diagonal(uintptr_t workspace, uintptr_t nngp, uintptr_t ntk
     store_row(spec_.dtype, workspace + uintptr_t(t.q) + uintptr_t(8 * int64_t(n_ops_) * layout_.stride), n,
               nngp, spec_.device, stream);
   if (ntk) store_row(spec_.dtype, workspace + uintptr_t(t.ntk), n, ntk, spec_.device, stream);
+}
+
+void GramPlan::upload_series(uintptr_t workspace, void* stream) {
+  const cudaStream_t s = reinterpret_cast<cudaStream_t>(stream);
+  auto upload = [&](int64_t offset, const void* data, size_t bytes) {
+    if (bytes)
+      NTKFAST_CUDA_CHECK(cudaMemcpyAsync(reinterpret_cast<void*>(workspace + uintptr_t(offset)),
+                                         data, bytes, cudaMemcpyHostToDevice, s));
+  };
+  upload(layout_.profiles, spec_.profiles.data(), spec_.profiles.size() * 8);
+  if (layout_.fallbacks >= 0) {
+    upload(layout_.fallbacks, spec_.fallbacks.data(), spec_.fallbacks.size() * 8);
+    upload(layout_.rules, &rules_, sizeof(FallbackRules));
+  }
+  NTKFAST_CUDA_CHECK(cudaMemsetAsync(reinterpret_cast<void*>(workspace + uintptr_t(layout_.report)),
+                                     0, kSeriesReportBytes, s));
+  if (layout_.marks >= 0)  // all clear between tiles from here on (series_fallback_kernel)
+    NTKFAST_CUDA_CHECK(cudaMemsetAsync(reinterpret_cast<void*>(workspace + uintptr_t(layout_.marks)),
+                                       0, size_t(layout_.marks_bytes), s));
+}
+
+GramPlan::SeriesReport GramPlan::series_report(uintptr_t workspace, uintptr_t stream) const {
+  require(spec_.series_rows > 0, "GramPlan.series_report: the program has no Series op");
+  require(workspace != 0 && workspace == stats_workspace_,
+          "GramPlan.series_report: call row_stats with this workspace first");
+  set_device(spec_.device);
+  const cudaStream_t s = reinterpret_cast<cudaStream_t>(stream);
+  unsigned long long words[2] = {0, 0};
+  NTKFAST_CUDA_CHECK(cudaMemcpyAsync(words, reinterpret_cast<const void*>(workspace + uintptr_t(layout_.report)),
+                                     sizeof words, cudaMemcpyDeviceToHost, s));
+  NTKFAST_CUDA_CHECK(cudaStreamSynchronize(s));
+  SeriesReport report;
+  std::memcpy(&report.max_tail_bound, &words[0], sizeof(double));
+  report.fallback_pairs = int64_t(words[1]);
+  return report;
 }
 
 }  // namespace cuda

@@ -9,7 +9,10 @@
 //   workspace   program ops | program pool | status (2 x u64)
 //               per point set (one for a symmetric Gram): q, sq (f64, (n_ops+1) x stride),
 //               NTK diagonal (f64, stride), GEMM scale exponents (i32, stride),
-//               rescale exponents (i32, (n_ops+1) x stride)
+//               rescale exponents (i32, (n_ops+1) x stride),
+//               Series tables (f64, series_rows x stride)                 Series ops only
+//               Series: tail profiles, fallback records, FallbackRules,  Series ops only
+//               report (kSeriesReportBytes), fallback marks (a bit per entry of a tile)
 //               GEMM buffer (storage type, tile x tile)            unless OutputKind::kNone
 //               2 device staging slots (slot_elements each)         host outputs only
 //   scaled      x_i · 2^-e_i copies of the point sets that have rows outside the GEMM's safe range
@@ -24,6 +27,7 @@
 #include <vector>
 
 #include "cuda_engine.hpp"
+#include "ntkfast/series_fallback.hpp"
 #include "tile_schedule.hpp"
 
 namespace ntkfast {
@@ -41,6 +45,23 @@ struct PlanSpec {
   int device = 0;
   int64_t free_bytes = 0;     // free device memory, for the default tile with device outputs
   double snap_tol = 0.0;      // the input-correlation snap tolerance (the CPU engine's)
+  // Programs with Series ops (series_math.hpp; engine.hpp SeriesOptions): the rows of each point
+  // set's tables (0: no Series op), given to row_stats; the tail profiles, profile_count x
+  // profile_len row-major; the fallback records, fallback_count x fallback_len (none: empty),
+  // and the bound above which an entry takes the fallback.
+  int64_t series_rows = 0;
+  std::vector<double> profiles;
+  int64_t profile_len = 0;
+  std::vector<double> fallbacks;
+  int64_t fallback_len = 0;
+  double fallback_above = 1.0;
+};
+
+// A Series table of one point set on the host: rows x cols doubles, row-major, cols >= n (the
+// CPU engine's padded layout is accepted as is).
+struct HostSeriesTable {
+  const double* data = nullptr;
+  int64_t rows = 0, cols = 0;
 };
 
 struct RunArgs {
@@ -73,7 +94,19 @@ class GramPlan {
   // The per-row pass of both point sets into `workspace` (copying the program there first):
   // synchronizes `stream`, throws NonFiniteKernel for the first row outside the range policy
   // (point set 1 before 2, as the CPU engine), and returns scaled_bytes().
-  int64_t row_stats(uintptr_t x1, uintptr_t x2, uintptr_t workspace, uintptr_t stream);
+  // With Series ops, series1 / series2 (series2 for a cross Gram only) are copied to the
+  // workspace first (the series_rows of PlanSpec, checked before any CUDA call).
+  int64_t row_stats(uintptr_t x1, uintptr_t x2, uintptr_t workspace, uintptr_t stream,
+                    HostSeriesTable series1 = {}, HostSeriesTable series2 = {});
+
+  // Programs with Series ops, after run: the largest tail bound the tiles left and the number of
+  // entries the fallback computed (engine.hpp SeriesOptions). Synchronizes `stream`.
+  struct SeriesReport {
+    double max_tail_bound = 0.0;
+    int64_t fallback_pairs = 0;
+  };
+  SeriesReport series_report(uintptr_t workspace, uintptr_t stream) const;
+  bool has_series() const { return spec_.series_rows > 0; }
 
   // Every tile (after row_stats on the same workspace). Throws Cancelled when the poll returns
   // false; on any exception every queued kernel and copy has finished.
@@ -85,10 +118,12 @@ class GramPlan {
 
   // Byte offsets in the workspace (-1: absent), for the layout above.
   struct SetLayout {
-    int64_t q = -1, sq = -1, ntk = -1, scale = -1, rescale = -1;
+    int64_t q = -1, sq = -1, ntk = -1, scale = -1, rescale = -1, series = -1;
   };
   struct Layout {
     int64_t ops = -1, pool = -1, status = -1, gemm = -1, staging = -1;
+    int64_t profiles = -1, fallbacks = -1, rules = -1, report = -1, marks = -1;  // Series ops
+    int64_t marks_bytes = 0;
     int64_t stride = 0;  // rows of a table
     SetLayout set[2];
   };
@@ -103,6 +138,8 @@ class GramPlan {
   int64_t workspace_bytes_ = 0, pinned_bytes_ = 0, scaled_bytes_ = 0;
   uintptr_t stats_workspace_ = 0;  // the workspace row_stats filled (0: not yet)
   RowStatsFlags flags_[2];
+  void upload_series(uintptr_t workspace, void* stream);  // profiles, records, rules; clears
+  FallbackRules rules_{};  // for the fallback records (Series ops), made once per plan
 };
 
 }  // namespace cuda

@@ -23,7 +23,8 @@
 #include "ntkfast/exact_pair.hpp"
 #include "ntkfast/layer_math.hpp"
 #include "ntkfast/row_step.hpp"
-#include "series_fallback.hpp"
+#include "ntkfast/series_math.hpp"
+#include "ntkfast/series_fallback.hpp"
 #include "cpu_kernels.hpp"
 
 #ifndef NTKFAST_KERNEL_TABLE
@@ -91,18 +92,9 @@ void rescue_rescaled(const LayerOp& op, const double* pool, const RowTables& row
 // A Dense op followed by another op is not a pass of its own: it is applied as the next op's
 // first pass loads the chunk (the same operations in the same order, so the same bits as
 // row_step's diagonal).
-// A Series op on a chunk (program.hpp): Mehler's formula, for u = √q1 z1, v = √q2 z2 with
-// corr(z1, z2) = ρ,
-//   E[φ(u)φ(v)] = F(ρ) = Σ_k A_k(q1) A_k(q2) ρ^k,   E[φ'(u)φ'(v)] = Σ_k B_k(q1) B_k(q2) ρ^k,
-// with A_k(q) = E[φ(√q z) He_k(z)]/√k! and B_k likewise for φ' (the per-row tables). Since
-// B_k(q) = √(k+1) A_{k+1}(q)/√q, the second series is F'(ρ)/√(q1 q2) (Price's theorem), which one
-// Horner pass gives with F: 3 flops and one load per term. Rows with √(q1 q2) below
-// kSeriesMinScale, where dividing would amplify the rounding of A, sum the B series instead.
-// By Cauchy-Schwarz the terms from n on are at most |ρ|^n times the tables' tail profile, so the
-// chunk sums the fewest terms that bound allows at its largest |ρ|. A pair with c = q1 = q2 (a
-// duplicate row) takes the row's own E[φ²], E[φ'²]: the diagonal, to the last bit.
-constexpr double kSeriesMinScale = 1e-6;
-
+// A Series op on a chunk (program.hpp): series_math.hpp's per-entry math, with the terms chosen
+// per chunk, at its largest |ρ| (the CUDA engine chooses them per entry), and the Horner sums
+// of series_sum run on Packs of lanes.
 template <bool WithNtk>
 void series_chunk(const LayerOp& op, const RowTables& rows1, int64_t i, const RowTables& rows2,
                   int64_t j0, int k, int m, SeriesTails* tails, double* c, double* t) {
@@ -122,24 +114,15 @@ void series_chunk(const LayerOp& op, const RowTables& rows1, int64_t i, const Ro
   alignas(64) double rho[kChunk], rho_terms[kChunk];
   double rho_max = 0.0;
   for (int j = 0; j < m; ++j) {
-    // A zero-variance row has A_k = B_k = 0 for k > 0, so its ρ does not matter: 0.
-    const double s = sq1 * sq2[j];
-    const double r = s > 0 ? c[j] / s : 0.0;
-    rho[j] = r > 1.0 ? 1.0 : (r < -1.0 ? -1.0 : r);
-    const bool duplicate = c[j] == q1 && q2[j] == q1;
+    rho[j] = series_correlation(c[j], sq1 * sq2[j]);
+    const bool duplicate = series_duplicate(c[j], q1, q2[j]);
     rho_terms[j] = duplicate ? 0.0 : __builtin_fabs(rho[j]);
     rho_max = rho_terms[j] > rho_max ? rho_terms[j] : rho_max;
   }
   for (int j = m; j < kChunk; ++j) rho[j] = 0.0;
-  // The fewest terms n whose tail bound |ρ|^n profile[n] is <= 1 (profile[n] is non-increasing);
-  // F then sums A_0..A_n (B_0..B_{n-1} through F').
   const double* profile = tails->profiles + int64_t(op.p[1]) * tails->profile_len;
-  int64_t n = 1;
-  double power = rho_max;
-  while (n < degree && power * profile[n] > 1.0) {
-    power *= rho_max;
-    ++n;
-  }
+  double bound;
+  const int64_t n = series_terms(rho_max, profile, degree, bound);
   // Entries the degree + 1 terms leave above fallback_above: by 2-D quadrature instead (their t
   // kept, the vector pass's values overwritten below), where the op has a fallback record.
   const double* fallback =
@@ -147,11 +130,10 @@ void series_chunk(const LayerOp& op, const RowTables& rows1, int64_t i, const Ro
   int fallback_count = 0;
   int fallback_at[kChunk];
   double fallback_t[kChunk];
-  double bound = power * profile[n];
   if (bound > tails->fallback_above && fallback && fallback[0] >= 0.0) {
     bound = 0.0;
     for (int j = 0; j < m; ++j) {
-      const double own = __builtin_pow(rho_terms[j], double(n)) * profile[n];
+      const double own = series_own_bound(rho_terms[j], n, profile);
       if (own > tails->fallback_above) {
         fallback_at[fallback_count] = j;
         fallback_t[fallback_count++] = WithNtk ? t[j] : 0.0;
@@ -309,10 +291,8 @@ bool row_pass_impl(ProgramView prog, int64_t n, RowTables tab, double* ntk_diag)
       vdouble q_next, sq_next;
       const vdouble t_in = t;
       if (op.kind == kSeries) {  // the row's own E[φ²], E[φ'²] from its table (series_chunk)
-        const int64_t row0 = int64_t(op.p[0]);
-        q_next = load(tab.series + row0 * tab.stride + i0);
-        sq_next = nt_sqrt(q_next);
-        if (WithNtk) t = t * load(tab.series + (row0 + 1) * tab.stride + i0);
+        const double* m = tab.series + int64_t(op.p[0]) * tab.stride + i0;
+        series_row_step<WithNtk>(load(m), load(m + tab.stride), t, q_next, sq_next);
         store(tab.q + (k + 1) * tab.stride + i0, q_next);
         store(tab.sq + (k + 1) * tab.stride + i0, sq_next);
         continue;
