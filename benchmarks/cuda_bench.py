@@ -70,6 +70,17 @@ def _relu_ntk_cupy(cp, x, depth, w_std, b_std, out, block=4096):
     return out
 
 
+def _cpu_estimate(nf, args, x_host, net, n):
+    """The CPU engine's NTK time at N = n, scaled by N² from N = --cpu-n (empty without it)."""
+    if not args.cpu_n:
+        return ""
+    m = min(args.cpu_n, n)
+    start = time.perf_counter()
+    nf.gram(x_host[:m], net=net, get="ntk", backend="cpu")
+    t_cpu = time.perf_counter() - start
+    return f"{t_cpu * (n / m) ** 2:.1f} ({t_cpu:.2f} at N = {m})"
+
+
 def _series_section(cp, nf, args, rng, relu):
     """MLP(depth, 'tanh') (Hermite series: tables on the host, sums on the GPU): NTK, float32,
     against the ReLU network of the same depth and the CPU engine (subsample, extrapolated)."""
@@ -89,13 +100,7 @@ def _series_section(cp, nf, args, rng, relu):
         check = nf.gram(x_host[:256], x_host, net=tanh, get="ntk", backend="cpu")
         error = float(np.abs(holder["k"][:256].get() - check).max() / np.abs(check).max())
         del holder["k"]
-        cpu = ""
-        if args.cpu_n:
-            m = min(args.cpu_n, n)
-            start = time.perf_counter()
-            nf.gram(x_host[:m], net=tanh, get="ntk", backend="cpu")
-            t_cpu = time.perf_counter() - start
-            cpu = f"{t_cpu * (n / m) ** 2:.1f} ({t_cpu:.2f} at N = {m})"
+        cpu = _cpu_estimate(nf, args, x_host, tanh, n)
         row = (f"| {n} | {t_tanh:.3f} | {t_relu:.3f} | {t_tanh / t_relu:.1f} | {error:.1e} | "
                f"{cpu} |")
         out.append(row)
@@ -192,13 +197,7 @@ def main(argv=None):
             del out
             cp.get_default_memory_pool().free_all_blocks()
 
-        cpu = ""
-        if args.cpu_n:
-            m = min(args.cpu_n, n)
-            start = time.perf_counter()
-            nf.gram(x_host[:m], net=net, get="ntk", backend="cpu")
-            t_cpu = time.perf_counter() - start
-            cpu = f"{t_cpu * (n / m) ** 2:.1f} ({t_cpu:.2f} at N = {m})"
+        cpu = _cpu_estimate(nf, args, x_host, net, n)
         row = f"| {n} | {sgemm:.3f} | {ours:.3f}{error} | {ours / sgemm:.2f} | {hand} | {cpu} |"
         rows.append(row)
         print(row, flush=True)

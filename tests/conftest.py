@@ -102,3 +102,19 @@ def interrupt_script(script, after=1.0, timeout=60):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def near_parallel_points(rng, n, kinked, d=9, scale=3.0):
+    """Random rows at large variances (few Hermite terms reach the tolerance: the series
+    fallback) with a duplicate and near-parallel pairs. Exactly parallel rows of unequal norms
+    only for smooth activations: for a kinked one the NTK at |ρ| = 1 - δ moves by ~√δ (the kink
+    smoothed at s = √(1 - ρ²)), so whether rounding leaves ρ at 1 or at 1 - 1e-16 after a Dense
+    layer moves it by ~1e-10 relative, in either engine."""
+    x = scale * rng.standard_normal((n, d))
+    x[1] = x[0] + 1e-3 * rng.standard_normal(d)
+    x[5] = -x[4] + 1e-3 * rng.standard_normal(d)
+    x[9] = x[10]
+    if not kinked:
+        x[2] = 2.5 * x[3]
+        x[6] = -0.5 * x[8]
+    return x

@@ -28,6 +28,7 @@ import pytest
 
 import ntkfast as nf
 from ntkfast import _cuda_probe
+from conftest import near_parallel_points
 from test_numerics import ALL
 
 cp = pytest.importorskip("cupy", reason="CuPy is not installed (pip install 'ntkfast[cuda]')")
@@ -561,21 +562,6 @@ def test_series_activations_float32(rng, layer):
             np.testing.assert_allclose(value, expected, rtol=0, atol=1e-6 * np.abs(expected).max())
 
 
-def _near_parallel_points(rng, n=40, d=9, scale=3.0, kinked=False):
-    """Large variances (few terms reach the tolerance: the fallback), a duplicate, near-parallel
-    pairs; exactly parallel rows of unequal norms only for smooth activations (for a kinked one
-    the NTK near |ρ| = 1 moves by ~√(1 - |ρ|), so the rounding of ρ after a Dense layer moves it
-    by ~1e-10 in either engine; tests/test_cuda_driver.py's _near_parallel_points)."""
-    x = scale * rng.standard_normal((n, d))
-    x[1] = x[0] + 1e-3 * rng.standard_normal(d)
-    x[5] = -x[4] + 1e-3 * rng.standard_normal(d)
-    x[9] = x[10]
-    if not kinked:
-        x[2] = 2.5 * x[3]
-        x[6] = -0.5 * x[8]
-    return x
-
-
 @pytest.mark.parametrize("layer", [nf.Elu(0.7, deg=16), nf.Tanh(deg=24)], ids=_ids)
 def test_series_fallback_entries(rng, monkeypatch, layer):
     """Near-parallel rows at large variances with few terms: the 2-D quadrature
@@ -587,7 +573,7 @@ def test_series_fallback_entries(rng, monkeypatch, layer):
                         lambda self, pairs, entries: counts.append(pairs))
     net = nf.MLP(2, layer, W_std=1.5, b_std=0.2)
     kinked = layer._kinked_at_zero
-    x, y = _near_parallel_points(rng, kinked=kinked), _near_parallel_points(rng, 13, kinked=kinked)
+    x, y = near_parallel_points(rng, 40, kinked), near_parallel_points(rng, 13, kinked)
     for a, b in ((x, None), (x, y)):
         for dtype in (np.float64, np.float32):
             want = nf.gram(a.astype(dtype), None if b is None else b.astype(dtype), net=net,

@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 
 import ntkfast as nf
+from conftest import near_parallel_points
 from ntkfast import _build_config, _cuda_probe
 
 if not _build_config.CUDA_STATUS.startswith("built"):
@@ -743,22 +744,6 @@ def test_series_plan_arguments_are_checked_before_any_cuda_call():
         _plan().series_report(workspace=4096, stream=0)
 
 
-def _near_parallel_points(rng, n, kinked, d=9, scale=3.0):
-    """Random rows at large variances (few terms reach the tolerance: the fallback) with a
-    duplicate and near-parallel pairs. Exactly parallel rows of unequal norms only for smooth
-    activations: for a kinked one the NTK at |ρ| = 1 - δ moves by ~√δ (the kink smoothed at
-    s = √(1 - ρ²)), so whether rounding leaves ρ at 1 or at 1 - 1e-16 after a Dense layer moves it
-    by ~1e-10 relative, in either engine."""
-    x = scale * rng.standard_normal((n, d))
-    x[1] = x[0] + 1e-3 * rng.standard_normal(d)
-    x[5] = -x[4] + 1e-3 * rng.standard_normal(d)
-    x[9] = x[10]
-    if not kinked:
-        x[2] = 2.5 * x[3]
-        x[6] = -0.5 * x[8]
-    return x
-
-
 @pytest.mark.parametrize("net", [nf.MLP(2, nf.Elu(0.7, deg=16), W_std=1.5, b_std=0.2),
                                  nf.MLP(2, nf.Tanh(deg=24), W_std=1.5, b_std=0.2),
                                  SERIES_NET,
@@ -780,8 +765,8 @@ def test_series_entries_of_the_cuda_kernels_on_the_host(rng, monkeypatch, net, c
     from ntkfast._layers import lower, series_activations
 
     kinked = any(layer._kinked_at_zero for layer in series_activations(net))
-    x = _near_parallel_points(rng, 24, kinked)
-    y = _near_parallel_points(rng, 13, kinked) if cross else None
+    x = near_parallel_points(rng, 24, kinked)
+    y = near_parallel_points(rng, 13, kinked) if cross else None
     want = nf.gram(x, y, net=net, backend="cpu")
     inputs = _series_want(net, x, y, np.float64)
     _, pool, _ = lower(net, 9)
