@@ -2,7 +2,10 @@
 hand-written CuPy implementation of the same kernel, and the CPU engine; plus the throughput of
 outputs streamed to host memory / np.memmap; and a Hermite-series activation (MLP(3, 'tanh'):
 per-row coefficient tables built on the host, the series summed per entry on the GPU) against the
-ReLU network at the same N and against the CPU engine.
+ReLU network at the same N and against the CPU engine; the grid of symmetric NNGP + NTK Grams
+(ReLU depth 3 and 10, d = 784 and 3072, float32 and float64) against CuPy's x @ x.T in the same
+dtype; and ntkfast.predict (one eigh of the train NTK) on CuPy against NumPy arrays.
+tools/gpu_check.sh runs it on a GPU machine with sizes that fit its time limits.
 
     python benchmarks/cuda_bench.py                      # N = 50k and 100k, d = 3072, float32, NTK
     python benchmarks/cuda_bench.py --n 20000 --stream-n 20000 --cpu-n 2048   # a quick run
@@ -81,6 +84,90 @@ def _cpu_estimate(nf, args, x_host, net, n):
     return f"{t_cpu * (n / m) ** 2:.1f} ({t_cpu:.2f} at N = {m})"
 
 
+def _matrix_section(cp, nf, args, rng):
+    """Issue 13's grid: the symmetric NNGP + NTK Gram of MLP(depth, 'relu') for each depth, d,
+    dtype and N, against CuPy's own x @ x.T (cuBLAS, the same dtype, FP32 without TF32) at that N."""
+    out = ["", "Symmetric NNGP + NTK Gram, MLP(depth, 'relu', W_std=1.5, b_std=0.05), against "
+           "CuPy's x @ x.T in the same dtype (the target: <= 2x at depth 3, float32):", "",
+           "| depth | d | dtype | N | x @ x.T (s) | ntkfast NNGP + NTK (s) | ratio |",
+           "|---|---|---|---|---|---|---|"]
+    print("\n".join(out), flush=True)
+    for d in args.matrix_d:
+        for dtype in (np.float32, np.float64):
+            for n in args.matrix_n:
+                x = cp.asarray(rng.standard_normal((n, d)).astype(dtype))
+                product = cp.empty((n, n), dtype=dtype)
+                with _cuda_backend_fp32(nf, dtype):
+                    t_gemm = _gpu_time(cp, lambda: cp.matmul(x, x.T, out=product), repeat=2)
+                del product
+                cp.get_default_memory_pool().free_all_blocks()
+                for depth in args.matrix_depths:
+                    net = nf.MLP(depth, "relu", W_std=1.5, b_std=0.05)
+                    outputs = nf.Kernels(nngp=cp.empty((n, n), dtype=dtype),
+                                         ntk=cp.empty((n, n), dtype=dtype))
+                    nf.gram(x[:1024], net=net)  # warm-up
+                    t_ours = _gpu_time(cp, lambda: nf.gram(x, net=net, out=outputs), repeat=2)
+                    row = (f"| {depth} | {d} | {np.dtype(dtype).name} | {n} | {t_gemm:.3f} | "
+                           f"{t_ours:.3f} | {t_ours / t_gemm:.2f} |")
+                    out.append(row)
+                    print(row, flush=True)
+                    del outputs
+                    cp.get_default_memory_pool().free_all_blocks()
+                del x
+                cp.get_default_memory_pool().free_all_blocks()
+    return out
+
+
+def _cuda_backend_fp32(nf, dtype):
+    from ntkfast import _cuda_backend
+
+    return _cuda_backend._fp32_gemms(np.dtype(dtype))
+
+
+def _predict_section(cp, nf, args, rng):
+    """ntkfast.predict.gradient_descent_mse (one eigh of the train NTK, then the outputs at 100
+    times) on CuPy arrays against the same on NumPy arrays (LAPACK), float64."""
+    out = ["", "predict: gradient_descent_mse(k_train_train, y_train) then the train and test "
+           "outputs at 100 times (one eigh of the train kernel), float64, 1000 test points; the "
+           "kernels precomputed (NTK of MLP(3, 'relu'), d = 784):", "",
+           "| N train | GPU, CuPy arrays (s) | CPU, NumPy arrays (s) | CPU / GPU | "
+           "max rel. diff of the test outputs |", "|---|---|---|---|---|"]
+    print("\n".join(out), flush=True)
+    net = nf.MLP(3, "relu", W_std=1.5, b_std=0.05)
+    times = np.logspace(0, 4, 100)
+    for n in args.predict_n:
+        x = cp.asarray(rng.standard_normal((n + 1000, 784)))
+        k = nf.gram(x, net=net, get="ntk")
+        k_train, k_test = k[:n, :n].copy(), k[n:, :n].copy()
+        del k
+        y = cp.asarray(rng.standard_normal((n, 1)))
+
+        def on_gpu():
+            fn = nf.predict.gradient_descent_mse(k_train, y)
+            return fn(times, fx_test_0=0.0, k_test_train=k_test)
+
+        t_gpu = _gpu_time(cp, on_gpu)
+        gpu = on_gpu()
+        cpu_row = ""
+        if n <= args.predict_cpu_max_n:
+            k_train_h, k_test_h, y_h = cp.asnumpy(k_train), cp.asnumpy(k_test), cp.asnumpy(y)
+            start = time.perf_counter()
+            fn = nf.predict.gradient_descent_mse(k_train_h, y_h)
+            cpu = fn(times, fx_test_0=0.0, k_test_train=k_test_h)
+            t_cpu = time.perf_counter() - start
+            want, got = np.asarray(cpu[1]), cp.asnumpy(gpu[1])
+            cpu_row = (f"{t_cpu:.2f} | {t_cpu / t_gpu:.1f} | "
+                       f"{np.abs(got - want).max() / np.abs(want).max():.1e}")
+        else:
+            cpu_row = "(not run) | | "
+        row = f"| {n} | {t_gpu:.2f} | {cpu_row} |"
+        out.append(row)
+        print(row, flush=True)
+        del x, k_train, k_test, y, gpu
+        cp.get_default_memory_pool().free_all_blocks()
+    return out
+
+
 def _series_section(cp, nf, args, rng, relu):
     """MLP(depth, 'tanh') (Hermite series: tables on the host, sums on the GPU): NTK, float32,
     against the ReLU network of the same depth and the CPU engine (subsample, extrapolated)."""
@@ -125,6 +212,14 @@ def main(argv=None):
     parser.add_argument("--series-n", type=int, nargs="*", default=[20_000],
                         help="N of the tanh depth-3 (Hermite series) runs; none: skipped")
     parser.add_argument("--memmap-dir", default=None, help="also stream to an np.memmap in this folder")
+    parser.add_argument("--matrix-n", type=int, nargs="*", default=[20_000, 50_000],
+                        help="N of the depth x d x dtype grid (NNGP + NTK); none: skipped")
+    parser.add_argument("--matrix-d", type=int, nargs="+", default=[784, 3072])
+    parser.add_argument("--matrix-depths", type=int, nargs="+", default=[3, 10])
+    parser.add_argument("--predict-n", type=int, nargs="*", default=[10_000, 20_000, 40_000],
+                        help="N train of the predict runs; none: skipped")
+    parser.add_argument("--predict-cpu-max-n", type=int, default=20_000,
+                        help="largest N train also run on the CPU (LAPACK eigh is O(N³))")
     parser.add_argument("--out", default=None, help="markdown file (default benchmarks/results/...)")
     args = parser.parse_args(argv)
 
@@ -230,7 +325,10 @@ def main(argv=None):
         del out
 
     series_lines = _series_section(cp, nf, args, rng, net)
-    text = "\n".join(lines + rows + stream_lines + series_lines) + "\n"
+    matrix_lines = _matrix_section(cp, nf, args, rng) if args.matrix_n else []
+    predict_lines = _predict_section(cp, nf, args, rng) if args.predict_n else []
+    text = "\n".join(lines + rows + stream_lines + series_lines + matrix_lines
+                     + predict_lines) + "\n"
     target = pathlib.Path(args.out) if args.out else (
         pathlib.Path(__file__).parent / "results" / f"cuda_bench_{_device_label(name)}.md")
     target.parent.mkdir(parents=True, exist_ok=True)
