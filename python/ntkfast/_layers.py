@@ -1270,8 +1270,9 @@ class DualKernel(_Activation):
     read-only; they must be hashable (functions are), as layers are values. ntkfast evaluates them as
     given: their accuracy is the kernel's. Python runs once per tile of the Gram (~150,000
     entries), so a NumPy expression costs about what it costs on the whole matrix. CPU only
-    (``backend='cuda'`` cannot run Python in its kernels); no near-parallel recomputation
-    (``docs/activations.md``) and no scikit-learn hyperparameter gradients through it.
+    (``backend='cuda'`` cannot run Python in its kernels); the near-parallel recomputation
+    (``docs/activations.md``) only up to the first such layer; no scikit-learn hyperparameter
+    gradients through it.
 
     Parameters
     ----------

@@ -543,7 +543,9 @@ void run_tile(const CpuKernels& kernels, const TileArgs<T>& args) {
 // A tile of a program with callback ops (program_segments): each segment but the last leaves
 // (c, t) in the thread's state buffers (leading dimension ld), the caller's dual kernels turn
 // them into the next segment's input, and the last segment writes the tile's outputs. q1, q2: the
-// variance tables of the tile's first row and column (row stride stride1, stride2).
+// variance tables of the tile's first row and column (row stride stride1, stride2). The first
+// segment starts from the input Gram, so its near-parallel entries are recomputed exactly from
+// the input rows (exact_pair.hpp, for its ops only); after a callback they cannot be.
 template <class T>
 void tile_in_segments(const CpuKernels& kernels, TileArgs<T> args,
                       const std::vector<Segment>& segments, const double* q1, int64_t stride1,
@@ -763,10 +765,10 @@ void compute_gram(const Program& prog, const T* x1, int64_t n1, const T* x2, int
                          diagonal_tile,
                          scaled ? stats1.scale_exp.data() + i0 : nullptr,
                          scaled ? stats2.scale_exp.data() + j0 : nullptr,
-                         // Series and callback ops have no exact-pair form (exact_pair.hpp):
-                         // not recomputed.
-                         has_series || has_callbacks ? nullptr : x1 + i0 * n_features,
-                         has_series || has_callbacks ? nullptr : xb + j0 * n_features,
+                         // Series ops have no exact-pair form (exact_pair.hpp): not
+                         // recomputed; with callbacks, only up to the first (tile_in_segments).
+                         has_series ? nullptr : x1 + i0 * n_features,
+                         has_series ? nullptr : xb + j0 * n_features,
                          n_features,
                          has_series ? &tails : nullptr};
         if (has_callbacks)
