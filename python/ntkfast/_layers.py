@@ -12,7 +12,7 @@ import dataclasses
 import math
 import numbers
 import sys
-from functools import lru_cache
+from functools import lru_cache, wraps
 from typing import Optional, Tuple
 
 import numpy as np
@@ -1347,19 +1347,23 @@ def Elementwise(fn=None, nngp_fn=None, d_nngp_fn=None, *, deg=_DEFAULT_SERIES_DE
     return ElementwiseNumerical(fn, deg=deg)
 
 
-def _engine_layers_uncached(net: Layer):
+def _cached_unless_user_functions(function):
+    """``function(net, ...)`` memoised (lru_cache, 256 entries), except for networks holding the
+    user's callables, which the cache would keep alive (with whatever data they hold)."""
+    cached = lru_cache(maxsize=256)(function)
+
+    @wraps(function)
+    def wrapper(net, *args):
+        return (function if holds_user_functions(net) else cached)(net, *args)
+
+    return wrapper
+
+
+@_cached_unless_user_functions
+def _engine_layers(net: Layer):
     ctx = _Lowering(1, repr(net))
     net._ops(ctx)
     return tuple(ctx.series_layers), tuple(ctx.callback_layers)
-
-
-_engine_layers_cached = lru_cache(maxsize=256)(_engine_layers_uncached)
-
-
-def _engine_layers(net: Layer):
-    if holds_user_functions(net):
-        return _engine_layers_uncached(net)
-    return _engine_layers_cached(net)
 
 
 def series_activations(net: Layer):
@@ -1523,18 +1527,10 @@ def uses_standard(net: Layer) -> bool:
     return any(isinstance(l, Dense) and l.parameterization == "standard" for l in layers)
 
 
+@_cached_unless_user_functions
 def lower(net: Layer, n_features: int):
     """(ops, pool, sources) of ``net`` for inputs with ``n_features`` features (only 'standard'
     Dense layers depend on it); ``sources[k]`` describes the layer that op k came from."""
-    if holds_user_functions(net):  # not kept alive by the cache
-        return _lower(net, n_features)
-    return _lower_cached(net, n_features)
-
-
-def _lower(net: Layer, n_features: int):
     ctx = _Lowering(n_features, repr(net))
     net._ops(ctx)
     return tuple(ctx.ops), tuple(ctx.pool), tuple(ctx.sources)
-
-
-_lower_cached = lru_cache(maxsize=256)(_lower)

@@ -121,10 +121,10 @@ class PythonDualKernels {
     if (pending_) throw Failed();  // another thread's call failed: the engine is stopping
     try {
       py::object t = b.t ? py::object(copy_block(b.t, b.rows, b.cols, b.ld)) : py::none();
-      py::object q2 = b.q2 ? py::object(copy_block(b.q2, 1, b.cols, b.cols).attr("ravel")())
-                           : py::none();
+      // 1-D copies (no base given: pybind11 copies the data).
+      py::object q2 = b.q2 ? py::object(CArray<double>(py::ssize_t(b.cols), b.q2)) : py::none();
       const py::tuple result = (*evaluate_)(b.index, copy_block(b.c, b.rows, b.cols, b.ld), t,
-                                            copy_block(b.q1, 1, b.rows, b.rows).attr("ravel")(), q2);
+                                            CArray<double>(py::ssize_t(b.rows), b.q1), q2);
       if (result.size() != 2) throw std::invalid_argument("dual kernels: expected (c, t)");
       copy_back(result[0], b, b.c);
       if (b.t) copy_back(result[1], b, b.t);

@@ -266,11 +266,8 @@ __device__ __forceinline__ bool tile_entry(const TileParams<T>& a, const SeriesP
     for (int k = 0; k < a.n_ops; ++k) {
       const int64_t o1 = k * a.stride1 + i, o2 = k * a.stride2 + j;
       const PairStats<double> ps{a.q1[o1], a.q2[o2], a.sq1[o1], a.sq2[o2]};
-      const int32_t e1 = a.rescale1 ? a.rescale1[o1] : 0, e2 = a.rescale2 ? a.rescale2[o2] : 0;
-      if (e1 != 0 || e2 != 0)  // only ever set for homogeneous ops
-        apply_op_rescaled<WithNtk>(a.ops[k], a.pool, ps, e1, e2, c, t);
-      else
-        apply_op<WithNtk>(a.ops[k], a.pool, ps, c, t);
+      apply_op_entry<WithNtk>(a.ops[k], a.pool, ps, a.rescale1 ? a.rescale1[o1] : 0,
+                              a.rescale2 ? a.rescale2[o2] : 0, c, t);
     }
   return true;
 }

@@ -101,6 +101,17 @@ NTKFAST_HD void apply_op_rescaled(const LayerOp& op, const double* pool, const P
   if (WithNtk) t = ldexp(t, (degree - 1) * e);
 }
 
+// An op on one entry whose rows have rescale exponents e1, e2 (0 where the table has none; only
+// ever nonzero for homogeneous ops): apply_op_rescaled where one is set, else apply_op.
+template <bool WithNtk>
+NTKFAST_HD void apply_op_entry(const LayerOp& op, const double* pool, const PairStats<double>& ps,
+                               int32_t e1, int32_t e2, double& c, double& t) {
+  if (e1 != 0 || e2 != 0)
+    apply_op_rescaled<WithNtk>(op, pool, ps, e1, e2, c, t);
+  else
+    apply_op<WithNtk>(op, pool, ps, c, t);
+}
+
 // row_step for a row with rescale exponent e entering a homogeneous op.
 template <bool WithNtk>
 NTKFAST_HD void row_step_rescaled(const LayerOp& op, const double* pool, double q, double sq,

@@ -182,11 +182,8 @@ NTKFAST_HD bool series_program_entry(const LayerOp* ops, int n_ops, const double
         return false;
       continue;
     }
-    const int32_t e1 = r1.rescale ? r1.rescale[o1] : 0, e2 = r2.rescale ? r2.rescale[o2] : 0;
-    if (e1 != 0 || e2 != 0)  // only ever set for homogeneous ops
-      apply_op_rescaled<WithNtk>(op, pool, ps, e1, e2, c, t);
-    else
-      apply_op<WithNtk>(op, pool, ps, c, t);
+    apply_op_entry<WithNtk>(op, pool, ps, r1.rescale ? r1.rescale[o1] : 0,
+                            r2.rescale ? r2.rescale[o2] : 0, c, t);
   }
   return true;
 }
