@@ -1,9 +1,11 @@
 """ntkfast.dask: Gram matrices as Dask arrays, and the distributed KernelOperator (in-process
 workers here, for speed; test_dask_processes.py runs worker processes)."""
+import gc
 import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -331,6 +333,20 @@ def test_stored_operator_matches_in_process(points, client, storage, tmp_path, m
     assert not any(key[0] in (op._token, cross._token) for key in nd._SHARDS)
     with pytest.raises(ValueError, match="closed"):
         op @ v
+
+
+def test_operator_released_from_the_clients_event_loop(points, client):
+    """The finaliser may run on the client's event loop (a garbage collection there): the release
+    is then scheduled on the loop, not left as a coroutine never awaited."""
+    x, _ = points
+    op = nd.KernelOperator(x, net=NET, client=client, storage="memory")
+    assert any(key[0] == op._token for key in nd._SHARDS)
+    client.loop.add_callback(nd._release_shards, client, op._token)
+    deadline = time.monotonic() + 30
+    while any(key[0] == op._token for key in nd._SHARDS) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not any(key[0] == op._token for key in nd._SHARDS)
+    gc.collect()  # an unawaited coroutine would be reported now (pytest: unraisable exception)
 
 
 def test_stored_operator_bad_input(points, client):

@@ -406,8 +406,19 @@ def _drop_shard(token, dask_worker=None):
 
 
 def _release_shards(client, token):
+    """The operator's finaliser: its shards dropped on every worker. A finaliser runs wherever the
+    last reference goes, the client's event loop included (a garbage collection there), where the
+    synchronous client.run would only create a coroutine: there it is scheduled on the loop."""
     with contextlib.suppress(Exception):  # the cluster may already be gone
-        client.run(_drop_shard, token)
+        if client.asynchronous:
+            client.loop.add_callback(_release_shards_on_loop, client, token)
+        else:
+            client.run(_drop_shard, token)
+
+
+async def _release_shards_on_loop(client, token):
+    with contextlib.suppress(Exception):
+        await client.run(_drop_shard, token)
 
 
 def _assign_bands(bounds, n_cols, workers):
