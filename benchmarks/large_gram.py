@@ -7,12 +7,17 @@ The float32 NTK (get="ntk") of MLP(3, relu, W_std=1.5, b_std=0.05) on N x 784 st
 points, symmetric, both threads, best of --repeat, each run into a fresh output:
   RAM        np.empty((N, N)), the default when no out= is given (untouched anonymous memory)
   memmap     np.memmap(w+) on a new file in --memmap-dir (the call only; the flush that follows,
-             i.e. the rest of the write-back to disk, is timed separately)
+             i.e. the rest of the write-back to disk, is timed separately); ntkfast writes a
+             file-backed output a row panel at a time (engine.hpp GramOptions::panel_writes)
 and, to see where the time goes:
   RAM, pre-faulted   the same output a second time (its pages already mapped): no page faults
   maps + writes      the same Gram of N x 8 points (the input GEMM then negligible), pre-faulted
   x @ x.T            NumPy (OpenBLAS SYRK) at --ref-n points, scaled by (N / ref_n)²: NumPy's
                      own x @ x.T crashes at N = 40000 (OpenBLAS ?syrk, docs/large.md)
+  ..., fill alone    no Gram at all: the same fresh output (RAM, or a memmap whose blocks are
+                     reserved with posix_fallocate as ntkfast does) filled by NumPy on two
+                     threads, the cost of producing that much fresh memory or page cache on this
+                     machine, which no order of the engine's writes avoids
 Each run records wall time, CPU time in user and kernel mode and minor page faults (getrusage):
 kernel time is page faults, zeroing of fresh pages and, for the memmap, page-cache work and
 write-back throttling.
@@ -31,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 HERE = pathlib.Path(__file__).resolve().parent
 
@@ -91,6 +97,26 @@ def worker(args):
         finally:
             path.unlink(missing_ok=True)
             path.parent.rmdir()
+
+    def fill(k):  # two threads, as the engine has (NumPy releases the GIL for the assignment)
+        halves = (slice(0, args.n // 2), slice(args.n // 2, None))
+        with ThreadPoolExecutor(2) as pool:
+            list(pool.map(lambda rows: k.__setitem__(rows, 1.0), halves))
+
+    for _ in range(args.repeat):
+        record("RAM, fill alone", _timed(lambda: fill(np.empty((args.n, args.n), np.float32))))
+        path = pathlib.Path(tempfile.mkdtemp(dir=args.memmap_dir)) / "ntk.f32"
+        try:
+            k = np.memmap(path, dtype=np.float32, mode="w+", shape=(args.n, args.n))
+            with open(path, "r+b") as f:
+                os.posix_fallocate(f.fileno(), 0, k.nbytes)
+            run = _timed(lambda: fill(k))
+            run["flush"] = _timed(k.flush)["wall"]
+            record("memmap, fill alone", run)
+            k = None
+        finally:
+            path.unlink(missing_ok=True)
+            path.parent.rmdir()
     print(json.dumps(out))
 
 
@@ -144,7 +170,8 @@ def main(argv=None):
         say("| output | best wall | / scaled x @ x.T | all runs (wall) | user CPU | kernel CPU | "
             "minor faults | flush after | load |")
         say("|---|---:|---:|---|---:|---:|---:|---:|---:|")
-        for name in ("RAM", "memmap", "RAM, pre-faulted", "maps + writes (d = 8), pre-faulted"):
+        for name in ("RAM", "memmap", "RAM, pre-faulted", "maps + writes (d = 8), pre-faulted",
+                     "RAM, fill alone", "memmap, fill alone"):
             rs = runs[name]
             best = min(rs, key=lambda r: r["wall"])
             flush = f"{best['flush']:.1f} s" if "flush" in best else ""

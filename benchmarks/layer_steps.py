@@ -102,8 +102,11 @@ def kernel_alone(src: pathlib.Path, isa: str) -> dict:
         subprocess.run([cxx, *FLOOR_FLAGS, *ISA_FLAGS[isa], f"-DNTKFAST_ISA_NAMESPACE={isa}",
                         *includes, "-c", str(src / "src/cpp/ntkfast/cpu_kernels.cpp"), "-o",
                         str(obj)], check=True, capture_output=True)
+        # series_fallback.cpp: the Series ops' quadrature, which cpu_kernels.cpp calls
+        fallback = src / "src/cpp/ntkfast/series_fallback.cpp"
         subprocess.run([cxx, "-O2", "-std=c++17", *includes, str(HERE / "tile_kernel.cpp"),
-                        str(obj), "-o", str(exe)], check=True, capture_output=True)
+                        str(obj), *([str(fallback)] if fallback.exists() else []), "-o", str(exe)],
+                       check=True, capture_output=True)
         return _run_lines(exe)
 
 

@@ -170,6 +170,77 @@ def test_out_arrays_including_memmap(rng, tmp_path):
     assert np.array_equal(as_dict.ntk, want.ntk) and np.array_equal(as_dict.nngp, want.nngp)
 
 
+def _memmap(tmp_path, name, shape, dtype, offset=0):
+    return np.memmap(tmp_path / name, dtype=dtype, mode="w+", shape=shape, offset=offset)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("cross", [False, True])
+@pytest.mark.parametrize("threads", [1, 3])
+def test_memmap_outputs_written_by_row_panels_equal_ram_outputs(rng, tmp_path, dtype, cross,
+                                                                  threads):
+    """File-backed outputs are written a row panel at a time (engine.hpp panel_writes); the result
+    is the same bits as tile by tile into RAM: ragged last panel, the mirrored left part of a
+    symmetric Gram read back from the rows above, one output or both."""
+    x = _points(rng, 101, dtype=dtype)
+    y = _points(rng, 45, dtype=dtype) if cross else None
+    n2 = 45 if cross else 101
+    net = NETS["mixed"]
+    from ntkfast._validation import file_backed
+
+    for get in (("nngp", "ntk"), "ntk"):
+        want = nf.gram(x, y, net=net, get=get, tile_size=16, num_threads=threads)
+        names = (get,) if isinstance(get, str) else get
+        outs = [_memmap(tmp_path, f"{get}{k}", (101, n2), dtype) for k in names]
+        assert all(file_backed(o) for o in outs) and not file_backed(np.empty(3))
+        nf.gram(x, y, net=net, get=get, tile_size=16, num_threads=threads,
+                out=outs[0] if isinstance(get, str) else tuple(outs))
+        for out, ref in zip(outs, [want] if isinstance(get, str) else want):
+            assert np.array_equal(out, ref)
+            if not cross:
+                assert np.array_equal(out, out.T)
+
+
+def test_memmap_outputs_with_user_functions_series_and_odd_offsets(rng, tmp_path):
+    """Row panels with a DualKernel (segments), a Series activation, a misaligned file offset
+    (plain stores instead of streaming ones) and a memmap large enough for streaming stores."""
+    x = _points(rng, 67)
+    relu_numpy = nf.DualKernel(
+        lambda c, q1, q2: (np.sqrt(np.maximum(q1 * q2 - c * c, 0)) + (np.pi - np.arccos(
+            np.clip(c / np.sqrt(q1 * q2), -1, 1))) * c) / (2 * np.pi),
+        d_nngp_fn=lambda c, q1, q2: (np.pi - np.arccos(np.clip(c / np.sqrt(q1 * q2), -1, 1)))
+        / (2 * np.pi))
+    for i, net in enumerate([nf.MLP(2, relu_numpy), nf.MLP(2, "tanh")]):
+        want = nf.gram(x, net=net, tile_size=16)
+        out = (_memmap(tmp_path, f"a{i}", (67, 67), np.float64, offset=4),
+               _memmap(tmp_path, f"b{i}", (67, 67), np.float64))
+        nf.gram(x, net=net, tile_size=16, out=out)
+        assert np.array_equal(out[0], want.nngp) and np.array_equal(out[1], want.ntk)
+    big = _points(rng, 3001, d=6, dtype=np.float32)  # 36 MB per output: streaming stores
+    want = nf.gram(big, net=NETS["relu"], tile_size=256)
+    out = (_memmap(tmp_path, "n", (3001, 3001), np.float32),
+           _memmap(tmp_path, "t", (3001, 3001), np.float32))
+    nf.gram(big, net=NETS["relu"], tile_size=256, out=out)
+    assert np.array_equal(out[0], want.nngp) and np.array_equal(out[1], want.ntk)
+
+
+def test_memmap_outputs_progress_and_cancel(rng, tmp_path):
+    x = _points(rng, 300)
+    seen = []
+    out = _memmap(tmp_path, "k", (300, 300), np.float64)
+    nf.gram(x, net=NETS["relu"], get="ntk", tile_size=32, num_threads=2, out=out,
+            progress=lambda done, total: seen.append((done, total)))
+    assert seen[-1] == (55, 55) and all(a[0] <= b[0] for a, b in zip(seen, seen[1:]))
+
+    def cancel(done, total):
+        if done >= 12:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        nf.gram(x, net=NETS["relu"], get="ntk", tile_size=32, num_threads=2, out=out,
+                progress=cancel)
+
+
 def test_empty_inputs():
     net = NETS["relu"]
     k = nf.gram(np.zeros((0, 5)), net=net)

@@ -40,14 +40,16 @@ def gram(program: Program, x1: _F64, x2: Optional[_F64], nngp: Optional[_F64], n
          series1: Optional[_F64] = ..., series2: Optional[_F64] = ...,
          series_profiles: Optional[_F64] = ..., series_fallbacks: Optional[_F64] = ...,
          series_fallback_above: float = ...,
-         dual_kernels: Optional[Callable[..., object]] = ...) -> Tuple[float, int]: ...
+         dual_kernels: Optional[Callable[..., object]] = ...,
+         panel_writes: bool = ...) -> Tuple[float, int]: ...
 @overload
 def gram(program: Program, x1: _F32, x2: Optional[_F32], nngp: Optional[_F32],
          ntk: Optional[_F32], num_threads: int, tile: int,
          progress: Optional[Callable[..., object]], series1: Optional[_F64] = ...,
          series2: Optional[_F64] = ..., series_profiles: Optional[_F64] = ...,
          series_fallbacks: Optional[_F64] = ..., series_fallback_above: float = ...,
-         dual_kernels: Optional[Callable[..., object]] = ...) -> Tuple[float, int]: ...
+         dual_kernels: Optional[Callable[..., object]] = ...,
+         panel_writes: bool = ...) -> Tuple[float, int]: ...
 @overload
 def diagonal(program: Program, x: _F64, nngp: Optional[_F64], ntk: Optional[_F64],
              num_threads: int, series: Optional[_F64] = ...,

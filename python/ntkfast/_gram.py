@@ -34,7 +34,10 @@ def gram(x1, x2=None, *, net, get=("nngp", "ntk"), dtype=None, out=None, backend
         evaluated in float64 either way; float32 inputs use a float32 GEMM.
     out : ndarray or Kernels/tuple/dict of ndarrays, optional
         Preallocated C-contiguous destination(s) of shape (n1, n2) and the output dtype, e.g.
-        ``np.memmap`` arrays: results larger than memory then go straight to disk.
+        ``np.memmap`` arrays: results larger than memory then go straight to disk. File-backed
+        outputs are written one row panel (a tile's rows) at a time, each page once and in
+        order, through a panel buffer of tile x n2 entries per output (up to 1 GiB in all;
+        beyond that, tile by tile).
     backend : {'auto', 'cpu', 'cuda'}
         'auto' follows the data (CuPy arrays -> 'cuda').
     num_threads : int, optional

@@ -349,6 +349,12 @@ def _file_mappings(address, size):
     return found
 
 
+def file_backed(arr):
+    """Whether part of arr's memory maps a file (np.memmap, np.load(mmap_mode=...) and the like):
+    the engine then writes it row panel by row panel (each page once, in order)."""
+    return arr.size > 0 and bool(_file_mappings(arr.ctypes.data, arr.nbytes))
+
+
 def reserve_file_backing(arr, name):
     """Allocate the disk blocks under a file-backed output before the engine writes to it.
 

@@ -147,7 +147,7 @@ py::tuple gram(const Program& prog, const CArray<T>& x1, std::optional<CArray<T>
             std::optional<CArray<double>> series1, std::optional<CArray<double>> series2,
             std::optional<CArray<double>> series_profiles,
             std::optional<CArray<double>> series_fallbacks, double series_fallback_above,
-            std::optional<py::function> dual_kernels) {
+            std::optional<py::function> dual_kernels, bool panel_writes) {
   if (x1.ndim() != 2 || (x2 && x2->ndim() != 2)) throw std::invalid_argument("x must be 2-D");
   const py::ssize_t n1 = x1.shape(0), d = x1.shape(1);
   const py::ssize_t n2 = x2 ? x2->shape(0) : n1;
@@ -165,6 +165,7 @@ py::tuple gram(const Program& prog, const CArray<T>& x1, std::optional<CArray<T>
   options.num_threads = num_threads;
   options.tile = tile;
   options.poll = poll.callback();
+  options.panel_writes = panel_writes;
   options.series.set1 = series_tables(series1, n1, "series1");
   options.series.set2 = series_tables(series2, x2 ? n2 : 0, "series2");
   double max_tail_bound = 0.0;
@@ -206,7 +207,8 @@ void def_gram(py::module_& m) {
         py::arg("series1").noconvert() = py::none(), py::arg("series2").noconvert() = py::none(),
         py::arg("series_profiles").noconvert() = py::none(),
         py::arg("series_fallbacks").noconvert() = py::none(),
-        py::arg("series_fallback_above") = 1.0, py::arg("dual_kernels") = py::none());
+        py::arg("series_fallback_above") = 1.0, py::arg("dual_kernels") = py::none(),
+        py::arg("panel_writes") = false);
 }
 
 template <class T>

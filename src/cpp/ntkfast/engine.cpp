@@ -5,6 +5,9 @@
 // ISA kernel turns it into NNGP/NTK values written straight into the output. For a symmetric
 // Gram only tiles with J >= I are computed; each is mirrored, so the result is exactly symmetric,
 // and the diagonal is copied from the per-row recursion (= compute_diagonal, bit for bit).
+// With GramOptions::panel_writes (file-backed outputs) the tiles of one tile row go to a panel
+// buffer instead, and the panel, its mirrored left part read back from the rows above, is then
+// written row by row: the same values, each output page written once and in order.
 // Threads: OpenMP over tiles (dynamic schedule). Nothing thrown may leave a parallel region (that
 // would terminate the process): the first exception, the per-thread buffers' bad_alloc included,
 // stops the others and is rethrown after it. Thread 0 polls the caller between tiles, holding
@@ -503,6 +506,22 @@ void store_tile_transposed(const T* tile, int64_t ld_tile, int64_t rows, int64_t
   }
 }
 
+// panel[r][c] = out[c][i0 + r] for r < rows, c in [c_begin, c_end): the part of a symmetric
+// Gram's row panel left of its diagonal tile, read from the rows the earlier panels wrote, in
+// blocks of 64 x 64 so that both sides stay in L1.
+template <class T>
+void panel_left_from_output(const T* out, int64_t ld, int64_t i0, int64_t rows, T* panel,
+                            int64_t ld_panel, int64_t c_begin, int64_t c_end) {
+  constexpr int64_t kBlock = 64;
+  for (int64_t r0 = 0; r0 < rows; r0 += kBlock) {
+    const int64_t nr = std::min(kBlock, rows - r0);
+    for (int64_t c = c_begin; c < c_end; ++c) {
+      const T* src = out + c * ld + i0 + r0;
+      for (int64_t r = 0; r < nr; ++r) panel[(r0 + r) * ld_panel + c] = src[r];
+    }
+  }
+}
+
 // tile[j][i] = tile[i][j] below the diagonal of a square tile whose strict upper part is set.
 template <class T>
 void mirror_upper_to_lower(T* tile, int64_t ld, int64_t n) {
@@ -701,10 +720,26 @@ void compute_gram(const Program& prog, const T* x1, int64_t n1, const T* x2, int
     return true;
   };
 
+  // Row panels (GramOptions::panel_writes): the tiles of one tile row are computed into these
+  // buffers (row-major, rows x n2), then the panel goes to the outputs row by row.
+  const int64_t outputs = (nngp ? 1 : 0) + (ntk ? 1 : 0);
+  const bool panels = options.panel_writes &&
+                      double(tile) * double(n2) * double(sizeof(T)) * double(outputs) <=
+                          double(kPanelBudget);
+  std::vector<T> nngp_panel, ntk_panel;
+  std::vector<int64_t> panel_first;  // work index of each tile row's first tile, then total
+  if (panels) {
+    if (nngp) nngp_panel.resize(size_t(tile * n2));
+    if (ntk) ntk_panel.resize(size_t(tile * n2));
+    for (int64_t w = 0; w < total; ++w)
+      if (w == 0 || work[size_t(w)].i != work[size_t(w - 1)].i) panel_first.push_back(w);
+    panel_first.push_back(total);
+  }
+
 #pragma omp parallel num_threads(threads) if (threads > 1)
   {
-    // Per thread: the tile's input Gram, its finished NNGP/NTK, a transpose scratch, and with
-    // callback ops the (c, t) between segments.
+    // Per thread: the tile's input Gram, its finished NNGP/NTK (tile by tile), a transpose
+    // scratch, and with callback ops the (c, t) between segments.
     std::vector<T> gram, nngp_tile, ntk_tile, scratch;
     std::vector<double> c_state, t_state;
     SeriesTails tails{options.series.profiles, options.series.profile_len, 0.0,
@@ -712,9 +747,9 @@ void compute_gram(const Program& prog, const T* x1, int64_t n1, const T* x2, int
                       options.series.fallback_above, 0};
     try {
       gram.resize(size_t(tile * tile));
-      if (nngp) nngp_tile.resize(size_t(tile * tile));
-      if (ntk) ntk_tile.resize(size_t(tile * tile));
-      scratch.resize(size_t(8 * tile));
+      if (nngp && !panels) nngp_tile.resize(size_t(tile * tile));
+      if (ntk && !panels) ntk_tile.resize(size_t(tile * tile));
+      if (!panels) scratch.resize(size_t(8 * tile));
       if (has_callbacks) c_state.resize(size_t(tile * tile));
       if (has_callbacks && with_ntk) t_state.resize(size_t(tile * tile));
     } catch (...) {
@@ -722,8 +757,10 @@ void compute_gram(const Program& prog, const T* x1, int64_t n1, const T* x2, int
     }
 #if defined(_OPENMP)
     const bool poller = omp_get_thread_num() == 0;
+    const int team = omp_get_num_threads();
 #else
     const bool poller = true;
+    const int team = 1;
 #endif
     using PollIfDue = decltype(poll_if_due);
     struct Interrupt {
@@ -738,82 +775,132 @@ void compute_gram(const Program& prog, const T* x1, int64_t n1, const T* x2, int
     } interrupt{&stop, poller && bool(options.poll), &poll_if_due};
     tails.interrupt = &Interrupt::check;
     tails.interrupt_context = &interrupt;
-    working.fetch_add(1);
-#pragma omp barrier
-#pragma omp for schedule(dynamic, 1) nowait
-    for (int64_t w = 0; w < total; ++w) {
-      if (stop.load(std::memory_order_relaxed)) continue;
-      try {
-        const int64_t i0 = work[size_t(w)].i * tile, j0 = work[size_t(w)].j * tile;
-        const int64_t rows = std::min(tile, n1 - i0), cols = std::min(tile, n2 - j0);
-        const bool diagonal_tile = symmetric && i0 == j0;
-        gemm_tile(blas, gemm_a + i0 * n_features, rows, gemm_b + j0 * n_features, cols, n_features,
-                  gram.data());
-        TileArgs<T> args{pv,
-                         rows,
-                         cols,
-                         gram.data(),
-                         cols,
-                         inv_d,
-                         snap_tol,
-                         stats1.tables(i0),
-                         stats2.tables(j0),
-                         nngp ? nngp_tile.data() : nullptr,
-                         tile,
-                         ntk ? ntk_tile.data() : nullptr,
-                         tile,
-                         diagonal_tile,
-                         scaled ? stats1.scale_exp.data() + i0 : nullptr,
-                         scaled ? stats2.scale_exp.data() + j0 : nullptr,
-                         // Series ops have no exact-pair form (exact_pair.hpp): not
-                         // recomputed; with callbacks, only up to the first (tile_in_segments).
-                         has_series ? nullptr : x1 + i0 * n_features,
-                         has_series ? nullptr : xb + j0 * n_features,
-                         n_features,
-                         has_series ? &tails : nullptr};
-        if (has_callbacks)
-          tile_in_segments(kernels, args, segments, stats1.q.data() + i0, stats1.stride,
-                           stats2.q.data() + j0, stats2.stride, c_state.data(),
-                           with_ntk ? t_state.data() : nullptr, tile, options.dual_kernels);
-        else
-          run_tile(kernels, args);
-        for (int k = 0; k < 2; ++k) {
-          T* finished = (k == 0 ? nngp_tile : ntk_tile).data();
-          if ((k == 0 ? nngp : ntk) && diagonal_tile) {
-            mirror_upper_to_lower(finished, tile, rows);
-            for (int64_t i = 0; i < rows; ++i)
-              finished[i * tile + i] = T(k == 0 ? q_final[i0 + i] : stats1.ntk_diag[size_t(i0 + i)]);
-          }
-        }
-        {
-          std::shared_lock<std::shared_mutex> storing(store_lock);
-          if (stop.load()) continue;  // the poll may have invalidated the outputs
-          for (int k = 0; k < 2; ++k) {
-            T* out = k == 0 ? nngp : ntk;
-            if (!out) continue;
-            const T* finished = (k == 0 ? nngp_tile : ntk_tile).data();
-            const int64_t ld = k == 0 ? ld_nngp : ld_ntk;
-            store_tile(finished, tile, rows, cols, out, ld, i0, j0, nontemporal);
-            if (symmetric && !diagonal_tile)
-              store_tile_transposed(finished, tile, rows, cols, out, ld, i0, j0, nontemporal,
-                                    scratch.data());
-          }
-          if (nontemporal) store_fence();
-        }
-        done.fetch_add(1, std::memory_order_relaxed);
-        if (poller && options.poll) poll_if_due();
-      } catch (const TileStopped&) {
-        // stop is set: by the poll (cancelled) or by another thread's error
-      } catch (...) {
-        record_error();
+
+    // Tile w of the work list into the given outputs (leading dimension ld_out), mirrored and
+    // with its rows' own diagonal where it is a diagonal tile.
+    auto compute_tile = [&](int64_t w, T* nngp_out, T* ntk_out, int64_t ld_out) {
+      const int64_t i0 = work[size_t(w)].i * tile, j0 = work[size_t(w)].j * tile;
+      const int64_t rows = std::min(tile, n1 - i0), cols = std::min(tile, n2 - j0);
+      const bool diagonal_tile = symmetric && i0 == j0;
+      gemm_tile(blas, gemm_a + i0 * n_features, rows, gemm_b + j0 * n_features, cols, n_features,
+                gram.data());
+      TileArgs<T> args{pv,
+                       rows,
+                       cols,
+                       gram.data(),
+                       cols,
+                       inv_d,
+                       snap_tol,
+                       stats1.tables(i0),
+                       stats2.tables(j0),
+                       nngp_out,
+                       ld_out,
+                       ntk_out,
+                       ld_out,
+                       diagonal_tile,
+                       scaled ? stats1.scale_exp.data() + i0 : nullptr,
+                       scaled ? stats2.scale_exp.data() + j0 : nullptr,
+                       // Series ops have no exact-pair form (exact_pair.hpp): not
+                       // recomputed; with callbacks, only up to the first (tile_in_segments).
+                       has_series ? nullptr : x1 + i0 * n_features,
+                       has_series ? nullptr : xb + j0 * n_features,
+                       n_features,
+                       has_series ? &tails : nullptr};
+      if (has_callbacks)
+        tile_in_segments(kernels, args, segments, stats1.q.data() + i0, stats1.stride,
+                         stats2.q.data() + j0, stats2.stride, c_state.data(),
+                         with_ntk ? t_state.data() : nullptr, tile, options.dual_kernels);
+      else
+        run_tile(kernels, args);
+      if (!diagonal_tile) return;
+      for (int k = 0; k < 2; ++k) {
+        T* finished = k == 0 ? nngp_out : ntk_out;
+        if (!finished) continue;
+        mirror_upper_to_lower(finished, ld_out, rows);
+        for (int64_t i = 0; i < rows; ++i)
+          finished[i * ld_out + i] = T(k == 0 ? q_final[i0 + i] : stats1.ntk_diag[size_t(i0 + i)]);
       }
-    }
-    working.fetch_sub(1);
-    // Out of tiles, the polling thread (the caller's, where Ctrl-C is seen) keeps polling until
-    // the others finish theirs, which may be long (series-fallback entries).
-    while (poller && options.poll && working.load() > 0) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(2));
-      if (!stop.load()) poll_if_due();
+    };
+
+    // Tiles [first, last) of the work list, shared out dynamically; then, out of tiles, the
+    // polling thread (the caller's, where Ctrl-C is seen) keeps polling until the others finish
+    // theirs, which may be long (series-fallback entries).
+    auto tile_loop = [&](int64_t first, int64_t last) {
+#pragma omp for schedule(dynamic, 1) nowait
+      for (int64_t w = first; w < last; ++w) {
+        if (stop.load(std::memory_order_relaxed)) continue;
+        try {
+          if (panels) {
+            const int64_t j0 = work[size_t(w)].j * tile;
+            compute_tile(w, nngp ? nngp_panel.data() + j0 : nullptr,
+                         ntk ? ntk_panel.data() + j0 : nullptr, n2);
+          } else {
+            compute_tile(w, nngp ? nngp_tile.data() : nullptr, ntk ? ntk_tile.data() : nullptr,
+                         tile);
+            const int64_t i0 = work[size_t(w)].i * tile, j0 = work[size_t(w)].j * tile;
+            const int64_t rows = std::min(tile, n1 - i0), cols = std::min(tile, n2 - j0);
+            std::shared_lock<std::shared_mutex> storing(store_lock);
+            if (stop.load()) continue;  // the poll may have invalidated the outputs
+            for (int k = 0; k < 2; ++k) {
+              T* out = k == 0 ? nngp : ntk;
+              if (!out) continue;
+              const T* finished = (k == 0 ? nngp_tile : ntk_tile).data();
+              const int64_t ld = k == 0 ? ld_nngp : ld_ntk;
+              store_tile(finished, tile, rows, cols, out, ld, i0, j0, nontemporal);
+              if (symmetric && i0 != j0)
+                store_tile_transposed(finished, tile, rows, cols, out, ld, i0, j0, nontemporal,
+                                      scratch.data());
+            }
+            if (nontemporal) store_fence();
+          }
+          done.fetch_add(1, std::memory_order_relaxed);
+          if (poller && options.poll) poll_if_due();
+        } catch (const TileStopped&) {
+          // stop is set: by the poll (cancelled) or by another thread's error
+        } catch (...) {
+          record_error();
+        }
+      }
+      working.fetch_sub(1);
+      while (poller && options.poll && working.load() > 0) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(2));
+        if (!stop.load()) poll_if_due();
+      }
+    };
+
+    if (!panels) {
+      working.fetch_add(1);
+#pragma omp barrier
+      tile_loop(0, total);
+    } else {
+      for (size_t p = 0; p + 1 < panel_first.size(); ++p) {
+#pragma omp single
+        working.store(team);
+        tile_loop(panel_first[p], panel_first[p + 1]);
+#pragma omp barrier
+        // Every thread sees the same stop here: it is only set inside the tile loop.
+        if (stop.load()) continue;
+        const int64_t i0 = work[size_t(panel_first[p])].i * tile, rows = std::min(tile, n1 - i0);
+        if (symmetric && i0 > 0) {
+#pragma omp for schedule(static)
+          for (int64_t c = 0; c < i0; c += 64) {
+            if (nngp)
+              panel_left_from_output(nngp, ld_nngp, i0, rows, nngp_panel.data(), n2, c,
+                                     std::min(c + 64, i0));
+            if (ntk)
+              panel_left_from_output(ntk, ld_ntk, i0, rows, ntk_panel.data(), n2, c,
+                                     std::min(c + 64, i0));
+          }
+        }
+        // Each thread writes a contiguous run of rows, in order; the next panel reads them.
+#pragma omp for schedule(static, 1) nowait
+        for (int64_t r = 0; r < rows; ++r) {
+          if (nngp) copy_row(nngp + (i0 + r) * ld_nngp, nngp_panel.data() + r * n2, n2, nontemporal);
+          if (ntk) copy_row(ntk + (i0 + r) * ld_ntk, ntk_panel.data() + r * n2, n2, nontemporal);
+        }
+        if (nontemporal) store_fence();
+#pragma omp barrier
+      }
     }
     if (has_series) {
       std::lock_guard<std::mutex> lock(error_mutex);

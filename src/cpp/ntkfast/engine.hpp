@@ -112,7 +112,16 @@ struct GramOptions {
   double poll_interval = 0.1;
   SeriesOptions series;      // required when the program has Series ops
   DualKernelFn dual_kernels; // required when the program has Callback ops
+  // Write the outputs one row panel (a tile's rows, all columns) at a time, each row once and
+  // in order, instead of tile by tile. For file-backed outputs (np.memmap): Linux then maps
+  // their page cache a large folio per fault instead of a 4 KiB page per fault, and no page is
+  // dirtied twice (benchmarks/large_gram.py). Costs a panel buffer per output (tile x n2) and,
+  // for a symmetric Gram, a read of the rows above the panel; ignored where the buffers would
+  // exceed kPanelBudget.
+  bool panel_writes = false;
 };
+
+constexpr int64_t kPanelBudget = int64_t(1) << 30;
 
 class Cancelled : public std::exception {
  public:
