@@ -1,6 +1,7 @@
 """ntkfast.gram on the CPU (and CUDA where available) against NumPy baselines; accuracy tracks."""
-import sys
 import pathlib
+import sys
+import tempfile
 
 import numpy as np
 
@@ -46,6 +47,39 @@ class GramShapes:
 
     def time_gram(self, shape, get):
         ntkfast.gram(self.x, self.x2, net=self.net, get=self.get)
+
+
+class GramIntoFile:
+    """The float32 NTK of MLP(3, relu) at N = 4000, d = 784 (64 MB) into a fresh np.memmap, which
+    ntkfast writes a row panel at a time, and into a fresh RAM array; benchmarks/large_gram.py
+    has N = 40000."""
+
+    params = (["ram", "memmap"],)
+    param_names = ["output"]
+    timeout = 300
+
+    def setup(self, output):
+        self.x = points(4000, dtype="float32")
+        self.net = ntkfast.MLP(3, "relu", W_std=1.5, b_std=0.05)
+        self.dir = tempfile.TemporaryDirectory()
+        self.count = 0
+        ntkfast.gram(self.x[:32], net=self.net, get="ntk")
+
+    def teardown(self, output):
+        self.dir.cleanup()
+
+    def time_gram_ntk(self, output):
+        n = len(self.x)
+        if output == "ram":
+            out = np.empty((n, n), dtype=np.float32)
+        else:
+            self.count += 1
+            path = pathlib.Path(self.dir.name) / f"ntk{self.count}.f32"
+            out = np.memmap(path, dtype=np.float32, mode="w+", shape=(n, n))
+        ntkfast.gram(self.x, net=self.net, get="ntk", out=out)
+        if output == "memmap":
+            del out
+            path.unlink()
 
 
 class Baselines:
