@@ -892,7 +892,8 @@ void compute_gram(const Program& prog, const T* x1, int64_t n1, const T* x2, int
                                      std::min(c + 64, i0));
           }
         }
-        // Each thread writes a contiguous run of rows, in order; the next panel reads them.
+        // The threads take alternate rows, so that the output's pages are first touched in
+        // order (the kernel then maps a large folio per fault); the next panels read them back.
 #pragma omp for schedule(static, 1) nowait
         for (int64_t r = 0; r < rows; ++r) {
           if (nngp) copy_row(nngp + (i0 + r) * ld_nngp, nngp_panel.data() + r * n2, n2, nontemporal);
