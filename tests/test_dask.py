@@ -349,6 +349,22 @@ def test_operator_released_from_the_clients_event_loop(points, client):
     gc.collect()  # an unawaited coroutine would be reported now (pytest: unraisable exception)
 
 
+def test_stored_operator_does_not_trust_the_clients_cached_worker_list(points, client,
+                                                                      monkeypatch):
+    """The client's periodic refresh replaces scheduler_info() with one that lists no workers
+    (a CI run saw both workers "leave" mid-solve): the stored operator asks the scheduler."""
+    x, _ = points
+    op = nd.KernelOperator(x, net=NET, client=client, storage="memory")
+    monkeypatch.setattr(client, "scheduler_info", lambda *a, **k: {"workers": {}})
+    v = np.ones((len(x), 1))
+    ref = ntkfast.KernelOperator(x, net=NET, storage="memory")
+    np.testing.assert_allclose(op.matmat(v), ref.matmat(v), rtol=PRODUCT_RTOL)
+    op2 = nd.KernelOperator(x, net=NET, client=client, storage="memory")
+    np.testing.assert_allclose(op2.matmat(v), ref.matmat(v), rtol=PRODUCT_RTOL)
+    op.close()
+    op2.close()
+
+
 def test_stored_operator_bad_input(points, client):
     x, _ = points
     with pytest.raises(ValueError, match="storage must be one of"):

@@ -432,6 +432,13 @@ def _assign_bands(bounds, n_cols, workers):
     return {w: sorted(share) for w, share in shares.items() if share}
 
 
+def _workers(client):
+    """The addresses of the cluster's workers, asked of the scheduler now. Not
+    client.scheduler_info()["workers"]: the client's periodic refresh (no per-worker details)
+    can replace the answer between its fetch and its return, and the workers then look gone."""
+    return set(client.nthreads())
+
+
 class KernelOperator:
     """The NNGP or NTK Gram matrix K(x, x2) as a linear operator whose products run on a Dask
     ``distributed`` cluster.
@@ -551,7 +558,7 @@ class KernelOperator:
     def _store(self, directory):
         budget = FILE_BAND_BYTES if self.storage == "file" else MEMORY_BAND_BYTES
         bounds = band_bounds(*self.shape, self.symmetric, self.dtype.itemsize, budget)
-        workers = sorted(self.client.scheduler_info()["workers"])
+        workers = sorted(_workers(self.client))
         if not workers:
             raise ValueError("client: the cluster has no workers to store the kernel on")
         self._token = uuid.uuid4().hex
@@ -614,7 +621,7 @@ class KernelOperator:
         return self._x, self._x2
 
     def _stored_product(self, v, transpose):
-        alive = set(self.client.scheduler_info()["workers"])
+        alive = _workers(self.client)
         gone = [w for w in self._shards if w not in alive]
         if gone:
             raise RuntimeError(f"worker(s) {gone} holding part of the stored kernel left the "
