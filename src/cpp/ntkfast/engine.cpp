@@ -508,16 +508,18 @@ void store_tile_transposed(const T* tile, int64_t ld_tile, int64_t rows, int64_t
 
 // panel[r][c] = out[c][i0 + r] for r < rows, c in [c_begin, c_end): the part of a symmetric
 // Gram's row panel left of its diagonal tile, read from the rows the earlier panels wrote, in
-// blocks of 64 x 64 so that both sides stay in L1.
+// blocks of 64 x 64 so that both sides stay in L1. The output may be misaligned (np.memmap at an
+// odd offset): its runs are copied out bytewise, as copy_row writes them.
 template <class T>
 void panel_left_from_output(const T* out, int64_t ld, int64_t i0, int64_t rows, T* panel,
                             int64_t ld_panel, int64_t c_begin, int64_t c_end) {
   constexpr int64_t kBlock = 64;
+  T run[kBlock];
   for (int64_t r0 = 0; r0 < rows; r0 += kBlock) {
     const int64_t nr = std::min(kBlock, rows - r0);
     for (int64_t c = c_begin; c < c_end; ++c) {
-      const T* src = out + c * ld + i0 + r0;
-      for (int64_t r = 0; r < nr; ++r) panel[(r0 + r) * ld_panel + c] = src[r];
+      std::memcpy(run, out + c * ld + i0 + r0, size_t(nr) * sizeof(T));
+      for (int64_t r = 0; r < nr; ++r) panel[(r0 + r) * ld_panel + c] = run[r];
     }
   }
 }
