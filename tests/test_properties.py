@@ -186,13 +186,14 @@ def test_memmap_outputs_written_by_row_panels_equal_ram_outputs(rng, tmp_path, d
     y = _points(rng, 45, dtype=dtype) if cross else None
     n2 = 45 if cross else 101
     net = NETS["mixed"]
-    from ntkfast._validation import file_backed
+    from ntkfast._validation import check_host_output
 
     for get in (("nngp", "ntk"), "ntk"):
         want = nf.gram(x, y, net=net, get=get, tile_size=16, num_threads=threads)
         names = (get,) if isinstance(get, str) else get
         outs = [_memmap(tmp_path, f"{get}{k}", (101, n2), dtype) for k in names]
-        assert all(file_backed(o) for o in outs) and not file_backed(np.empty(3))
+        assert all(check_host_output(o, "out", o.shape, o.dtype, []) for o in outs)
+        assert not check_host_output(np.empty(3), "out", (3,), np.float64, [])
         nf.gram(x, y, net=net, get=get, tile_size=16, num_threads=threads,
                 out=outs[0] if isinstance(get, str) else tuple(outs))
         for out, ref in zip(outs, [want] if isinstance(get, str) else want):

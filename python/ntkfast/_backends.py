@@ -17,7 +17,6 @@ from ._layers import lower, series_activations
 from ._program import compiled_program
 from ._progress import Progress
 from ._series import series_inputs
-from ._validation import file_backed
 
 __all__ = ["run", "CpuBackend", "CudaBackend", "kernel_range_error"]
 
@@ -88,8 +87,7 @@ class CpuBackend:
                         outputs.get("ntk"), request.num_threads, request.tile,
                         reporter if reporter.enabled else None,
                         *(series.engine_arguments() if series else ()),
-                        dual_kernels=dual_kernels,
-                        panel_writes=any(map(file_backed, request.out.values())))
+                        dual_kernels=dual_kernels, panel_writes=request.out_file_backed)
             finally:
                 reporter.close()
             if series:

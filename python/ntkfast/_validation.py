@@ -75,6 +75,7 @@ class GramRequest:
     tile: int                    # 0: the engine's default
     progress: Any                # False, True or a callable(done, total)
     arguments: Tuple[str, str] = ("x1", "x2")  # argument names of point sets 1 and 2, for errors
+    out_file_backed: bool = False  # some out array maps a file (set by the CPU outputs' check)
 
     @property
     def symmetric(self) -> bool:
@@ -310,7 +311,8 @@ def out_label(name, single):
 def check_host_output(arr, name, shape, dtype, inputs):
     """A writable, C-contiguous NumPy array (np.memmap allowed) of the result's shape and dtype
     that overlaps no input; a file-backed one gets its disk blocks reserved now (a full disk is an
-    OSError here, not a SIGBUS in the middle of the computation)."""
+    OSError here, not a SIGBUS in the middle of the computation). Returns whether it is
+    file-backed."""
     if not isinstance(arr, np.ndarray):
         if is_cupy(arr):
             raise TypeError(f"{name}: a CuPy array needs backend='cuda' with CuPy inputs")
@@ -324,7 +326,7 @@ def check_host_output(arr, name, shape, dtype, inputs):
         raise ValueError(f"{name} is read-only")
     if any(np.may_share_memory(arr, x) for x in inputs):
         raise ValueError(f"{name} overlaps an input array")
-    reserve_file_backing(arr, name)
+    return reserve_file_backing(arr, name)
 
 
 def _file_mappings(address, size):
@@ -349,21 +351,18 @@ def _file_mappings(address, size):
     return found
 
 
-def file_backed(arr):
-    """Whether part of arr's memory maps a file (np.memmap, np.load(mmap_mode=...) and the like):
-    the engine then writes it row panel by row panel (each page once, in order)."""
-    return arr.size > 0 and bool(_file_mappings(arr.ctypes.data, arr.nbytes))
-
-
 def reserve_file_backing(arr, name):
     """Allocate the disk blocks under a file-backed output before the engine writes to it.
 
     Writing to a memory map of a sparse file (np.lib.format.open_memmap makes one) allocates
     blocks on the first store to each page; on a full disk the kernel answers with SIGBUS, which
-    kills the process. posix_fallocate makes that an OSError, raised here, before any work."""
-    if arr.size == 0 or not hasattr(os, "posix_fallocate"):
-        return
-    for path, offset, length in _file_mappings(arr.ctypes.data, arr.nbytes):
+    kills the process. posix_fallocate makes that an OSError, raised here, before any work.
+    Returns whether arr maps a file at all (the engine then writes it row panel by row panel,
+    each page once and in order)."""
+    mappings = _file_mappings(arr.ctypes.data, arr.nbytes) if arr.size else []
+    if not hasattr(os, "posix_fallocate"):
+        return bool(mappings)
+    for path, offset, length in mappings:
         page = mmap.ALLOCATIONGRANULARITY
         start = offset // page * page
         try:
@@ -379,6 +378,7 @@ def reserve_file_backing(arr, name):
                                        f"the output file {path}: {os.strerror(error.errno)}") from None
         finally:
             os.close(fd)
+    return bool(mappings)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -421,19 +421,22 @@ def gram_request(x1, x2, *, net, get, dtype, out, backend, num_threads, check_fi
                              num_threads=num_threads, check_finite=check_finite,
                              progress=progress, tile_size=tile_size)
     if request.backend == "cpu":
-        _check_cpu_outputs(request, [a for a in (request.x1, request.x2) if a is not None])
+        request = _check_cpu_outputs(request,
+                                     [a for a in (request.x1, request.x2) if a is not None])
     return request
 
 
 def _check_cpu_outputs(request, inputs):
+    """The request, its out arrays checked (and out_file_backed set)."""
     shape, dtype = request.shape, request.dtype
-    for name, arr in request.out.items():
-        check_host_output(arr, out_label(name, request.single), shape, dtype, inputs)
+    file_backed = [check_host_output(arr, out_label(name, request.single), shape, dtype, inputs)
+                   for name, arr in request.out.items()]
     if len(request.out) == 2 and np.may_share_memory(request.out["nngp"], request.out["ntk"]):
         raise ValueError("out: the nngp and ntk arrays overlap")
     missing = [n for n in request.names if n not in request.out]
     if missing:
         check_memory(shape, dtype, len(missing), "gram")
+    return dataclasses.replace(request, out_file_backed=any(file_backed))
 
 
 def diagonal_request(x, *, net, get, dtype, check_finite, num_threads, backend="auto"):
