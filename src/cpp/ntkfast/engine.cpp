@@ -549,8 +549,9 @@ void gemm_tile(const Blas& blas, const T* a_rows, int64_t rows, const T* b_rows,
     blas.sgemm(&ta, &tb, &m, &n, &k, &one, b_rows, &ld, a_rows, &ld, &zero, c, &ldc);
 }
 
-struct TileIndex {
-  int64_t i, j;
+// A tile of the work list: its first row and column, and its extent (the last ones are ragged).
+struct TileSpan {
+  int64_t i0, j0, rows, cols;
 };
 
 template <class T>
@@ -675,10 +676,12 @@ void compute_gram(const Program& prog, const T* x1, int64_t n1, const T* x2, int
   const int64_t tile_needed = (std::max(n1, n2) + 15) / 16 * 16;
   const int64_t tile = std::min(options.tile > 0 ? options.tile : default_tile(n_features), tile_needed);
   const int64_t tiles1 = (n1 + tile - 1) / tile, tiles2 = (n2 + tile - 1) / tile;
-  std::vector<TileIndex> work;
+  std::vector<TileSpan> work;
   work.reserve(size_t(symmetric ? tiles1 * (tiles1 + 1) / 2 : tiles1 * tiles2));
   for (int64_t i = 0; i < tiles1; ++i)
-    for (int64_t j = symmetric ? i : 0; j < tiles2; ++j) work.push_back({i, j});
+    for (int64_t j = symmetric ? i : 0; j < tiles2; ++j)
+      work.push_back({i * tile, j * tile, std::min(tile, n1 - i * tile),
+                      std::min(tile, n2 - j * tile)});
   const int64_t total = int64_t(work.size());
 
   const CpuKernels& kernels = cpu_kernels();
@@ -734,7 +737,7 @@ void compute_gram(const Program& prog, const T* x1, int64_t n1, const T* x2, int
     if (nngp) nngp_panel.resize(size_t(tile * n2));
     if (ntk) ntk_panel.resize(size_t(tile * n2));
     for (int64_t w = 0; w < total; ++w)
-      if (w == 0 || work[size_t(w)].i != work[size_t(w - 1)].i) panel_first.push_back(w);
+      if (w == 0 || work[size_t(w)].i0 != work[size_t(w - 1)].i0) panel_first.push_back(w);
     panel_first.push_back(total);
   }
 
@@ -781,8 +784,7 @@ void compute_gram(const Program& prog, const T* x1, int64_t n1, const T* x2, int
     // Tile w of the work list into the given outputs (leading dimension ld_out), mirrored and
     // with its rows' own diagonal where it is a diagonal tile.
     auto compute_tile = [&](int64_t w, T* nngp_out, T* ntk_out, int64_t ld_out) {
-      const int64_t i0 = work[size_t(w)].i * tile, j0 = work[size_t(w)].j * tile;
-      const int64_t rows = std::min(tile, n1 - i0), cols = std::min(tile, n2 - j0);
+      const auto [i0, j0, rows, cols] = work[size_t(w)];
       const bool diagonal_tile = symmetric && i0 == j0;
       gemm_tile(blas, gemm_a + i0 * n_features, rows, gemm_b + j0 * n_features, cols, n_features,
                 gram.data());
@@ -833,14 +835,13 @@ void compute_gram(const Program& prog, const T* x1, int64_t n1, const T* x2, int
         if (stop.load(std::memory_order_relaxed)) continue;
         try {
           if (panels) {
-            const int64_t j0 = work[size_t(w)].j * tile;
+            const int64_t j0 = work[size_t(w)].j0;
             compute_tile(w, nngp ? nngp_panel.data() + j0 : nullptr,
                          ntk ? ntk_panel.data() + j0 : nullptr, n2);
           } else {
             compute_tile(w, nngp ? nngp_tile.data() : nullptr, ntk ? ntk_tile.data() : nullptr,
                          tile);
-            const int64_t i0 = work[size_t(w)].i * tile, j0 = work[size_t(w)].j * tile;
-            const int64_t rows = std::min(tile, n1 - i0), cols = std::min(tile, n2 - j0);
+            const auto [i0, j0, rows, cols] = work[size_t(w)];
             std::shared_lock<std::shared_mutex> storing(store_lock);
             if (stop.load()) continue;  // the poll may have invalidated the outputs
             for (int k = 0; k < 2; ++k) {
@@ -882,7 +883,8 @@ void compute_gram(const Program& prog, const T* x1, int64_t n1, const T* x2, int
 #pragma omp barrier
         // Every thread sees the same stop here: it is only set inside the tile loop.
         if (stop.load()) continue;
-        const int64_t i0 = work[size_t(panel_first[p])].i * tile, rows = std::min(tile, n1 - i0);
+        const int64_t i0 = work[size_t(panel_first[p])].i0;
+        const int64_t rows = work[size_t(panel_first[p])].rows;
         if (symmetric && i0 > 0) {
 #pragma omp for schedule(static)
           for (int64_t c = 0; c < i0; c += 64) {
@@ -898,7 +900,8 @@ void compute_gram(const Program& prog, const T* x1, int64_t n1, const T* x2, int
         // order (the kernel then maps a large folio per fault); the next panels read them back.
 #pragma omp for schedule(static, 1) nowait
         for (int64_t r = 0; r < rows; ++r) {
-          if (nngp) copy_row(nngp + (i0 + r) * ld_nngp, nngp_panel.data() + r * n2, n2, nontemporal);
+          if (nngp)
+            copy_row(nngp + (i0 + r) * ld_nngp, nngp_panel.data() + r * n2, n2, nontemporal);
           if (ntk) copy_row(ntk + (i0 + r) * ld_ntk, ntk_panel.data() + r * n2, n2, nontemporal);
         }
         if (nontemporal) store_fence();
