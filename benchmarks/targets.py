@@ -22,6 +22,14 @@
    of --repeat), this build against --baseline-python (an interpreter with today's main
    installed; the two alternate, twice) and against neural-tangents (--nt-python, float64 only).
    Targets: >= 2x faster than today's main, >= 30x neural-tangents.
+6. What the fused-step floor allows, for the depth-10 targets of sections 1 and 5: the same Gram
+   without its activation layers (MLP(0): the input Gram, the readout and the output writes,
+   measured) plus depth x N²/2 entry-layers at the floor of benchmarks/step_floor.cpp (a fused
+   Dense + ReLU step with a polynomial acos, cheaper and less accurate than the engine's map:
+   see its header), on all threads with perfect scaling. A target above that bound cannot be
+   met by any map that evaluates the layers in float64, the accuracy contract
+   (docs/conventions.md), on this machine. With --baseline-python the small-d bound is set
+   against today's main, measured in the same run.
 The layer maps' own cost (ns per entry-layer) is benchmarks/layer_steps.py's; the large-N
 targets (N = 40000 float32 NTK, in RAM and into a memmap) are benchmarks/large_gram.py's.
 """
@@ -63,7 +71,7 @@ def main(argv=None):
     parser.add_argument("--d", type=int, default=784)
     parser.add_argument("--n-reference", type=int, default=3000)
     parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument("--sections", type=int, nargs="+", default=[1, 2, 3, 5])
+    parser.add_argument("--sections", type=int, nargs="+", default=[1, 2, 3, 5, 6])
     parser.add_argument("--baseline-python", help="interpreter with today's main (section 5)")
     parser.add_argument("--baseline-label", default="today's main")
     parser.add_argument("--nt-python", help="interpreter with neural-tangents (section 5)")
@@ -90,6 +98,8 @@ def main(argv=None):
         section_gemm_per_tile(args, x64, say)
     if 5 in args.sections:
         section_small_d(args, say)
+    if 6 in args.sections:
+        section_floor_bound(args, x64, say)
     say(f"load average at end {os.getloadavg()[0]:.2f}")
     if args.output:
         args.output.write_text("\n".join(lines) + "\n")
@@ -201,6 +211,59 @@ def section_small_d(args, say):
         speed = f"{b / t:.2f}x" if b else "—"
         say(f"| {dtype} | {t:.3f} s | {f'{b:.3f} s' if b else '—'} | {speed} | {nt_cell} | "
             f"{speed_nt} |")
+    say("")
+
+
+def section_floor_bound(args, x64, say):
+    from layer_steps import floor
+
+    isa = ntkfast.get_config()["cpu"]["kernels"]
+    threads = ntkfast.get_config()["cpu"]["threads"]
+    step = floor(isa).get("float64 poly-acos") if isa in ("avx512", "avx2") else None
+    if step is None:
+        say("## 6. skipped: no C++ compiler, or no AVX2 / AVX-512 kernels, for the step floor")
+        say("")
+        return
+    depth = SMALL_D["depth"]  # 10, as in section 1's deeper target
+    say(f"## 6. What the fused-step floor allows: depth {depth}, floor {step:.2f} ns per "
+        f"entry-layer per thread (float64 poly-acos, {isa}), {threads} threads, best of "
+        f"{args.repeat}")
+    say("")
+    say("| case | x @ x.T or main | gram without its layers (MLP(0)) | + layers at the floor | "
+        "best attainable | target |")
+    say("|---|---:|---:|---:|---:|---:|")
+
+    def layers_at_floor(n):
+        return depth * n * n / 2 * step * 1e-9 / threads
+
+    bare = ntkfast.MLP(0, "relu", W_std=1.5, b_std=0.05)
+    for dtype in ("float64", "float32"):
+        x = x64.astype(dtype)
+        gemm, gram0 = [], []
+        for _ in range(args.repeat):  # alternate, so drifts hit both alike
+            gemm.append(_seconds(lambda: x @ x.T))
+            gram0.append(_seconds(lambda: ntkfast.gram(x, net=bare)))
+        bound = min(gram0) + layers_at_floor(args.n)
+        ratio = bound / min(gemm)
+        say(f"| section 1, {dtype}, N = {args.n}, d = {args.d} | {min(gemm):.3f} s | "
+            f"{min(gram0):.3f} s | {bound:.3f} s | {ratio:.3f} x `x @ x.T` | "
+            f"<= {TARGETS[depth]} {'attainable' if ratio <= TARGETS[depth] else 'NOT attainable'} |")
+    n, d = SMALL_D["n"], SMALL_D["d"]
+    for dtype in ("float64", "float32"):
+        spec = dict(impl="ntkfast", n=n, d=d, depth=0, dtype=dtype, activation="relu",
+                    W_std=1.5, b_std=0.05, repeat=args.repeat)
+        bare_time = _small_d_time(spec)[0]
+        bound = bare_time + layers_at_floor(n)
+        main_time = None
+        if args.baseline_python:
+            main_time = _small_d_time({**spec, "depth": depth}, args.baseline_python)[0]
+        if main_time:
+            cells = (f"{main_time:.3f} s", f"{main_time / bound:.2f}x faster than main",
+                     f">= 2x {'attainable' if main_time / bound >= 2 else 'NOT attainable'}")
+        else:
+            cells = ("—", "—", ">= 2x (no --baseline-python)")
+        say(f"| section 5, {dtype}, N = {n}, d = {d} | {cells[0]} | {bare_time:.3f} s | "
+            f"{bound:.3f} s | {cells[1]} | {cells[2]} |")
     say("")
 
 
