@@ -217,3 +217,55 @@ def test_memmap_output_on_a_full_disk_is_an_oserror(tmp_path):
     assert proc.returncode == 0, f"exit {proc.returncode} (SIGBUS is -7): {proc.stderr}"
     assert "OSError:" in proc.stdout and "No space left on device" in proc.stdout, proc.stdout
     assert "out: cannot reserve 8.0 MB on disk for the output file" in proc.stdout, proc.stdout
+
+
+def test_a_disk_without_the_space_is_refused_before_any_block_is_reserved(tmp_path, rng,
+                                                                          monkeypatch):
+    """ext4's posix_fallocate keeps the blocks it got before failing, which would leave the disk
+    full; the free space is compared first. An r+ map of written data needs no new blocks."""
+    reserved = []
+    monkeypatch.setattr(_validation, "_free_bytes", lambda fd: 1 << 20)
+    monkeypatch.setattr(_validation.os, "posix_fallocate", lambda *a: reserved.append(a))
+    x = rng.standard_normal((600, 5))
+    path = tmp_path / "k.npy"
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float64, shape=(600, 600))
+    with pytest.raises(OSError, match=r"out: cannot reserve 2.9 MB on disk for the output file "
+                                      r".*k.npy: No space left on device \(1.0 MB free\)"):
+        nf.gram(x, net=NET, get="ntk", out=out)
+    assert not reserved and not out.any()
+    del out
+    np.save(path, np.ones((600, 600)))  # every block written: nothing more to reserve
+    out = np.load(path, mmap_mode="r+")
+    nf.gram(x, net=NET, get="ntk", out=out)
+    np.testing.assert_array_equal(out, nf.gram(x, net=NET, get="ntk"))
+
+
+def test_two_maps_of_one_file_part_are_an_overlap(tmp_path, rng):
+    """np.may_share_memory compares addresses: two memory maps of one file look disjoint to it,
+    and the outputs would overwrite each other or an input (wrong numbers, a destroyed input)."""
+    x = rng.standard_normal((300, 300))
+    path, inputs = tmp_path / "k.bin", tmp_path / "x.npy"
+    a = np.memmap(path, np.float64, "w+", shape=(300, 300))
+    b = np.memmap(path, np.float64, "r+", shape=(300, 300))
+    with pytest.raises(ValueError, match="out: the nngp and ntk arrays map the same part of the "
+                                         "file .*k.bin"):
+        nf.gram(x, net=NET, out=(a, b))
+    np.save(inputs, x)
+    for x1, x2 in [(np.load(inputs, mmap_mode="r"), None), (x, np.load(inputs, mmap_mode="r")),
+                   (np.load(inputs, mmap_mode="c"), None)]:  # a private map sees the file too
+        with pytest.raises(ValueError, match="out maps the same part of the file .*x.npy as an "
+                                             "input array"):
+            nf.gram(x1, x2, net=NET, get="ntk", out=np.load(inputs, mmap_mode="r+"))
+    np.testing.assert_array_equal(np.load(inputs), x)  # the input file is untouched
+    # allowed: disjoint parts of one file, and a copy-on-write output (its writes stay private)
+    both = np.memmap(path, np.float64, "w+", shape=(600, 300))
+    nngp = np.memmap(path, np.float64, "r+", shape=(300, 300))
+    ntk = np.memmap(path, np.float64, "r+", shape=(300, 300), offset=300 * 300 * 8)
+    expected = nf.gram(x, net=NET)
+    nf.gram(x, net=NET, out=(nngp, ntk))
+    np.testing.assert_array_equal(both[:300], expected.nngp)
+    np.testing.assert_array_equal(both[300:], expected.ntk)
+    private = nf.gram(np.load(inputs, mmap_mode="r"), net=NET, get="ntk",
+                      out=np.load(inputs, mmap_mode="c"))
+    np.testing.assert_array_equal(private, expected.ntk)
+    np.testing.assert_array_equal(np.load(inputs), x)

@@ -19,7 +19,7 @@ from ._layers import lower, series_activations
 from ._program import compiled_program
 from ._progress import Progress
 from ._series import series_inputs
-from ._validation import check_host_output, check_memory, human_bytes, is_cupy, out_label
+from ._validation import check_host_output, check_memory, check_outputs_disjoint, human_bytes, is_cupy, out_label
 
 __all__ = ["gram", "diagonal", "tf32_state"]
 
@@ -217,9 +217,11 @@ def _prepare_outputs(cp, request, gpu_inputs, on_host, device):
         else:
             _check_out_device(cp, arr, out_label(name, request.single), shape, dtype, device,
                               inputs if gpu_inputs else [])
-    if len(given) == 2 and (np.may_share_memory if on_host else cp.may_share_memory)(
-            given["nngp"], given["ntk"]):
-        raise ValueError("out: the nngp and ntk arrays overlap")
+    if len(given) == 2:
+        if on_host:
+            check_outputs_disjoint(given["nngp"], given["ntk"])
+        elif cp.may_share_memory(given["nngp"], given["ntk"]):
+            raise ValueError("out: the nngp and ntk arrays overlap")
     missing = [n for n in names if n not in given]
     result = dict(given)
     if on_host:

@@ -24,7 +24,7 @@ from ._layers import Layer, as_network
 
 __all__ = ["Kernels", "GramRequest", "gram_request", "points_request", "diagonal_request", "parse_get",
            "check_points", "read_array", "check_real_dtype", "reject_non_finite", "result_dtype", "available_memory", "human_bytes",
-           "check_host_output", "reserve_file_backing", "is_cupy", "MAX_THREADS", "MAX_TILE"]
+           "check_host_output", "check_outputs_disjoint", "reserve_file_backing", "is_cupy", "MAX_THREADS", "MAX_TILE"]
 
 #: The result of a multi-kernel request: ``Kernels(nngp=..., ntk=...)`` (None where not requested).
 Kernels = collections.namedtuple("Kernels", ["nngp", "ntk"])
@@ -310,9 +310,9 @@ def out_label(name, single):
 
 def check_host_output(arr, name, shape, dtype, inputs):
     """A writable, C-contiguous NumPy array (np.memmap allowed) of the result's shape and dtype
-    that overlaps no input; a file-backed one gets its disk blocks reserved now (a full disk is an
-    OSError here, not a SIGBUS in the middle of the computation). Returns whether it is
-    file-backed."""
+    that overlaps no input, in memory or in a file; a file-backed one gets its disk blocks
+    reserved now (a full disk is an OSError here, not a SIGBUS in the middle of the
+    computation). Returns whether it is file-backed."""
     if not isinstance(arr, np.ndarray):
         if is_cupy(arr):
             raise TypeError(f"{name}: a CuPy array needs backend='cuda' with CuPy inputs")
@@ -326,59 +326,130 @@ def check_host_output(arr, name, shape, dtype, inputs):
         raise ValueError(f"{name} is read-only")
     if any(np.may_share_memory(arr, x) for x in inputs):
         raise ValueError(f"{name} overlaps an input array")
-    return reserve_file_backing(arr, name)
+    mappings = _file_mappings()
+    for x in inputs:
+        path = _shared_file_part(arr, x, mappings)
+        if path:
+            raise ValueError(f"{name} maps the same part of the file {path} as an input array "
+                             "(two memory maps of one file): the outputs would overwrite the "
+                             "input while it is read")
+    return reserve_file_backing(arr, name, mappings)
 
 
-def _file_mappings(address, size):
-    """(path, file offset, length) of the shared file mappings covering [address, address+size)."""
+def check_outputs_disjoint(nngp, ntk):
+    """The two host outputs share no memory and no part of a file."""
+    if np.may_share_memory(nngp, ntk):
+        raise ValueError("out: the nngp and ntk arrays overlap")
+    path = _shared_file_part(nngp, ntk, _file_mappings())
+    if path:
+        raise ValueError(f"out: the nngp and ntk arrays map the same part of the file {path} "
+                         "(two memory maps of one file)")
+
+
+FileMapping = collections.namedtuple("FileMapping", "start end shared file path offset")
+
+
+def _file_mappings():
+    """The process's file-backed memory mappings, from /proc/self/maps (none without /proc):
+    address range, whether writes reach the file (shared), the file's identity (device, inode),
+    its path and the file offset of ``start``."""
     found = []
     try:
         with open("/proc/self/maps") as maps:
             for line in maps:
                 fields = line.split(maxsplit=5)
-                if len(fields) < 6 or fields[1][3] != "s":  # only shared mappings reach the file
-                    continue
-                start, end = (int(v, 16) for v in fields[0].split("-"))
-                lo, hi = max(start, address), min(end, address + size)
-                if lo >= hi:
+                if len(fields) < 6 or fields[4] == "0":  # anonymous memory
                     continue
                 path = fields[5].rstrip("\n")
                 if not path.startswith("/") or path.endswith(" (deleted)"):
                     continue
-                found.append((path, int(fields[2], 16) + (lo - start), hi - lo))
-    except OSError:  # no /proc (not Linux): nothing to reserve
+                start, end = (int(v, 16) for v in fields[0].split("-"))
+                found.append(FileMapping(start, end, fields[1][3] == "s", (fields[3], fields[4]),
+                                         path, int(fields[2], 16)))
+    except OSError:  # not Linux
         pass
     return found
 
 
-def reserve_file_backing(arr, name):
+def _file_parts(arr, mappings, shared_only):
+    """(file identity, path, first byte, end byte) of the file ranges under arr's memory."""
+    if not mappings or arr.size == 0:
+        return []
+    low, high = _byte_bounds(arr)
+    parts = []
+    for m in mappings:
+        lo, hi = max(m.start, low), min(m.end, high)
+        if lo < hi and (m.shared or not shared_only):
+            parts.append((m.file, m.path, m.offset + lo - m.start, m.offset + hi - m.start))
+    return parts
+
+
+def _shared_file_part(written, other, mappings):
+    """The path of a file that ``written`` (an output) writes through a shared mapping where
+    ``other`` maps it too (a private map of a file sees the file's pages until it writes them),
+    else None. np.may_share_memory compares addresses, so it cannot see two maps of one file."""
+    for file, path, lo, hi in _file_parts(written, mappings, shared_only=True):
+        for other_file, _, other_lo, other_hi in _file_parts(other, mappings, shared_only=False):
+            if file == other_file and lo < other_hi and other_lo < hi:
+                return path
+    return None
+
+
+def _byte_bounds(arr):
+    utils = getattr(np.lib, "array_utils", None)  # NumPy >= 2.0; np.byte_bounds before
+    return (utils.byte_bounds if utils else np.byte_bounds)(arr)
+
+
+def reserve_file_backing(arr, name, mappings=None):
     """Allocate the disk blocks under a file-backed output before the engine writes to it.
 
     Writing to a memory map of a sparse file (np.lib.format.open_memmap makes one) allocates
     blocks on the first store to each page; on a full disk the kernel answers with SIGBUS, which
-    kills the process. posix_fallocate makes that an OSError, raised here, before any work.
-    Returns whether arr maps a file at all (the engine then writes it row panel by row panel,
-    each page once and in order)."""
-    mappings = _file_mappings(arr.ctypes.data, arr.nbytes) if arr.size else []
+    kills the process. posix_fallocate makes that an OSError, raised here, before any work. The
+    free space is compared first, because a failed posix_fallocate keeps the blocks it got (on
+    ext4), which would leave the disk full. Returns whether arr maps a file at all (the engine
+    then writes it row panel by row panel, each page once and in order)."""
+    if mappings is None:
+        mappings = _file_mappings()
+    parts = _file_parts(arr, mappings, shared_only=True)
     if not hasattr(os, "posix_fallocate"):
-        return bool(mappings)
-    for path, offset, length in mappings:
+        return bool(parts)
+    for _, path, first, end in parts:
         page = mmap.ALLOCATIONGRANULARITY
-        start = offset // page * page
+        start = first // page * page
         try:
             fd = os.open(path, os.O_RDWR)
         except OSError:
             continue  # not ours to extend (the mapping itself is writable, so this is rare)
         try:
-            os.posix_fallocate(fd, start, offset + length - start)
-        except OSError as error:
-            if error.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
-                continue  # the file system cannot reserve blocks; nothing to check
-            raise OSError(error.errno, f"{name}: cannot reserve {human_bytes(length)} on disk for "
-                                       f"the output file {path}: {os.strerror(error.errno)}") from None
+            free = _free_bytes(fd)
+            missing = end - start - min(os.fstat(fd).st_blocks * 512, end - start)
+            if free is not None and missing > free:  # at most this many bytes are new (fewer where the file has blocks)
+                raise OSError(errno.ENOSPC, f"{name}: cannot reserve {human_bytes(end - first)} "
+                                            f"on disk for the output file {path}: "
+                                            f"{os.strerror(errno.ENOSPC)} ({human_bytes(free)} "
+                                            "free)")
+            try:
+                os.posix_fallocate(fd, start, end - start)
+            except OSError as error:
+                if error.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                    continue  # the file system cannot reserve blocks; nothing to check
+                raise OSError(error.errno, f"{name}: cannot reserve {human_bytes(end - first)} "
+                                           f"on disk for the output file {path}: "
+                                           f"{os.strerror(error.errno)}") from None
         finally:
             os.close(fd)
-    return bool(mappings)
+    return bool(parts)
+
+
+def _free_bytes(fd):
+    """Free space on fd's file system, as this process may use it (root may use the blocks
+    ext4 reserves for it); None where the file system reports no size (some FUSE and
+    pseudo file systems), whose answer would mean nothing."""
+    fs = os.fstatvfs(fd)
+    if fs.f_blocks == 0:
+        return None
+    return (fs.f_bfree if os.geteuid() == 0 else fs.f_bavail) * fs.f_frsize
 
 
 # ----------------------------------------------------------------------------------------------
@@ -431,8 +502,8 @@ def _check_cpu_outputs(request, inputs):
     shape, dtype = request.shape, request.dtype
     file_backed = [check_host_output(arr, out_label(name, request.single), shape, dtype, inputs)
                    for name, arr in request.out.items()]
-    if len(request.out) == 2 and np.may_share_memory(request.out["nngp"], request.out["ntk"]):
-        raise ValueError("out: the nngp and ntk arrays overlap")
+    if len(request.out) == 2:
+        check_outputs_disjoint(request.out["nngp"], request.out["ntk"])
     missing = [n for n in request.names if n not in request.out]
     if missing:
         check_memory(shape, dtype, len(missing), "gram")
