@@ -25,6 +25,7 @@ import pytest
 from scipy import special
 
 import ntkfast as nf
+from ntkfast import _series
 from conftest import interrupt_script
 from oracles import ntkfast_dual, piecewise_quadrature
 
@@ -602,3 +603,18 @@ def test_progress_inside_a_tile_of_fallback_entries():
     with warnings.catch_warnings(), pytest.raises(KeyboardInterrupt):
         warnings.simplefilter("ignore")
         nf.gram(x, net=net, tile_size=512, progress=cancel)
+
+
+@pytest.mark.parametrize("activation", ["elu", "selu", "softplus", "mish"])
+def test_the_callers_numpy_error_state_changes_nothing(activation, rng):
+    """Under np.errstate(all='raise') the tables' quadrature used to raise on harmless
+    underflow (wide inputs), and only when no earlier call had cached them."""
+    x = rng.standard_normal((5, 8)) * 30
+    net = nf.MLP(1, activation)
+    _series._octave.cache_clear()
+    _series._fallback_record.cache_clear()
+    with np.errstate(all="raise"):
+        strict = nf.gram(x, net=net)
+        assert np.geterr()["under"] == "raise"  # the caller's state is back
+    np.testing.assert_array_equal(strict.ntk, nf.gram(x, net=net).ntk)
+    np.testing.assert_array_equal(strict.nngp, nf.gram(x, net=net).nngp)

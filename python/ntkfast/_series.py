@@ -513,9 +513,13 @@ def series_inputs(layers, ops, pool, x1, x2, num_threads, dtype, dual_kernels=No
     float64 = np.dtype(dtype) == np.float64
     # Entries whose bound exceeds fallback_rtol are computed by 2-D quadrature instead.
     rtol, fallback_rtol, warn_rtol = (1e-14, 1e-12, 1e-10) if float64 else (1e-8, 1e-7, 1e-6)
-    ops, tables, profiles, fallbacks = _tables(ops, pool, series,
-                                               [x1] if x2 is None else [x1, x2], threads, rtol,
-                                               dual_kernels)
+    # NumPy's default error state, whatever the caller's: products underflowing in the
+    # quadrature are zeros, not errors, and non-finite values are checked explicitly (_checked),
+    # so the tables do not depend on np.seterr or on which call built them first.
+    with np.errstate(divide="warn", over="warn", under="ignore", invalid="warn"):
+        ops, tables, profiles, fallbacks = _tables(ops, pool, series,
+                                                   [x1] if x2 is None else [x1, x2], threads,
+                                                   rtol, dual_kernels)
     tables1, tables2 = tables[0], (tables[1] if x2 is not None else None)
     return SeriesInputs(compiled_program(ops, pool), tables1, tables2, profiles, fallbacks,
                         fallback_rtol / rtol, series, rtol, warn_rtol, ops)
