@@ -6,6 +6,7 @@ output. Where the public API validates first, the engine is called directly with
 program, so these tests hold whatever the Python layer checks.
 """
 import math
+import os
 import re
 import subprocess
 import sys
@@ -220,6 +221,37 @@ def test_engine_gram_in_forked_child():
     result = subprocess.run([sys.executable, "-W", "ignore", "-c", script], timeout=120,
                             capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
+
+
+def test_a_child_forked_during_a_call_gets_the_blas_threads_back():
+    """fork() while another thread was inside gram: the child inherited the BLAS limit of one
+    thread with nobody left to restore it, so it stayed there for good (even after the child's
+    own calls)."""
+    script = textwrap.dedent("""
+        import os, sys
+        import numpy as np
+        import ntkfast
+        from ntkfast import _blas
+        from threadpoolctl import threadpool_info
+        def blas_threads():
+            return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+        _blas.ensure_loaded()
+        before = blas_threads()
+        with _blas.single_threaded():  # a call in flight, as another thread's gram would be
+            assert blas_threads() == [1] * len(before)
+            pid = os.fork()
+            if pid == 0:
+                ok = blas_threads() == before
+                ntkfast.gram(np.ones((50, 3)), net=ntkfast.MLP(1))
+                os._exit(0 if ok and blas_threads() == before else 1)
+            _, status = os.waitpid(pid, 0)
+        print("ok" if os.waitstatus_to_exitcode(status) == 0 and blas_threads() == before
+              and max(before) > 1 else f"child {status}, parent {blas_threads()} vs {before}")
+    """)
+    result = subprocess.run([sys.executable, "-W", "ignore", "-c", script], timeout=120,
+                            capture_output=True, text=True,
+                            env={**os.environ, "OPENBLAS_NUM_THREADS": "2"})
+    assert result.returncode == 0 and result.stdout.strip() == "ok", (result.stdout, result.stderr)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ thread of its own (threadpoolctl) to avoid oversubscription.
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 
 from . import _core
@@ -59,6 +60,22 @@ def single_threaded():
             if _limit_users == 0:
                 _limit_restore.restore_original_limits()
                 _limit_restore = None
+
+
+def _after_fork_in_child():
+    """A child forked while other threads of the parent were inside single_threaded(): those
+    threads do not exist here, so nothing will ever restore the limit they set (the child's BLAS
+    would stay at one thread for good), and a lock one of them held would stay held."""
+    global _lock, _limit_lock, _limit_users, _limit_restore
+    _lock, _limit_lock = threading.Lock(), threading.Lock()
+    if _limit_users:
+        _limit_users = 0
+        restore, _limit_restore = _limit_restore, None
+        restore.restore_original_limits()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def info():
