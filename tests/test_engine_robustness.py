@@ -257,6 +257,27 @@ def test_a_child_forked_during_a_call_gets_the_blas_threads_back():
 # ------------------------------------------------------------------------------------------------
 # Thread counts and tiles: reject the absurd, clamp the oversized, never abort.
 
+def test_a_huge_thread_count_on_a_small_gram_uses_no_more_threads_than_tiles():
+    """num_threads=1024 on a 3-tile Gram: every thread of the team allocated its tile buffers
+    (3.5 MB each), 3.6 GB in all, and the call took seconds instead of milliseconds."""
+    script = textwrap.dedent("""
+        import resource
+        import numpy as np
+        import ntkfast
+        x = np.random.default_rng(0).standard_normal((600, 20))
+        net = ntkfast.MLP(2)
+        expected = ntkfast.gram(x, net=net, num_threads=2)
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        k = ntkfast.gram(x, net=net, num_threads=1024)
+        grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+        same = np.array_equal(k.ntk, expected.ntk) and np.array_equal(k.nngp, expected.nngp)
+        print("ok" if same and grown < 200_000 else f"same={same}, peak grew by {grown} KiB")
+    """)
+    result = subprocess.run([sys.executable, "-c", script], timeout=300, capture_output=True,
+                            text=True)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", (result.stdout, result.stderr)
+
+
 def test_engine_rejects_absurd_thread_counts():
     x = np.random.default_rng(10).standard_normal((8, 3))
     with pytest.raises(ValueError, match="num_threads"):

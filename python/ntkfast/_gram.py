@@ -41,7 +41,8 @@ def gram(x1, x2=None, *, net, get=("nngp", "ntk"), dtype=None, out=None, backend
     backend : {'auto', 'cpu', 'cuda'}
         'auto' follows the data (CuPy arrays -> 'cuda').
     num_threads : int, optional
-        OpenMP threads, 1 to 1024 (default: all, or OMP_NUM_THREADS). In a child process made by
+        OpenMP threads, 1 to 1024 (default: all, or OMP_NUM_THREADS); never more than the Gram
+        has tiles (each thread holds a tile's buffers). In a child process made by
         ``fork`` after the parent used the engine, the engine runs single-threaded (the OpenMP
         runtime cannot be used across fork); use the 'spawn' or 'forkserver' start method of
         multiprocessing for parallel children.

@@ -362,7 +362,8 @@ RowStats row_stats(const ProgramView& prog, const T* x, int64_t n, int64_t d, bo
   int32_t* rescale = st.rescale.data();
   const double* series_rows = copy_series_tables(prog, series, n, stride, st.series_copy);
   st.series = series_rows;
-#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1 && blocks > 1)
+#pragma omp parallel for schedule(static) num_threads(std::min<int64_t>(threads, blocks)) \
+    if (threads > 1 && blocks > 1)
   for (int64_t b = 0; b < blocks; ++b) {
     const int64_t i0 = b * kRowPad, i1 = std::min(n, i0 + kRowPad);
     for (int64_t i = i0; i < i1; ++i) {
@@ -398,7 +399,8 @@ RowStats row_stats(const ProgramView& prog, const T* x, int64_t n, int64_t d, bo
       for (int64_t i = 0; i < n; ++i) sq[(k + 1) * stride + i] = std::sqrt(q[(k + 1) * stride + i]);
     }
     const ProgramView view = segment_view(prog, segment);
-#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1 && blocks > 1)
+#pragma omp parallel for schedule(static) num_threads(std::min<int64_t>(threads, blocks)) \
+    if (threads > 1 && blocks > 1)
     for (int64_t b = 0; b < blocks; ++b) {
       const int64_t i0 = b * kRowPad;
       const RowTables tables{q + i0, sq + i0, stride, rescale + i0,
@@ -741,7 +743,10 @@ void compute_gram(const Program& prog, const T* x1, int64_t n1, const T* x2, int
     panel_first.push_back(total);
   }
 
-#pragma omp parallel num_threads(threads) if (threads > 1)
+  // No more threads than tiles: each allocates its tile buffers (~3.5 MB at the default tile),
+  // and an oversized team (num_threads=1024 on a small Gram) cost seconds and gigabytes.
+  const int team_size = int(std::min<int64_t>(threads, std::max<int64_t>(total, 1)));
+#pragma omp parallel num_threads(team_size) if (team_size > 1)
   {
     // Per thread: the tile's input Gram, its finished NNGP/NTK (tile by tile), a transpose
     // scratch, and with callback ops the (c, t) between segments.
