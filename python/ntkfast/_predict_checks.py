@@ -155,12 +155,36 @@ def package(names, single, values):
     return cls(*(values[g] for g in names))
 
 
-def regulariser(backend, k, diag_reg, absolute):
+def regulariser(backend, k, diag_reg, absolute, name="k_train_train"):
     """λ: diag_reg, or diag_reg · mean(diag k) (neural-tangents' relative scale)."""
     diag_reg = real_scalar(diag_reg, "diag_reg", minimum=0.0)
     if absolute or diag_reg == 0.0:
         return diag_reg
-    return diag_reg * float(backend.xp.trace(k)) / k.shape[0]
+    return relative_regulariser(diag_reg, float(backend.xp.trace(k)) / k.shape[0], name)
+
+
+def relative_regulariser(diag_reg, mean_diagonal, name):
+    """diag_reg · mean(diag k), or a ValueError when the product overflows: an infinite λ would
+    otherwise surface later as a NaN eigenvalue blamed on the kernel."""
+    with np.errstate(over="ignore"):
+        reg = float(np.float64(diag_reg) * np.float64(mean_diagonal))
+    if not np.isfinite(reg):
+        raise ValueError(f"diag_reg · mean(diag({name})) overflows: diag_reg = {diag_reg!r}, "
+                         f"mean(diag({name})) = {mean_diagonal!r}; pass a smaller diag_reg (it "
+                         "is relative to the kernel's mean diagonal unless "
+                         "diag_reg_absolute_scale=True)")
+    return reg
+
+
+def check_maxiter(maxiter):
+    """None or a positive integer: the iterative path's limit on CG iterations (t = ∞) and
+    Lanczos steps (finite t)."""
+    if maxiter is None:
+        return None
+    if isinstance(maxiter, bool) or not isinstance(maxiter, numbers.Integral) or maxiter < 1:
+        raise ValueError(f"maxiter must be None or a positive integer (the iteration limit of "
+                         f"the iterative solvers), got {maxiter!r}")
+    return int(maxiter)
 
 
 def flat_targets(y):

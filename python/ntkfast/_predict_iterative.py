@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._solvers import DenseOperator, block_cg, dynamics_functions, lanczos_functions, \
-    nystrom_preconditioner
+from . import _predict_checks, _predict_linalg
+from ._predict_core import check_psd
+from ._solvers import ConvergenceError, DenseOperator, block_cg, dynamics_functions, \
+    lanczos_functions, nystrom_preconditioner
 from ._validation import is_cupy
 
 __all__ = ["SOLVERS", "IterativeSystem", "is_operator", "as_operator", "apply_cross",
@@ -44,7 +46,9 @@ def iterative_requested(solver, kernel):
 
 
 def as_operator(k, name):
-    """The operator protocol for a train kernel: operators as they are, arrays wrapped."""
+    """The operator protocol for a train kernel: operators as they are, arrays wrapped after
+    the exact path's checks (real, 2-D, square, non-empty, finite, symmetric). A float32 array
+    stays float32: the checks make no copy of it, the iterative path exists for memory."""
     if is_operator(k):
         for attr in ("diagonal", "columns"):
             if not callable(getattr(k, attr, None)):
@@ -59,7 +63,9 @@ def as_operator(k, name):
     if is_cupy(k):
         raise TypeError(f"{name}: the iterative solvers run on the CPU; pass a NumPy array or a "
                         "KernelOperator")
-    return DenseOperator(k)
+    arr = _predict_checks.train_kernel(_predict_linalg.CPU, k, name,
+                                       _predict_checks.compute_dtype(k))
+    return DenseOperator(arr)
 
 
 def apply_cross(k_td, m, n_train, name):
@@ -81,10 +87,11 @@ def default_preconditioner_rank(n):
 class IterativeSystem:
     """Θ̃ = Θ + λI of a train-kernel operator, for predict's solves and dynamics."""
 
-    def __init__(self, op, shift, *, tol=None, maxiter=None, preconditioner_rank=None,
-                 progress=False):
-        self.op, self.shift, self.n = op, float(shift), op.shape[0]
-        self.tol, self.maxiter, self.progress = tol, maxiter, progress
+    def __init__(self, op, shift, *, name="k_train_train", tol=None, maxiter=None,
+                 preconditioner_rank=None, progress=False):
+        self.op, self.shift, self.n, self.name = op, float(shift), op.shape[0], name
+        self.tol, self.progress = tol, progress
+        self.maxiter = _predict_checks.check_maxiter(maxiter)
         if preconditioner_rank is None:
             preconditioner_rank = default_preconditioner_rank(self.n)
         if isinstance(preconditioner_rank, bool) or not isinstance(preconditioner_rank, (int, np.integer)) \
@@ -113,10 +120,36 @@ class IterativeSystem:
         return np.zeros_like(b)
 
     def dynamics(self, tau, scale, r0):
-        """(e^{−Θ̃τ/N} r0, Θ̃⁻¹(I − e^{−Θ̃τ/N}) r0), each (T, n, k), for all τ at once."""
+        """(e^{−Θ̃τ/N} r0, Θ̃⁻¹(I − e^{−Θ̃τ/N}) r0), each (T, n, k), for all finite τ at once,
+        in at most ``maxiter`` Lanczos steps. A ValueError naming the kernel when a Ritz value
+        proves Θ̃ indefinite: the functions clip λ < 0 to 0, which would silently freeze those
+        outputs where the true flow diverges."""
         functions = dynamics_functions(tau, scale)
-        values, self.last_info = lanczos_functions(self.op, r0, functions, shift=self.shift,
-                                                   tol=self.tol, progress=self.progress)
+        try:
+            values, self.last_info = lanczos_functions(
+                self.op, r0, functions, steps=self.maxiter, shift=self.shift, tol=self.tol,
+                progress=self.progress)
+        except ConvergenceError as error:
+            if error.info is not None:  # an indefinite kernel is the better diagnosis
+                self._check_psd(error.info)
+            # lanczos_functions speaks of `steps`; predict's callers set them with maxiter
+            steps = int(error.info.steps.max()) if error.info is not None else self.maxiter
+            raise ConvergenceError(
+                f"the Lanczos dynamics of {self.name} (finite t) did not reach tol in "
+                f"{steps} steps (maxiter={self.maxiter}): worst estimated relative error "
+                f"{float(np.max(error.residuals)):.3e}; pass a larger maxiter (memory "
+                f"8·n_train·maxiter bytes per output column) or a larger diag_reg",
+                residuals=error.residuals, info=error.info) from error
+        self._check_psd(self.last_info)
         if values.ndim == 2:  # a single column came back without its column axis
             values = values[:, :, None]
         return functions.split(values)
+
+    def _check_psd(self, info):
+        # Ritz values lie inside the spectrum of Θ̃, so a PSD kernel never fails this beyond
+        # round-off; the tolerance is the exact path's, in the operator's own precision.
+        if not np.isfinite(info.ritz_min):
+            return
+        dtype = getattr(self.op, "dtype", np.float64)
+        eps = float(np.finfo(dtype if np.dtype(dtype).kind == "f" else np.float64).eps)
+        check_psd(info.ritz_min, info.ritz_max, self.n, eps, self.name, reg=self.shift)

@@ -672,6 +672,10 @@ class LanczosInfo:
     matmats : int
     elapsed : float
     tol : float
+    ritz_min, ritz_max : float -- the smallest and largest Ritz value seen at any check, over
+        all columns (NaN when no column ran a step). Ritz values of K + shift·I lie inside its
+        spectrum, so ritz_min ≥ λ_min and ritz_max ≤ λ_max up to round-off: a clearly negative
+        ritz_min proves the operator is not positive semi-definite.
     """
 
     steps: np.ndarray
@@ -680,6 +684,8 @@ class LanczosInfo:
     matmats: int
     elapsed: float
     tol: float
+    ritz_min: float = float("nan")
+    ritz_max: float = float("nan")
 
 
 #: The smallest Ritz value must have moved by less than this (relative) over the last
@@ -775,6 +781,7 @@ def lanczos_functions(op, b, functions, *, steps=None, tol=None, reorthogonalize
     active = ~converged
     q[active, 0] = (bb[:, active] / np.where(active, beta0, 1.0)[active]).T
     matmats = 0
+    ritz_min, ritz_max = np.inf, -np.inf
     bar = _Bar(progress, steps, "lanczos")
     try:
         for j in range(steps):
@@ -813,6 +820,7 @@ def lanczos_functions(op, b, functions, *, steps=None, tol=None, reorthogonalize
                 coef, ritz, fmax = _krylov_coefficients(functions, alpha[c, :j + 1],
                                                         beta[c, :j], n_funcs)
                 theta_min[c, j] = ritz[0]
+                ritz_min, ritz_max = min(ritz_min, ritz[0]), max(ritz_max, ritz[-1])
                 norm = beta0[c] * np.linalg.norm(coef, axis=0)
                 if invariant[i]:
                     exact[c] = True
@@ -852,8 +860,11 @@ def lanczos_functions(op, b, functions, *, steps=None, tol=None, reorthogonalize
         bar.close()
 
     # columns still active ran out of steps (their result was formed at the last step)
+    seen = ritz_min <= ritz_max
     info = LanczosInfo(steps_done, estimates, bool(converged.all()), matmats,
-                       time.perf_counter() - t_start, tol)
+                       time.perf_counter() - t_start, tol,
+                       float(ritz_min) if seen else float("nan"),
+                       float(ritz_max) if seen else float("nan"))
     if not info.converged:
         bad = np.flatnonzero(~converged)
         worst = int(bad[np.argmax(estimates[:, bad].max(axis=0))])

@@ -39,10 +39,11 @@ import typing
 import numpy as np
 
 from . import _predict_iterative, _predict_linalg
-from ._predict_checks import (GRAM_OPTIONS, as_array, check_points, check_trace_axes, compute_dtype,
-                              cross_kernel, flat_targets, initial_outputs, loss_scale_value,
-                              package, parse_get, real_scalar, regulariser, square_test_kernel,
-                              targets, times_array, train_kernel, unflatten)
+from ._predict_checks import (GRAM_OPTIONS, as_array, check_maxiter, check_points,
+                              check_trace_axes, compute_dtype, cross_kernel, flat_targets,
+                              initial_outputs, loss_scale_value, package, parse_get, real_scalar,
+                              regulariser, relative_regulariser, square_test_kernel, targets,
+                              times_array, train_kernel, unflatten)
 from ._predict_core import KernelSystem, batched_products, check_psd, psd_tolerance, symmetrize
 from ._predict_linalg import is_cupy
 from ._validation import Kernels
@@ -126,14 +127,18 @@ def gradient_descent_mse(k_train_train, y_train, learning_rate=1.0, diag_reg=0.0
         iterative path for kernels too large to hold or decompose (docs/large.md):
         ``k_train_train`` may be a :class:`ntkfast.KernelOperator`; t = ∞ is solved by
         conjugate gradients preconditioned by a rank-``preconditioner_rank`` Nyström
-        approximation, finite t by one Lanczos basis for all times. 'auto' (default): 'eigh' for
-        arrays, the iterative path for operators. The last solve's report (iterations,
-        residuals) is ``predict_fn.info``.
+        approximation, finite t by one Lanczos basis for all times (t = ∞ inside a time array
+        is that solve). An array kernel gets the same checks as on the exact path, and an
+        indefinite one the same ValueError (from the Lanczos Ritz values). 'auto' (default):
+        'eigh' for arrays, the iterative path for operators. The last solver's report
+        (iterations, residuals; the CG one when the times include ∞) is ``predict_fn.info``.
     tol, maxiter, preconditioner_rank, progress
         Iterative path only: the relative residual / error target (default 1e-10 for float64
-        kernels, 1e-5 for float32), the iteration limit, the Nyström rank (default
-        min(n/4, 1000); 0 for none), a progress bar. A solve that misses ``tol`` raises
-        :class:`ntkfast.ConvergenceError` with the residual reached.
+        kernels, 1e-5 for float32); the iteration limit, None or a positive integer (checked
+        on every path): CG iterations at t = ∞, Lanczos steps (the Krylov dimension, memory
+        8·n_train·maxiter bytes per output column) at finite t; the Nyström rank (default
+        min(n/4, 1000); 0 for none); a progress bar. A solve that misses ``tol`` within
+        ``maxiter`` raises :class:`ntkfast.ConvergenceError` with the residual reached.
 
     Returns
     -------
@@ -149,8 +154,11 @@ def gradient_descent_mse(k_train_train, y_train, learning_rate=1.0, diag_reg=0.0
     Raises
     ------
     TypeError, ValueError
-        Mismatched shapes, a non-square or non-symmetric train kernel, negative or NaN times,
-        NaN/Inf values; the message names the argument.
+        Mismatched shapes, a non-square, non-symmetric or not positive semi-definite train
+        kernel, negative or NaN times, NaN/Inf values, a relative ``diag_reg`` whose λ
+        overflows, ``maxiter`` not None or a positive integer; the message names the argument.
+    ntkfast.ConvergenceError
+        Iterative path: a solve missed ``tol`` within ``maxiter``.
 
     Examples
     --------
@@ -168,6 +176,7 @@ def gradient_descent_mse(k_train_train, y_train, learning_rate=1.0, diag_reg=0.0
     if hasattr(k_train_train, "ntk") and hasattr(k_train_train, "nngp"):
         raise TypeError("k_train_train must be one kernel array (e.g. kernels.ntk, or kernels.nngp "
                         "to train only the readout), got a Kernels pair")
+    maxiter = check_maxiter(maxiter)
     iterative = _predict_iterative.iterative_requested(solver, k_train_train)
     if iterative:
         system = _iterative_system(k_train_train, "k_train_train", diag_reg,
@@ -179,8 +188,8 @@ def gradient_descent_mse(k_train_train, y_train, learning_rate=1.0, diag_reg=0.0
         dtype = compute_dtype(k_train_train)
         k = train_kernel(backend, k_train_train, "k_train_train", dtype)
         n = k.shape[0]
-        system = KernelSystem(backend, k, regulariser(backend, k, diag_reg,
-                                                      diag_reg_absolute_scale), "k_train_train")
+        system = KernelSystem(backend, k, regulariser(backend, k, diag_reg, diag_reg_absolute_scale,
+                                                      "k_train_train"), "k_train_train")
     y = targets(backend, y_train, n, dtype)
     check_trace_axes(trace_axes, y.ndim)
     eta = real_scalar(learning_rate, "learning_rate", strictly_positive=True)
@@ -218,22 +227,17 @@ def gradient_descent_mse(k_train_train, y_train, learning_rate=1.0, diag_reg=0.0
             return _gd_outputs(train, test, y.ndim)
 
         times, t_shape = times_array(t)
+        with np.errstate(over="ignore"):  # η·t beyond float64 is the end of training, τ = ∞
+            tau = eta * times
+
+        def with_time_axes(a):  # (T, ...) -> (*t.shape, ...)
+            return None if a is None else a.reshape(t_shape + a.shape[1:])
+
         if iterative:
-            train = test = None
-            decay_r, growth_r = system.dynamics(eta * times, scale, r0)  # each (T, n, k)
-            if f0 is not None:
-                train = y2[None] + decay_r
-            if k_td is not None:
-                n_times, _, k_cols = growth_r.shape
-                stacked = growth_r.transpose(1, 0, 2).reshape(n, n_times * k_cols)
-                products = _predict_iterative.apply_cross(k_td, stacked, n, "k_test_train")
-                test = g0[None] - products.reshape(-1, n_times, k_cols).transpose(1, 0, 2)
+            train, test = _iterative_dynamics(system, tau, scale, y2, r0, f0 is not None, k_td, g0)
             predict_fn.info = system.last_info
-            return _gd_outputs(train.reshape(t_shape + train.shape[1:]) if train is not None
-                               else None,
-                               test.reshape(t_shape + test.shape[1:]) if test is not None
-                               else None, y.ndim)
-        decay, rise, growth = system.time_factors(eta * times, scale)
+            return _gd_outputs(with_time_axes(train), with_time_axes(test), y.ndim)
+        decay, rise, growth = system.time_factors(tau, scale)
         _, v = system.eig
         r0_eig = system.to_eigenbasis(r0)
         train = test = None
@@ -241,9 +245,6 @@ def gradient_descent_mse(k_train_train, y_train, learning_rate=1.0, diag_reg=0.0
             train = f0[None] - batched_products(xp, [v], rise, r0_eig)
         if k_td is not None:
             test = g0[None] - _test_products(xp, k_td, v, growth, r0_eig)
-        def with_time_axes(a):  # (T, ...) -> (*t.shape, ...)
-            return None if a is None else a.reshape(t_shape + a.shape[1:])
-
         return _gd_outputs(with_time_axes(train), with_time_axes(test), y.ndim)
 
     predict_fn.info = None
@@ -256,10 +257,45 @@ def _iterative_system(k, name, diag_reg, absolute, tol, maxiter, preconditioner_
     diag_reg = real_scalar(diag_reg, "diag_reg", minimum=0.0)
     shift = diag_reg
     if diag_reg and not absolute:
-        shift = diag_reg * float(np.mean(op.diagonal()))
-    return _predict_iterative.IterativeSystem(op, shift, tol=tol, maxiter=maxiter,
+        shift = relative_regulariser(diag_reg, float(np.mean(op.diagonal())), name)
+    return _predict_iterative.IterativeSystem(op, shift, name=name, tol=tol, maxiter=maxiter,
                                               preconditioner_rank=preconditioner_rank,
                                               progress=progress)
+
+
+def _iterative_dynamics(system, tau, scale, y2, r0, want_train, k_td, g0):
+    """(train (T, n, k) or None, test (T, n_test, k) or None) on the iterative path: finite τ
+    from one Lanczos basis, τ = ∞ from the solve exactly as t = None (the Ritz functions have
+    no τ = ∞ limit on a singular kernel, and a solve is cheaper), in the order of ``tau``."""
+    n, k_cols = y2.shape
+    n_times = tau.shape[0]
+    system.last_info = None  # t = [] runs no solver
+    finite = np.isfinite(tau)
+    train = np.empty((n_times, n, k_cols)) if want_train else None
+    test = np.empty((n_times, k_td.shape[0], k_cols)) if k_td is not None else None
+    growth_r = None
+    if finite.any():
+        decay_r, growth_r = system.dynamics(tau[finite], scale, r0)  # each (T_finite, n, k)
+        if want_train:
+            train[finite] = y2[None] + decay_r
+    if not finite.all():
+        if want_train:
+            train[~finite] = y2 + system.null_projection(r0)
+        if k_td is not None:
+            solved = system.solve(r0)
+            # one product with the cross kernel for all times: finite growths and the solve
+            growth_r = solved[None] if growth_r is None else np.concatenate([growth_r,
+                                                                             solved[None]])
+    if k_td is not None and growth_r is not None:
+        n_products = growth_r.shape[0]
+        stacked = growth_r.transpose(1, 0, 2).reshape(n, n_products * k_cols)
+        products = _predict_iterative.apply_cross(k_td, stacked, n, "k_test_train")
+        products = products.reshape(-1, n_products, k_cols).transpose(1, 0, 2)
+        n_finite = int(finite.sum())
+        test[finite] = g0[None] - products[:n_finite]
+        if n_finite < n_times:
+            test[~finite] = g0 - products[n_finite]
+    return train, test
 
 
 def _test_products(xp, k_td, v, factors, rhs):
@@ -417,6 +453,7 @@ def gp_inference(k_train_train, y_train, diag_reg=0.0, diag_reg_absolute_scale=F
     >>> post.mean.shape, post.covariance.shape
     ((5, 1), (5, 5))
     """
+    maxiter = check_maxiter(maxiter)
     k_first = _first_kernel(k_train_train)
     iterative = _predict_iterative.iterative_requested(solver, k_first)
     if iterative:
@@ -534,7 +571,8 @@ class _LazySystems(dict):
                                            **self.solver_options)
             else:
                 system = KernelSystem(self.backend, k, regulariser(
-                    self.backend, k, self.diag_reg, self.absolute), self.labels[name])
+                    self.backend, k, self.diag_reg, self.absolute, self.labels[name]),
+                    self.labels[name])
         self[name] = system
         return system
 
@@ -629,6 +667,7 @@ def gradient_descent_mse_ensemble(net, x_train, y_train, learning_rate=1.0, diag
     check_trace_axes(trace_axes, len(y_shape))
     eta = real_scalar(learning_rate, "learning_rate", strictly_positive=True)
     diag_reg = real_scalar(diag_reg, "diag_reg", minimum=0.0)
+    maxiter = check_maxiter(maxiter)
     scale = loss_scale_value(loss_scale, int(np.prod(y_shape)))
     if _ensemble_is_iterative(solver, net, n):
         return _iterative_ensemble(net, x_train_checked, y_train, eta, diag_reg,
@@ -666,7 +705,8 @@ def gradient_descent_mse_ensemble(net, x_train, y_train, learning_rate=1.0, diag
             return package(names, single, values)
 
         times, t_shape = times_array(t)
-        tau = eta * times
+        with np.errstate(over="ignore"):  # η·t beyond float64 is the end of training, τ = ∞
+            tau = eta * times
         values = {}
         for g in names:
             mean, cov = _ensemble_finite(state, g, tau, scale, k_td, k_tt, compute_cov)
@@ -927,7 +967,9 @@ def max_learning_rate(ntk_train_train, y_train_size=None, momentum=0.0, eps=1e-1
 
     Discrete steps f ← f − (η/N) Θ (f − y) contract iff η λ_max(Θ)/N < 2, so
     η_max = 2 (1 + momentum) N / (λ_max + eps) (neural-tangents' formula; momentum as in
-    "Why Momentum Really Works").
+    "Why Momentum Really Works"). A kernel whose largest eigenvalue is 0 (the zero kernel:
+    gradient descent never moves the outputs) has no unstable rate, and the result is ``inf``
+    for every n_train and eps, not the artefact 2N/eps.
 
     Parameters
     ----------
@@ -939,11 +981,19 @@ def max_learning_rate(ntk_train_train, y_train_size=None, momentum=0.0, eps=1e-1
     momentum : float
         In [0, 1).
     eps : float
-        Added to λ_max to avoid dividing by zero.
+        ≥ 0, added to λ_max (neural-tangents' safeguard); eps = 0 is allowed.
 
     Returns
     -------
     float
+        η_max > 0; ``inf`` when λ_max = 0 (or when 2 (1 + momentum) N / (λ_max + eps)
+        exceeds the float64 range).
+
+    Raises
+    ------
+    ValueError
+        ``ntk_train_train`` is not a square, symmetric, finite, positive semi-definite array;
+        ``y_train_size``, ``momentum`` or ``eps`` out of range.
 
     Examples
     --------
@@ -969,7 +1019,10 @@ def max_learning_rate(ntk_train_train, y_train_size=None, momentum=0.0, eps=1e-1
         raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
     eps = real_scalar(eps, "eps", minimum=0.0)
     top = _largest_eigenvalue(backend, k, "ntk_train_train")
-    return 2.0 * (1.0 + momentum) * factor / (top + eps)
+    if top <= 0.0:  # a PSD kernel with λ_max ≤ 0 (round-off) is zero: every rate is stable
+        return float("inf")
+    with np.errstate(over="ignore"):  # a denormal λ_max: the rate is beyond float64, inf
+        return float(np.float64(2.0 * (1.0 + momentum) * factor) / np.float64(top + eps))
 
 
 def _largest_eigenvalue(backend, k, name):
@@ -989,8 +1042,10 @@ def _largest_eigenvalue(backend, k, name):
         w = scipy.linalg.eigh(k, eigvals_only=True, check_finite=False, driver="evd")
         check_psd(float(w[0]), float(w[-1]), n, eps, name)
         return float(w[-1])
-    top = _lanczos_top(k)
     diag = np.diagonal(k)
+    if not diag.any() and not np.any(k):  # ARPACK stops on the zero kernel (A·v0 = 0)
+        return 0.0
+    top = _lanczos_top(k)
     i = int(diag.argmin())
     lowest = min(top, float(diag[i]))
     if lowest < -psd_tolerance(n, eps, max(abs(top), abs(lowest))):

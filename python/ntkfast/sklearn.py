@@ -578,7 +578,8 @@ _ESTIMATOR_PARAMETERS = """
         eigendecomposition fit in half the available memory, else 'cg'.
     tol, maxiter : float, int, optional
         Relative residual and iteration limit of the iterative solvers (default: 1e-10 for
-        float64, 1e-5 for float32; ``ntkfast.predict``'s limit); a solve that misses them raises
+        float64, 1e-5 for float32; ``ntkfast.predict``'s limit: CG iterations at t = None,
+        Lanczos steps at a finite t); a solve that misses them raises
         ``ntkfast.ConvergenceError``.
     dtype : {None, 'float32', 'float64'}, default=None
         Kernel dtype; None follows the input (float32 stays float32).
