@@ -48,7 +48,8 @@ from . import predict as _predict
 from ._gram import diagonal as _diagonal
 from ._gram import gram as _gram
 from ._layers import Layer, MLP, _Activation, activation_from_name
-from ._validation import available_memory
+from ._validation import (available_memory, check_real_dtype, read_array,
+                          reject_non_finite)
 
 __all__ = ["NTKRegressor", "NNGPRegressor", "NTKClassifier", "NNGPClassifier", "NNGPKernel",
            "NTKKernel"]
@@ -240,51 +241,75 @@ class _NetworkEstimator(BaseEstimator):
             num_threads=_check_int(owner, "num_threads", self.num_threads, 1, 1024,
                                    allow_none=True))
 
-    def _iterative_options(self):
-        return dict(tol=self._options["tol"], maxiter=self._options["maxiter"])
+    def _iterative_options(self, options=None):
+        options = self._options if options is None else options
+        return dict(tol=options["tol"], maxiter=options["maxiter"])
 
-    def _gram_options(self):
-        return dict(dtype=self._dtype, backend=self._options["backend"],
-                    num_threads=self._options["num_threads"])
+    def _gram_options(self, options=None):
+        options = self._options if options is None else options
+        return dict(dtype=options["dtype"], backend=options["backend"],
+                    num_threads=options["num_threads"])
 
     # -- fit -------------------------------------------------------------------------------------
 
-    def _fit_targets(self, X, Y):
-        """Fit on checked inputs X (n, d) and targets Y (n, k): the dual coefficients T_t Y."""
+    #: Every attribute a fit sets. A fit computes them all before storing any (``_commit``), so
+    #: a fit that fails (bad data, a bad parameter, a solve that does not converge) leaves the
+    #: previous model whole instead of mixing the new network or options with the old
+    #: coefficients.
+    _FITTED_ATTRIBUTES = ("net_", "_options", "solver_", "dual_coef_", "solve_info_", "X_fit_",
+                          "_cache", "_y_ndim", "classes_", "n_features_in_", "feature_names_in_")
+
+    def _prepare_fit(self, X, y, **validation):
+        """(network, options, X, y, fitted attributes so far): parameters and data checked, and
+        nothing stored on self yet. ``validate_data`` records ``n_features_in_`` and
+        ``feature_names_in_`` on the estimator it is given: an unfitted twin takes them."""
+        net = self._checked_network()
+        options = self._checked_options()
+        twin = type(self)(**self.get_params(deep=False))
+        X, y = validate_data(twin, X, y, dtype=(np.float64, np.float32), **validation)
+        fitted = {name: getattr(twin, name) for name in ("n_features_in_", "feature_names_in_")
+                  if hasattr(twin, name)}
+        return net, options, X, y, fitted
+
+    def _fit_targets(self, X, Y, net, options):
+        """The fitted attributes of checked inputs X (n, d) and targets Y (n, k): the dual
+        coefficients T_t Y and what prediction needs besides."""
         n = X.shape[0]
-        options = self._options
         solver = options["solver"]
         if solver == "auto":
             free = available_memory()
-            itemsize = np.dtype(self._dtype or X.dtype).itemsize
+            itemsize = np.dtype(options["dtype"] or X.dtype).itemsize
             dense = free is None or 6 * itemsize * n * n <= 0.5 * free
             solver = "eigh" if dense else "cg"
-        self.solver_ = solver
         common = dict(diag_reg=options["diag_reg"],
                       diag_reg_absolute_scale=options["diag_reg_absolute_scale"])
         if solver == "eigh":
-            k = _gram(X, net=self.net_, get=self._kernel, **self._gram_options())
+            k = _gram(X, net=net, get=self._kernel, **self._gram_options(options))
             fn = _predict.gradient_descent_mse(k, Y.astype(k.dtype, copy=False), solver="eigh",
                                                **common)
             identity = np.eye(n, dtype=k.dtype)
         else:
             from ._operator import KernelOperator
 
-            k = KernelOperator(X, net=self.net_, get=self._kernel, **self._gram_options())
+            k = KernelOperator(X, net=net, get=self._kernel, **self._gram_options(options))
             fn = _predict.gradient_descent_mse(k, Y, solver=solver, **common,
-                                               **self._iterative_options())
+                                               **self._iterative_options(options))
             identity = _IdentityOperator(n)
-        self.dual_coef_ = fn(t=options["t"], fx_train_0=None, fx_test_0=0.0,
-                             k_test_train=identity)
-        self.solve_info_ = getattr(fn, "info", None) if solver != "eigh" else None
-        self.X_fit_ = X
-        self._cache = {}  # the posterior-covariance function, built on first use (not pickled)
-        return self
+        dual_coef = fn(t=options["t"], fx_train_0=None, fx_test_0=0.0, k_test_train=identity)
+        return dict(net_=net, _options=options, solver_=solver, dual_coef_=dual_coef,
+                    solve_info_=getattr(fn, "info", None) if solver != "eigh" else None,
+                    X_fit_=X,
+                    _cache={})  # the posterior-covariance function, built on first use
 
-    def _prepare_fit(self):
-        self.net_ = self._checked_network()
-        self._options = self._checked_options()
-        self._dtype = self._options["dtype"]
+    def _commit(self, fitted):
+        """Store a finished fit's attributes, and drop those of an earlier fit it does not set
+        (``feature_names_in_`` after a refit on a plain array)."""
+        for name in self._FITTED_ATTRIBUTES:
+            if name in fitted:
+                setattr(self, name, fitted[name])
+            else:
+                self.__dict__.pop(name, None)
+        return self
 
     # -- prediction ------------------------------------------------------------------------------
 
@@ -360,12 +385,11 @@ class _Regressor(RegressorMixin, _NetworkEstimator):
         self : object
             The fitted estimator.
         """
-        self._prepare_fit()
-        X, y = validate_data(self, X, y, dtype=(np.float64, np.float32), multi_output=True,
-                             y_numeric=True)
+        net, options, X, y, fitted = self._prepare_fit(X, y, multi_output=True, y_numeric=True)
         Y = np.asarray(y, dtype=np.float64)
-        self._y_ndim = Y.ndim
-        return self._fit_targets(X, Y.reshape(len(Y), -1))
+        fitted["_y_ndim"] = Y.ndim
+        fitted.update(self._fit_targets(X, Y.reshape(len(Y), -1), net, options))
+        return self._commit(fitted)
 
     def predict(self, X, return_std=False):
         """Mean output of the trained infinite ensemble, and optionally its standard deviation.
@@ -402,10 +426,14 @@ class _Regressor(RegressorMixin, _NetworkEstimator):
 
 
 def _probabilities_available(estimator):
-    """predict_proba needs the outputs' spread: not at a finite t on the iterative path."""
-    t = estimator.t
+    """predict_proba needs the outputs' spread: not at a finite t on the iterative path. A
+    fitted estimator answers for the model it holds (``set_params`` acts at the next fit)."""
+    options = getattr(estimator, "_options", None)
+    if options is not None:
+        t, solver = options["t"], estimator.solver_
+    else:
+        t, solver = estimator.t, estimator.solver
     finite = t is not None and not (isinstance(t, numbers.Real) and math.isinf(t))
-    solver = getattr(estimator, "solver_", estimator.solver)
     return not (finite and solver in ("cg", "lanczos"))
 
 
@@ -425,20 +453,21 @@ class _Classifier(ClassifierMixin, _NetworkEstimator):
         self : object
             The fitted estimator.
         """
-        self._prepare_fit()
-        X, y = validate_data(self, X, y, dtype=(np.float64, np.float32))
+        net, options, X, y, fitted = self._prepare_fit(X, y)
         check_classification_targets(y)
-        self.classes_, encoded = np.unique(y, return_inverse=True)
-        n_classes = len(self.classes_)
+        classes, encoded = np.unique(y, return_inverse=True)
+        n_classes = len(classes)
         if n_classes < 2:
             raise ValueError(f"{type(self).__name__} needs samples of at least 2 classes in the "
-                             f"data, but the data contains only one class: {self.classes_[0]!r}")
+                             f"data, but the data contains only one class: {classes[0]!r}")
         if n_classes == 2:
             targets = (2.0 * encoded - 1.0)[:, None]
         else:  # one-hot minus 1/C: every row sums to 0, no class is favoured a priori
             targets = np.full((len(encoded), n_classes), -1.0 / n_classes)
             targets[np.arange(len(encoded)), encoded] += 1.0
-        return self._fit_targets(X, targets)
+        fitted["classes_"] = classes
+        fitted.update(self._fit_targets(X, targets, net, options))
+        return self._commit(fitted)
 
     def decision_function(self, X):
         """The trained ensemble's mean outputs: the regression on the class encoding.
@@ -481,8 +510,13 @@ class _Classifier(ClassifierMixin, _NetworkEstimator):
         independent across classes. For two classes (one output) P(classes_[1]) = Φ(μ/σ); for C
         classes P(c) = ∫ φ(z) Π_{j≠c} Φ((μ_c − μ_j)/σ + z) dz (Gauss–Hermite quadrature, rows
         normalised to 1). Where σ = 0 (a training point without regularisation) the
-        probabilities are 0 or 1 (ties split evenly). The ranking follows ``decision_function``
-        within one point, not across points: an uncertain point is pulled towards 1/C.
+        probabilities are 0 or 1 (ties split evenly). A tie is a mean within √ε of 0 (two
+        classes) or of the largest mean (C classes), √ε = 1.5e-8 for float64 kernels, 3.5e-4
+        for float32: the targets have size 1, so a smaller mean is round-off of the solve (e.g.
+        1e-14 at duplicate training points with contradictory labels) and its sign must not
+        decide a probability of 0 or 1; where σ > 0 this moves a probability by at most
+        0.4·√ε/σ. The ranking follows ``decision_function`` within one point, not
+        across points: an uncertain point is pulled towards 1/C.
 
         Parameters
         ----------
@@ -493,13 +527,15 @@ class _Classifier(ClassifierMixin, _NetworkEstimator):
         proba : ndarray of shape (n_samples, n_classes)
         """
         X = self._checked_X(X)
-        scores = self._decision(X).astype(np.float64)
+        scores = self._decision(X)
+        tie = _tie_tolerance(scores.dtype)
+        scores = scores.astype(np.float64)
         sigma = np.sqrt(self._variance(X))
         if len(self.classes_) == 2:
-            z = _safe_ratio(scores[:, 0], sigma)
-            p1 = special.ndtr(z)
+            mean = np.where(np.abs(scores[:, 0]) <= tie, 0.0, scores[:, 0])
+            p1 = special.ndtr(_safe_ratio(mean, sigma))
             return np.column_stack([1.0 - p1, p1])
-        return _argmax_probabilities(scores, sigma)
+        return _argmax_probabilities(scores, sigma, tie)
 
     @available_if(_probabilities_available)
     def predict_log_proba(self, X):
@@ -517,6 +553,18 @@ class _Classifier(ClassifierMixin, _NetworkEstimator):
             return np.log(self.predict_proba(X))
 
 
+def _tie_tolerance(dtype):
+    """The largest difference of two decision values that predict_proba reads as a tie.
+
+    The classifiers' targets have size 1 (±1, or one-hot − 1/C), so a mean that should be 0
+    (say, the average of contradictory labels at duplicate points) comes out of the solve as
+    round-off, ε times the targets amplified by the kernel's conditioning: measured 1e-14 to
+    1e-12 in float64 with ``diag_reg=0``. √ε sits halfway between on a log scale: it stays above
+    that round-off for condition numbers up to 1/√ε, and far below the size of a mean that
+    carries a decision."""
+    return math.sqrt(np.finfo(dtype).eps)
+
+
 def _safe_ratio(mu, sigma):
     """μ/σ, and where σ = 0: +inf for μ > 0, -inf for μ < 0, 0 for μ = 0."""
     positive = sigma > 0
@@ -524,21 +572,23 @@ def _safe_ratio(mu, sigma):
     return np.where(positive, mu / np.where(positive, sigma, 1.0), limit)
 
 
-def _argmax_probabilities(mu, sigma):
-    """P(argmax = c) for independent outputs N(μ_c, σ²) (rows of mu, one σ per row)."""
+def _argmax_probabilities(mu, sigma, tie=0.0):
+    """P(argmax = c) for independent outputs N(μ_c, σ²) (rows of mu, one σ per row); means
+    within ``tie`` of each other count as equal."""
     n, n_classes = mu.shape
     nodes, weights = np.polynomial.hermite_e.hermegauss(_QUADRATURE_NODES)
     weights = weights / weights.sum()
     proba = np.empty((n, n_classes))
     certain = sigma <= 0
     if certain.any():  # σ = 0: the largest mean wins, ties split evenly
-        top = mu[certain] == mu[certain].max(axis=1, keepdims=True)
+        top = mu[certain] >= mu[certain].max(axis=1, keepdims=True) - tie
         proba[certain] = top / top.sum(axis=1, keepdims=True)
     rows = np.flatnonzero(~certain)
     block = max(1, (1 << 22) // (n_classes * n_classes * _QUADRATURE_NODES))
     for start in range(0, len(rows), block):
         idx = rows[start:start + block]
-        gaps = (mu[idx, :, None] - mu[idx, None, :]) / sigma[idx, None, None]  # (b, c, j)
+        gaps = mu[idx, :, None] - mu[idx, None, :]  # (b, c, j)
+        gaps = np.where(np.abs(gaps) <= tie, 0.0, gaps) / sigma[idx, None, None]
         log_cdf = special.log_ndtr(gaps[..., None] + nodes)  # (b, c, j, nodes)
         # Φ(gap + z) over j ≠ c: the j = c term is Φ(z); subtract it from the sum of logs
         log_prod = log_cdf.sum(axis=2) - special.log_ndtr(nodes)
@@ -753,11 +803,18 @@ class _NetworkKernel(Kernel):
 
     @staticmethod
     def _points(X, name):
-        X = np.asarray(X, dtype=np.float64)
+        """X as a finite float64 2-D array; complex, object or string arrays are a TypeError
+        (a cast would drop imaginary parts, or fail without naming X)."""
+        if isinstance(X, (str, bytes)) or X is None:
+            raise TypeError(f"{name} must be a real 2-D array (n_samples, n_features), got "
+                            f"{type(X).__name__}")
+        X = read_array(X, name)
+        check_real_dtype(X, name)
         if X.ndim != 2:
             raise ValueError(f"{name} must be a 2-D array (n_samples, n_features), got shape "
                              f"{X.shape}")
-        return X
+        reject_non_finite(X, name, hint="")
+        return np.asarray(X, dtype=np.float64)
 
     def __call__(self, X, Y=None, eval_gradient=False):
         """The Gram matrix K(X, Y), and optionally its gradient in the log hyperparameters.
