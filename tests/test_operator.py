@@ -103,6 +103,69 @@ def test_bad_arguments(points):
         nf.KernelOperator(x, x2, net=NET).diagonal()
 
 
+
+@pytest.mark.parametrize("storage", STORAGES)
+def test_products_refuse_vectors_that_are_not_real_and_finite(points, storage):
+    """A cast would drop an imaginary part, turn None into NaN, or fail on a string without
+    naming the argument."""
+    x, x2 = points
+    op = nf.KernelOperator(x, net=NET, storage=storage)
+    cross = nf.KernelOperator(x, x2, net=NET, storage=storage)
+    for product, name, n in ((op.matmat, "V", 230), (op.matvec, "V", 230),
+                             (cross.rmatmat, "U", 230), (cross.matmat, "V", 70)):
+        with pytest.raises(TypeError, match=f"^{name} is complex"):
+            product(np.ones(n) + 1j)
+        with pytest.raises(TypeError, match=f"^{name} must hold real numbers, got dtype object"):
+            product(np.full((n, 2), None, dtype=object))
+        with pytest.raises(TypeError, match=f"^{name} must hold real numbers, got dtype <U"):
+            product(np.full(n, "1.0"))
+        for bad in (np.nan, np.inf):
+            v = np.ones((n, 2))
+            v[n - 1, 1] = bad
+            with pytest.raises(ValueError, match=rf"^{name} contains 1 non-finite value\(s\)"):
+                product(v)
+    with pytest.raises(TypeError, match="^V must be a real array"):
+        op @ "abc"
+    # integer and boolean vectors are real: converted, as NumPy would
+    k = nf.gram(x, net=NET, get="ntk")
+    ones = np.ones(230, dtype=np.int32)
+    np.testing.assert_allclose(op @ ones, k @ np.ones(230), rtol=1e-13)
+
+
+def test_block_size_beyond_the_matrix_is_clamped(points):
+    """block_size sizes the product's buffer: 2**40 rows must not ask for 160 TiB."""
+    x, x2 = points
+    k, c = nf.gram(x, net=NET, get="ntk"), nf.gram(x, x2, net=NET, get="ntk")
+    v = np.random.default_rng(1).standard_normal((230, 2))
+    op = nf.KernelOperator(x, net=NET, storage="recompute", block_size=2**40)
+    cross = nf.KernelOperator(x, x2, net=NET, storage="recompute", block_size=np.int64(2**40))
+    assert op.block_size == 230 and cross.block_size == 230
+    for got, want in ((op @ v, k @ v), (cross.rmatmat(v), c.T @ v), (cross @ v[:70], c @ v[:70])):
+        np.testing.assert_allclose(got, want, rtol=1e-13, atol=1e-13 * np.abs(want).max())
+
+
+def test_columns_and_rows_take_integer_indices_only(points):
+    """A boolean mask would be read as indices 0 and 1, and 1.7 truncated to 1."""
+    x, x2 = points
+    k, c = nf.gram(x, net=NET, get="ntk"), nf.gram(x, x2, net=NET, get="ntk")
+    for storage in ("recompute", "memory"):
+        op = nf.KernelOperator(x, net=NET, storage=storage)
+        cross = nf.KernelOperator(x, x2, net=NET, storage=storage)
+        mask = np.zeros(230, dtype=bool)
+        mask[[3, 7]] = True
+        with pytest.raises(IndexError, match="columns: idx must be integer.*np.flatnonzero"):
+            op.columns(mask)
+        with pytest.raises(IndexError, match="columns: idx must be integer.*float64"):
+            op.columns([1.7])
+        with pytest.raises(IndexError, match="rows: idx must be integer.*float64"):
+            cross.rows(np.array([0.0]))
+        with pytest.raises(IndexError, match=r"rows: indices must be in \[0, 230\)"):
+            cross.rows([-1])
+        np.testing.assert_allclose(op.columns(np.flatnonzero(mask)), k[:, [3, 7]], rtol=1e-13)
+        np.testing.assert_allclose(cross.rows(np.array([5, 2], dtype=np.uint16)), c[[5, 2]],
+                                   rtol=1e-13)
+        assert op.columns([]).shape == (230, 0)
+
 # ----------------------------------------------------------------------------------------------
 # predict's iterative path against the exact one.
 

@@ -26,9 +26,10 @@ from ._band_store import (BandFile, file_product, fill_band, memory_product, tra
 from ._gram import diagonal as _diagonal
 from ._gram import gram as _gram
 from ._progress import Progress
-from ._validation import available_memory, human_bytes, is_cupy, points_request
+from ._validation import (available_memory, check_real_dtype, human_bytes, is_cupy,
+                          points_request, read_array, reject_non_finite)
 
-__all__ = ["KernelOperator", "STORAGES", "as_vectors"]
+__all__ = ["KernelOperator", "STORAGES", "as_indices", "as_vectors"]
 
 STORAGES = ("auto", "recompute", "memory", "file")
 #: Bytes of one kernel block in the recompute path: large enough that each engine call runs
@@ -72,7 +73,8 @@ class KernelOperator:
     memory_fraction : float
         For storage='auto' (default 0.5).
     block_size : int, optional
-        Rows of one kernel block (default: ~32 MB blocks).
+        Rows of one kernel block (default: ~32 MB blocks); values above the operator's larger
+        side are clamped to it (one block then spans the whole matrix).
     num_threads, tile_size, check_finite
         As for :func:`ntkfast.gram`.
     progress : bool
@@ -133,7 +135,9 @@ class KernelOperator:
         if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)) \
                 or block_size < 1:
             raise ValueError(f"block_size must be a positive integer or None, got {block_size!r}")
-        return int(block_size)
+        # a block never has more rows or columns than the matrix: the product's buffer is sized
+        # from it
+        return min(int(block_size), max(self.shape))
 
     @property
     def nbytes(self):
@@ -323,7 +327,7 @@ class KernelOperator:
         # last: BLAS threads woken between the engine calls (a product, or the thread count
         # restored after each call) spin on the cores the next call needs (about 20 % of a
         # product at N = 8000 on two cores).
-        buffer = np.empty(self.block_size * min(self.block_size, n2), self.dtype)
+        buffer = np.empty(min(self.block_size, n1) * min(self.block_size, n2), self.dtype)
         vt, out = transposed_vectors(v, n2 if transpose else n1)
         threads = self._gram_options["num_threads"] or 0
         reporter = Progress(self.progress, f"ntkfast.KernelOperator ({self.kernel}) @ V")
@@ -401,7 +405,7 @@ class KernelOperator:
         Parameters
         ----------
         idx : array_like of int
-            Column indices in [0, n2).
+            Column indices in [0, n2) (for a boolean mask, pass ``np.flatnonzero(mask)``).
 
         Returns
         -------
@@ -410,7 +414,7 @@ class KernelOperator:
         Raises
         ------
         IndexError
-            An index is out of range.
+            An index is out of range, or ``idx`` is not integers (a boolean mask, floats).
 
         Examples
         --------
@@ -420,10 +424,7 @@ class KernelOperator:
         >>> np.allclose(op.columns([0, 5]), ntkfast.gram(x, net=op.net, get="ntk")[:, [0, 5]])
         True
         """
-        idx = self._xp.asarray(idx, dtype=np.int64).reshape(-1)
-        n2 = self.shape[1]
-        if idx.size and (int(idx.min()) < 0 or int(idx.max()) >= n2):
-            raise IndexError(f"columns: indices must be in [0, {n2}), got {int(idx.min())}..{int(idx.max())}")
+        idx = as_indices(idx, self.shape[1], "columns", self._xp)
         if self._matrix is not None:
             return self._xp.asarray(self._matrix[:, idx], dtype=np.float64)
         xb = (self.x if self.x2 is None else self.x2)[idx]
@@ -436,11 +437,16 @@ class KernelOperator:
         Parameters
         ----------
         idx : array_like of int
-            Row indices in [0, n1).
+            Row indices in [0, n1) (for a boolean mask, pass ``np.flatnonzero(mask)``).
 
         Returns
         -------
         array, shape (len(idx), n2), float64
+
+        Raises
+        ------
+        IndexError
+            An index is out of range, or ``idx`` is not integers (a boolean mask, floats).
 
         Examples
         --------
@@ -452,7 +458,7 @@ class KernelOperator:
         """
         if self.symmetric:
             return self.columns(idx).T
-        idx = self._xp.asarray(idx, dtype=np.int64).reshape(-1)
+        idx = as_indices(idx, self.shape[0], "rows", self._xp)
         return _gram(self.x[idx], self.x2, net=self.net, get=self.kernel, dtype=self.dtype,
                      **self._gram_options).astype(np.float64, copy=False)
 
@@ -491,9 +497,34 @@ def _refuse_input_files(path, arrays):
             a = getattr(a, "base", None)
 
 
+def as_indices(idx, n, what, xp=np):
+    """idx as int64 indices in [0, n), else an IndexError. A boolean mask or float indices are
+    refused rather than cast: the cast would read a mask as indices 0 and 1, and truncate
+    1.7 to 1."""
+    idx = xp.asarray(idx).reshape(-1)
+    if idx.size == 0:  # np.asarray([]) is float64
+        return idx.astype(np.int64)
+    if idx.dtype.kind not in "iu":
+        raise IndexError(f"{what}: idx must be integer indices in [0, {n}), got dtype "
+                         f"{idx.dtype}" + ("; for a boolean mask pass np.flatnonzero(mask)"
+                                            if idx.dtype.kind == "b" else ""))
+    if int(idx.min()) < 0 or int(idx.max()) >= n:
+        raise IndexError(f"{what}: indices must be in [0, {n}), got "
+                         f"{int(idx.min())}..{int(idx.max())}")
+    return idx.astype(np.int64, copy=False)
+
+
 def as_vectors(v, rows, name, xp=np):
     """(V as a float64 (rows, k) array, whether it came as one vector): the product argument of
-    every operator."""
+    every operator. Complex, object or string arrays are a TypeError and NaN/Inf a ValueError,
+    naming V: a cast would drop imaginary parts or turn None into NaN, and one NaN would make
+    the whole product NaN."""
+    if isinstance(v, (str, bytes)) or v is None:
+        raise TypeError(f"{name} must be a real array of shape ({rows},) or ({rows}, k), got "
+                        f"{type(v).__name__}")
+    v = read_array(v, name) if xp is np else xp.asarray(v)
+    check_real_dtype(v, name)
+    reject_non_finite(v, name, hint="")
     v = xp.asarray(v, dtype=np.float64)
     one = v.ndim == 1
     if one:

@@ -52,7 +52,7 @@ from ._gram import Kernels
 from ._gram import diagonal as _diagonal
 from ._gram import gram as _gram
 from ._layers import as_network, holds_user_functions
-from ._operator import BLOCK_BYTES, as_vectors
+from ._operator import BLOCK_BYTES, as_indices, as_vectors
 from ._validation import check_real_dtype, is_cupy, parse_get, points_request, result_dtype
 
 __all__ = ["gram", "KernelOperator"]
@@ -699,11 +699,7 @@ class KernelOperator:
         return np.asarray(d, dtype=np.float64)
 
     def _index(self, idx, n, what):
-        idx = np.asarray(idx, dtype=np.int64).reshape(-1)
-        if idx.size and (int(idx.min()) < 0 or int(idx.max()) >= n):
-            raise IndexError(f"{what}: indices must be in [0, {n}), got "
-                             f"{int(idx.min())}..{int(idx.max())}")
-        return idx
+        return as_indices(idx, n, what)
 
     def _gather(self, n, idx, transpose):
         """Blocks of rows [r0, r1) of K[:, idx] (or of K[idx, :]ᵀ), one task per block."""
