@@ -161,3 +161,37 @@ def test_renumbered_extension_is_followed(monkeypatch):
     kinds = {k: 14 - i for i, k in enumerate(_layers._OP_NAMES)}
     codes, max_degree = _layers._op_codes(_fake_core(OP_KINDS=kinds, MAX_DEGREE=30))
     assert codes == kinds and max_degree == 30
+
+
+# ----------------------------------------------------------------------------------------------
+# Depth: bounded up front by the engine's op limit, with errors that name it.
+
+def test_op_limit_is_the_engines():
+    dense = (_core.OP_KINDS["Dense"], 0, 0, [1.0, 0.0, 0.0, 0.0, 1.0])
+    assert _core.Program([dense] * _layers.MAX_OPS, []).n_ops == _layers.MAX_OPS
+    with pytest.raises(ValueError, match="too many layers"):
+        _core.Program([dense] * (_layers.MAX_OPS + 1), [])
+    assert 2 * _layers.MAX_MLP_DEPTH + 1 <= _layers.MAX_OPS < 2 * _layers.MAX_MLP_DEPTH + 3
+
+
+@pytest.mark.parametrize("depth", [_layers.MAX_MLP_DEPTH + 1, 10**6, 10**9, 10**20])
+def test_mlp_too_deep_names_depth_and_the_limit(depth):
+    # before: 10**20 was an OverflowError, 10**9 a 2e9-element list, 10**6 a late "program: too
+    # many layers" after ~25 s
+    with pytest.raises(ValueError, match=rf"MLP: depth must be <= {_layers.MAX_MLP_DEPTH} "
+                                         rf"\(the engine runs at most {_layers.MAX_OPS} .*"
+                                         rf"got {depth}$"):
+        nf.MLP(depth)
+
+
+def test_serial_and_lowering_refuse_more_layers_than_the_engine_runs(monkeypatch):
+    net = nf.MLP(5, W_std=1.2345)  # built under the real limit: 11 layers
+    monkeypatch.setattr(_layers, "MAX_OPS", 10)
+    with pytest.raises(ValueError, match=r"serial: a network has at most 10 layers .* got 11"):
+        nf.serial(*net.layers)
+    with pytest.raises(ValueError, match=r"Serial: a network has at most 10 layers"):
+        nf.Serial(net.layers)
+    with pytest.raises(ValueError, match=r"^net: 11 layers, more than the 10 ops the engine"):
+        _layers.lower(net, 3)
+    with pytest.raises(ValueError, match=r"^net: 11 layers"):
+        nf.gram(np.eye(3), net=net)

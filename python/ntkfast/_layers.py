@@ -63,6 +63,12 @@ _DENSE, _IDENTITY, _ABRELU, _ERF, _GELU, _SIN, _RBF, _EXP, _EXP_NORMALIZED, _GAU
         _OP_CODES[name] for name in _OP_NAMES)
 #: Highest degree of a Hermite-series activation (deg=), the engine's kMaxSeriesDegree.
 MAX_SERIES_DEGREE = int(getattr(_core, "MAX_SERIES_DEGREE", 0))
+#: Most ops in one program: engine.cpp's Program constructor refuses more (the extension does
+#: not export it; tests/test_layers_validation.py checks the two agree). Every layer lowers to
+#: at most one op, so this is also the most layers in a network.
+MAX_OPS = 1_000_000
+#: Deepest MLP: depth hidden [Dense, activation] pairs and a readout Dense are 2·depth + 1 ops.
+MAX_MLP_DEPTH = (MAX_OPS - 1) // 2
 
 
 # ----------------------------------------------------------------------------------------------
@@ -351,6 +357,9 @@ def _check_structure(owner, layers):
     flat = []
     for layer in layers:
         flat.extend(layer.layers if isinstance(layer, Serial) else (layer,))
+    if len(flat) > MAX_OPS:
+        raise ValueError(f"{owner}: a network has at most {MAX_OPS} layers (the engine's limit), "
+                         f"got {len(flat)}")
     gaussian = False
     previous_dense = None
     for position, layer in enumerate(flat):
@@ -1434,7 +1443,8 @@ def MLP(depth: int, activation="relu", W_std: float = 1.0, b_std: Optional[float
     Parameters
     ----------
     depth : int
-        Number of hidden layers, >= 0 (0 is a linear model).
+        Number of hidden layers, 0 (a linear model) to ``MAX_MLP_DEPTH`` (499,999: the engine
+        runs at most 1,000,000 ops).
     activation : str or Layer
         A name from ``ntkfast.ACTIVATIONS`` (case, '-' and '_' ignored), built with
         ``activation_params``, or an activation layer.
@@ -1469,6 +1479,10 @@ def MLP(depth: int, activation="relu", W_std: float = 1.0, b_std: Optional[float
         raise TypeError(f"MLP: depth must be an integer, got {depth!r}")
     if depth < 0:
         raise ValueError(f"MLP: depth must be >= 0, got {depth}")
+    if depth > MAX_MLP_DEPTH:  # before building a list of 2·depth layers
+        raise ValueError(f"MLP: depth must be <= {MAX_MLP_DEPTH} (the engine runs at most "
+                         f"{MAX_OPS} layer ops, 2 per hidden layer and 1 for the readout), "
+                         f"got {depth}")
     if isinstance(activation, Layer):
         if activation_params:
             raise TypeError("MLP: activation parameters given for an activation layer object")
@@ -1531,6 +1545,10 @@ def uses_standard(net: Layer) -> bool:
 def lower(net: Layer, n_features: int):
     """(ops, pool, sources) of ``net`` for inputs with ``n_features`` features (only 'standard'
     Dense layers depend on it); ``sources[k]`` describes the layer that op k came from."""
+    n_layers = len(net.layers) if isinstance(net, Serial) else 1
+    if n_layers > MAX_OPS:  # each layer is at most one op; checked before lowering any
+        raise ValueError(f"net: {n_layers} layers, more than the {MAX_OPS} ops the engine runs "
+                         "in one program")
     ctx = _Lowering(n_features, repr(net))
     net._ops(ctx)
     return tuple(ctx.ops), tuple(ctx.pool), tuple(ctx.sources)
