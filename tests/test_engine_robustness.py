@@ -451,3 +451,119 @@ def test_series_layers_at_edge_sizes(n1, n2):
     for name in ("nngp", "ntk"):
         assert np.all(np.isfinite(getattr(k, name)))
         np.testing.assert_allclose(getattr(k, name), getattr(k_t, name).T, rtol=1e-9, atol=1e-12)
+
+
+# ------------------------------------------------------------------------------------------------
+# Ctrl-C and progress are served between tiles: a deep network's default tile must stay small
+# enough that one tile's work is bounded (policy checked, never wall time).
+
+from ntkfast import _backends, _layers, _program  # noqa: E402 - this section's own imports
+
+SHALLOW_ACTIVATIONS = [
+    ntkfast.Relu(), ntkfast.Erf(), ntkfast.Gelu(), ntkfast.Sin(), ntkfast.Rbf(), ntkfast.Exp(),
+    ntkfast.ExpNormalized(), ntkfast.Gaussian(), ntkfast.Gabor(), ntkfast.Sign(),
+    ntkfast.Hermite(_layers.MAX_DEGREE), ntkfast.RectifiedMonomial(_layers.MAX_DEGREE),
+    ntkfast.Polynomial((0.5,) * (_layers.MAX_DEGREE + 1)), ntkfast.Tanh(),
+    ntkfast.DualKernel(np.maximum)]
+
+
+@pytest.mark.parametrize("activation", SHALLOW_ACTIVATIONS, ids=repr)
+@pytest.mark.parametrize("n_features", [3, 784, 100_000])
+def test_default_tile_of_shallow_networks_is_the_engines(activation, n_features):
+    # depth <= 20 keeps the tile tuned for speed (the GEMM's rate), whatever the activation
+    for depth in (1, 3, 10, 20):
+        ops, _, _ = _layers.lower(ntkfast.MLP(depth, activation), n_features)
+        assert _program.default_tile(ops, n_features) == _core.default_tile(n_features)
+
+
+@pytest.mark.parametrize("net", [
+    ntkfast.MLP(100, "tanh"), ntkfast.MLP(300, "sin"), ntkfast.MLP(3000, "erf"),
+    ntkfast.MLP(5000, "erf"), ntkfast.MLP(20_000, "relu"),
+    ntkfast.MLP(50_000, "tanh")], ids=lambda net: f"depth {net.depth}")
+def test_default_tile_bounds_the_work_of_one_tile(net):
+    ops, _, _ = _layers.lower(net, 10)
+    work = _program.tile_work(ops)
+    assert work >= len(ops)  # no op is free
+    tile = _program.default_tile(ops, 10)
+    assert 1 <= tile < _core.default_tile(10)
+    # the most entries x ops one tile holds once the tile stops shrinking (tile 1 aside)
+    assert tile**2 * work <= max(_program.TILE_WORK_BUDGET, work)
+    assert _program.TILE_WORK_BUDGET <= 4e8  # ~0.2 s at 0.4 ns per Dense-op entry
+
+
+def test_deep_gram_hands_the_engine_a_bounded_tile(monkeypatch):
+    # before the fix the engine got tile 0 (its GEMM default, 384): 384^2 x 30001 Dense-op units
+    # in one tile, 2-9 s between Ctrl-C checks on a 2-core box
+    net = ntkfast.MLP(5000, "erf", W_std=1.0, b_std=0.1)
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def recording_gram(program, x1, x2, nngp, ntk, threads, tile, *args, **kwargs):
+        seen.append((program.n_ops, tile))
+        raise Stop
+
+    monkeypatch.setattr(_backends._core, "gram", recording_gram)
+    x = np.random.default_rng(0).standard_normal((40, 10))
+    with pytest.raises(Stop):
+        ntkfast.gram(x, net=net)
+    (n_ops, tile), = seen
+    assert n_ops == 10_001 and tile >= 1
+    assert tile**2 * _program.tile_work(_layers.lower(net, 10)[0]) <= _program.TILE_WORK_BUDGET
+    seen.clear()
+    with pytest.raises(Stop):
+        ntkfast.gram(x, net=net, tile_size=384)  # an explicit tile_size still wins
+    assert seen == [(10_001, 384)]
+
+
+def test_deep_gram_is_cancelled_from_its_first_progress_report():
+    # the engine's cancel path (a progress callback raising, as Ctrl-C does) on a deep net: the
+    # first report comes after the first tiles, and many small tiles mean many reports
+    net = ntkfast.MLP(5000, "erf", W_std=1.0, b_std=0.1)
+    x = np.random.default_rng(0).standard_normal((400, 10))
+    reports = []
+
+    class Stop(Exception):
+        pass
+
+    def progress(done, total):
+        reports.append((done, total))
+        raise Stop
+
+    with pytest.raises(Stop):
+        ntkfast.gram(x, net=net, get="nngp", progress=progress)
+    (done, total), = reports
+    tile = _program.default_tile(_layers.lower(net, 10)[0], 10)
+    tiles_per_side = -(-400 // tile)
+    assert total == tiles_per_side * (tiles_per_side + 1) // 2 >= 15  # before: 3 tiles
+    assert done < total
+
+
+# ------------------------------------------------------------------------------------------------
+# The per-row tables grow with points x depth: checked against free memory before they exist.
+
+@pytest.mark.parametrize("call", ["gram", "gram_x2", "diagonal"])
+def test_row_tables_beyond_memory_are_a_memory_error_up_front(monkeypatch, call):
+    # before: the engine allocated them (std::bad_alloc under a memory limit) or ran on
+    monkeypatch.setattr(_backends, "available_memory", lambda: 50 * 10**6)
+    x = np.random.default_rng(0).standard_normal((600, 4))
+    net = ntkfast.MLP(3000, "relu", W_std=1.0, b_std=0.1)  # 6001 ops: 6002 x 704 x 20 = 84.5 MB
+    run = {"gram": lambda: ntkfast.gram(x, net=net, get="nngp"),
+           "gram_x2": lambda: ntkfast.gram(x, x[:10], net=net, get="nngp"),
+           "diagonal": lambda: ntkfast.diagonal(x, net=net, get="nngp")}[call]
+    what = "diagonal" if call == "diagonal" else "gram"
+    points = {"gram": "600 x1", "gram_x2": "600 x1 and 10 x2", "diagonal": "600 x"}[call]
+    with pytest.raises(MemoryError, match=rf"^{what}: the per-row variance tables for {points} "
+                                          r"points through the 6001 ops of net need \d+\.\d MB, "
+                                          r"more than the 50\.0 MB"):
+        run()
+
+
+def test_small_row_tables_do_not_ask_for_free_memory(monkeypatch):
+    def fail():
+        raise AssertionError("available_memory read for small tables")
+
+    monkeypatch.setattr(_backends, "available_memory", fail)
+    x = np.random.default_rng(0).standard_normal((50, 4))
+    assert ntkfast.gram(x, net=RELU, get="nngp").shape == (50, 50)

@@ -14,11 +14,12 @@ from . import _blas, _core
 from ._dual_kernels import dual_kernel_callback
 from ._errors import EngineNonFinite, KernelUnderflowError, NonFiniteKernelError
 from ._layers import lower, series_activations
-from ._program import compiled_program
+from ._program import compiled_program, default_tile
 from ._progress import Progress
 from ._series import series_inputs
+from ._validation import available_memory, human_bytes
 
-__all__ = ["run", "CpuBackend", "CudaBackend", "kernel_range_error"]
+__all__ = ["run", "CpuBackend", "CudaBackend", "kernel_range_error", "check_row_table_memory"]
 
 
 def kernel_range_error(error, request):
@@ -52,13 +53,39 @@ def _engine_array(x, dtype):
     return np.require(np.asarray(x, dtype=dtype), requirements=["C", "A"])
 
 
+#: Row tables smaller than this are allocated without asking how much memory is free.
+_ROW_TABLES_UNCHECKED_BYTES = 64 * 2**20
+
+
+def check_row_table_memory(request, n_ops, what):
+    """MemoryError, before the engine allocates them, when the per-row tables do not fit.
+
+    The engine keeps each point set's variances after every op (q, sqrt(q): 8 bytes each, a
+    rescale exponent: 4) for rows padded to ``_core.row_stride``: (n_ops + 1) x stride x 20
+    bytes per point set, which for a deep net can dwarf the Gram matrix itself."""
+    sets = [request.x1] if request.x2 is None else [request.x1, request.x2]
+    sizes = [a.shape[0] for a in sets]
+    need = sum((n_ops + 1) * _core.row_stride(n) * 20 for n in sizes)
+    if need < _ROW_TABLES_UNCHECKED_BYTES:
+        return
+    free = available_memory()
+    if free is not None and need > free:
+        points = " and ".join(f"{n} {name}" for n, name in zip(sizes, request.arguments))
+        raise MemoryError(
+            f"{what}: the per-row variance tables for {points} points through the {n_ops} ops of "
+            f"net need {human_bytes(need)}, more than the {human_bytes(free)} of memory "
+            "available (they grow with points x depth); pass fewer points per call or use a "
+            "shallower net")
+
+
 def _program(request, x1, x2, dual_kernels):
     """(the CPU engine's program for request.net on these engine arrays, its SeriesInputs or
-    None): with Series ops, the program series_inputs rewrote to the terms it stored."""
+    None, the lowered ops): with Series ops, the program series_inputs rewrote to the terms it
+    stored."""
     ops, pool, _ = lower(request.net, x1.shape[1])
     series = series_inputs(series_activations(request.net), ops, pool, x1, x2,
                            request.num_threads, request.dtype, dual_kernels)
-    return (series.program if series else compiled_program(ops, pool)), series
+    return (series.program if series else compiled_program(ops, pool)), series, ops
 
 
 class CpuBackend:
@@ -81,10 +108,12 @@ class CpuBackend:
                 # Single-threaded BLAS also for the series tables' small products: OpenBLAS
                 # threads left spinning after them would take cores from the engine's threads.
                 with _blas.single_threaded():
-                    program, series = _program(request, c1, c2, dual_kernels)
+                    program, series, ops = _program(request, c1, c2, dual_kernels)
+                    check_row_table_memory(request, program.n_ops, "gram")
+                    tile = request.tile or default_tile(ops, c1.shape[1])
                     bound, fallback_pairs = _core.gram(
                         program, c1, c2, outputs.get("nngp"),
-                        outputs.get("ntk"), request.num_threads, request.tile,
+                        outputs.get("ntk"), request.num_threads, tile,
                         reporter if reporter.enabled else None,
                         *(series.engine_arguments() if series else ()),
                         dual_kernels=dual_kernels, panel_writes=request.out_file_backed)
@@ -102,7 +131,8 @@ class CpuBackend:
         if n:
             x = _engine_array(request.x1, request.dtype)
             dual_kernels = dual_kernel_callback(request.net, request.names, self.name)
-            program, series = _program(request, x, None, dual_kernels)
+            program, series, _ = _program(request, x, None, dual_kernels)
+            check_row_table_memory(request, program.n_ops, "diagonal")
             _core.diagonal(program, x, outputs.get("nngp"), outputs.get("ntk"),
                            request.num_threads, series.tables1 if series else None,
                            dual_kernels)

@@ -51,7 +51,8 @@ def gram(x1, x2=None, *, net, get=("nngp", "ntk"), dtype=None, out=None, backend
     progress : bool or callable
         True shows a tqdm progress bar; a callable is called as ``progress(tiles_done, tiles_total)``.
     tile_size : int, optional
-        Tile edge, 1 to 16384 (advanced; default: chosen by the engine). The BLAS may sum a tile's
+        Tile edge, 1 to 16384 (advanced; default: 384, smaller for very wide inputs, and for
+        deep networks so that one tile, the unit between Ctrl-C checks, stays ~0.1 s). The BLAS may sum a tile's
         input Gram in another order for another tile shape, which moves results by a few ulps of
         the output dtype (measured: ≤ 2e-16 of max|K| in float64, ≤ 5e-7 in float32); symmetry and
         the diagonal's equality with :func:`diagonal` hold for every tile size.
@@ -65,7 +66,8 @@ def gram(x1, x2=None, *, net, get=("nngp", "ntk"), dtype=None, out=None, backend
     TypeError, ValueError
         Bad arguments (the message names the argument and what was expected).
     MemoryError
-        The outputs do not fit in the available memory (raised before allocating).
+        The outputs, or a deep network's per-point variance tables ((ops + 1) x N x 20 bytes
+        per point set), do not fit in the available memory (raised before allocating).
     NonFiniteKernelError
         The kernel overflows in the requested precision, or an input is NaN/Inf with
         ``check_finite=False`` (raised before the Gram is computed).
@@ -111,6 +113,8 @@ def diagonal(x, *, net, get=("nngp", "ntk"), dtype=None, check_finite=True, num_
     ------
     TypeError, ValueError, NonFiniteKernelError, KernelUnderflowError
         As for :func:`gram`.
+    MemoryError
+        The per-point variance tables of a deep network do not fit in the available memory.
 
     Examples
     --------
