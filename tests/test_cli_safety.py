@@ -1,5 +1,6 @@
 """ntkfast gram never overwrites its inputs, never leaves partial outputs, and answers every bad
 input with one line on stderr (exit status 2), not a traceback."""
+import errno
 import os
 import subprocess
 import sys
@@ -257,3 +258,98 @@ def test_subprocess_refuses_own_input_and_reports_bad_files(tmp_path):
     proc = _run("gram", "random:3x2", "--threads", "0", "-o", tmp_path / "K.npy")
     _assert_one_line_error(proc.returncode, proc.stderr, "--threads")
     assert sorted(os.listdir(tmp_path)) == ["empty.npy", "x.npy"]
+
+
+# ----------------------------------------------------------------------------------------------
+# numbers out of range and inputs whose kernel cannot be computed are bad input (2), in the
+# CLI's words
+
+@pytest.mark.parametrize("depth", ["99999999999999999999", "500000"])
+def test_huge_depth_is_one_line_bad_input(capsys, points, tmp_path, depth):
+    # before: an OverflowError traceback and exit status 1
+    rc, _, err = _main(capsys, "gram", points[1], "--depth", depth, "-o", tmp_path / "K.npy")
+    _assert_one_line_error(rc, err, "depth must be <= 499999", f"got {depth}")
+    assert sorted(os.listdir(tmp_path)) == ["x.npy"]
+
+
+@pytest.mark.parametrize("value, option, fragment", [
+    (1e200, "X", "the NNGP variance of X[1] is inf"),        # NonFiniteKernelError
+    (1e-200, "X", "the NNGP variance of X[1] is 0.0"),       # KernelUnderflowError
+    (1e200, "--x2", "the NNGP variance of --x2[1] is inf"),
+])
+def test_kernel_range_errors_are_bad_input_named_as_the_cli_names_them(capsys, tmp_path, value,
+                                                                       option, fragment):
+    x = np.ones((4, 3))
+    x[1] = value
+    np.save(tmp_path / "bad.npy", x)
+    np.save(tmp_path / "good.npy", np.ones((4, 3)))
+    files = (["bad.npy"] if option == "X" else ["good.npy", "--x2", "bad.npy"])
+    args = [tmp_path / f if f.endswith(".npy") else f for f in files]
+    rc, _, err = _main(capsys, "gram", *args, "--activation", "erf", "-o", tmp_path / "K.npy")
+    _assert_one_line_error(rc, err, fragment)  # before: exit status 1, "x1[1]" / "x2[1]"
+    assert "x1[" not in err and " x2[" not in err
+    assert sorted(os.listdir(tmp_path)) == ["bad.npy", "good.npy"]
+
+
+@pytest.mark.parametrize("option", ["X", "--x2"])
+def test_non_finite_input_message_uses_cli_names(capsys, tmp_path, option):
+    x = np.ones((4, 3))
+    x[2, 1] = np.nan
+    np.save(tmp_path / "nan.npy", x)
+    np.save(tmp_path / "good.npy", np.ones((4, 3)))
+    args = ([tmp_path / "nan.npy"] if option == "X"
+            else [tmp_path / "good.npy", "--x2", tmp_path / "nan.npy"])
+    rc, _, err = _main(capsys, "gram", *args, "-o", tmp_path / "K.npy")
+    _assert_one_line_error(rc, err, f"{option} contains 1 non-finite value(s)",
+                           f"first at {option}[2, 1] = nan")
+    # before: "x1 ... pass check_finite=False", an option the CLI does not have
+    assert "check_finite" not in err and "x1" not in err
+
+
+# ----------------------------------------------------------------------------------------------
+# a full disk: the temporary output's blocks are freed before the error is printed, and the
+# error names the user's -o file
+
+def test_disk_full_frees_the_temporary_output_and_names_the_output(capsys, tmp_path,
+                                                                    monkeypatch):
+    kept = {}
+
+    def disk_full(x1, x2=None, *, out, **kwargs):
+        # as the real failure: the traceback still holds the output maps, here plus a file
+        # descriptor, so the test can see the blocks after the CLI has unlinked the file
+        arr = out["ntk"]
+        arr[:] = 1.0
+        arr.flush()
+        kept["fd"] = os.open(arr.filename, os.O_RDONLY)
+        kept["map"] = arr
+        raise OSError(errno.ENOSPC, f"out (ntk): cannot reserve 1.0 MB on disk for the output "
+                                    f"file {arr.filename}: No space left on device")
+
+    monkeypatch.setattr(nf, "gram", disk_full)
+    np.save(tmp_path / "x.npy", np.ones((300, 3)))
+    try:
+        rc, _, err = _main(capsys, "gram", tmp_path / "x.npy", "--get", "ntk", "-o",
+                           tmp_path / "k.npy")
+        blocks = os.fstat(kept["fd"]).st_blocks
+    finally:
+        os.close(kept["fd"])
+    assert rc == 1 and "Traceback" not in err
+    line, = err.strip().splitlines()
+    assert line == (f"ntkfast gram: error: -o: cannot reserve 1.0 MB on disk for the output "
+                    f"file {tmp_path / 'k.npy'}: No space left on device")  # not the .tmp file
+    assert blocks == 0  # before: the unlinked file kept its 720 KB while still mapped
+    assert sorted(os.listdir(tmp_path)) == ["x.npy"]
+
+
+def test_write_error_on_a_temporary_output_names_the_output(capsys, tmp_path, monkeypatch):
+    def failing_chmod(path, mode):
+        raise OSError(errno.EIO, "Input/output error", path)
+
+    monkeypatch.setattr(os, "chmod", failing_chmod)
+    np.save(tmp_path / "x.npy", np.ones((5, 3)))
+    rc, _, err = _main(capsys, "gram", tmp_path / "x.npy", "-o", tmp_path / "K.npy")
+    assert rc == 1
+    line, = err.strip().splitlines()
+    assert line == (f"ntkfast gram: error: -o: cannot write {tmp_path / 'K.nngp.npy'}: "
+                    "Input/output error")
+    assert sorted(os.listdir(tmp_path)) == ["x.npy"]

@@ -12,7 +12,9 @@ only once every kernel is complete: a failed or interrupted run leaves existing 
 were and no partial output behind.
 
 Exit status: 0 on success, 2 for bad input or usage (a one-line ``ntkfast gram: error: ...``
-on stderr), 1 when the machine fails the run (out of memory, disk full), 130 on Ctrl-C.
+on stderr; also points whose kernel overflows or underflows, NonFiniteKernelError and
+KernelUnderflowError), 1 when the machine fails the run (out of memory, disk full: the message
+names the -o file), 130 on Ctrl-C.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import argparse
 import ast
 import os
 import pathlib
+import re
 import sys
 import tempfile
 import time
@@ -121,6 +124,33 @@ def _check_outputs(paths, inputs):
                                  "another output name")
 
 
+def _discard(temp):
+    """Delete a temporary output. Truncated first: the failed computation's traceback may still
+    hold its memory map, and an unlinked file's blocks stay allocated while it is mapped; on a
+    full disk the error message could then not even be written to a log on it."""
+    for step in (lambda: os.truncate(temp, 0), lambda: os.unlink(temp)):
+        try:
+            step()
+        except OSError:
+            pass
+
+
+def _output_error(error, user_paths):
+    """An OSError about a temporary output (disk full, ...) reworded to name the -o file."""
+    for temp, path in user_paths.items():
+        if error.filename == temp:  # from os: "[Errno N] strerror: 'temp'"
+            text = f"cannot write {path}: {error.strerror or error}"
+        elif temp in str(error):  # from ntkfast.gram's out= checks
+            text = re.sub(r"^(\[Errno \d+\] )?out( \(\w+\))?: ", "",  # gram's out= label
+                          str(error).replace(temp, str(path)))
+        else:
+            continue
+        reworded = OSError(f"-o: {text}")  # one argument: no "[Errno N]" in the line
+        reworded.errno = error.errno
+        return reworded
+    return error
+
+
 def _umask():
     mask = os.umask(0)
     os.umask(mask)
@@ -131,6 +161,8 @@ def _cmd_gram(args):
     import numpy as np
 
     import ntkfast
+    from ntkfast import KernelUnderflowError, NonFiniteKernelError
+    from ntkfast._validation import reject_non_finite
 
     # argument values argparse cannot check by type alone
     if args.depth < 0:
@@ -169,9 +201,12 @@ def _cmd_gram(args):
             os.close(fd)
             temps[name] = temp
             outs[name] = np.lib.format.open_memmap(temp, mode="w+", dtype=dtype, shape=(n1, n2))
+        for points, label in ((x1, "X"), (x2, "--x2")):
+            if points is not None:  # in the CLI's names (gram's says x1 and check_finite=)
+                reject_non_finite(points, label, hint="; ntkfast gram needs finite inputs")
         start = time.perf_counter()
         ntkfast.gram(x1, x2, net=net, get=names, dtype=dtype, out=outs,
-                     num_threads=args.threads, progress=args.progress)
+                     num_threads=args.threads, progress=args.progress, check_finite=False)
         elapsed = time.perf_counter() - start
         mode = 0o666 & ~_umask()  # mkstemp creates 0600; give the file a normal file's mode
         for name, arr in outs.items():
@@ -179,12 +214,20 @@ def _cmd_gram(args):
             os.chmod(temps[name], mode)
         for name in names:
             os.replace(temps.pop(name), paths[name])
+    except OSError as error:
+        # name the user's -o file, not the hidden temporary one
+        raise _output_error(error, {temps[name]: paths[name] for name in temps}) from None
+    except (NonFiniteKernelError, KernelUnderflowError) as error:
+        # the points' (or the net's) fault: bad input, in the CLI's names for the point sets
+        labels = {"x1": "X", "x2": "--x2"}
+        where = f"{error.argument}[{error.row}]"
+        message = str(error).replace(where, f"{labels.get(error.argument, error.argument)}"
+                                            f"[{error.row}]", 1)
+        raise UsageError(message.replace("try dtype=float64", "try --dtype float64")) from None
     finally:
+        outs.clear()
         for temp in temps.values():  # failure or Ctrl-C: no partial output left behind
-            try:
-                os.unlink(temp)
-            except OSError:
-                pass
+            _discard(temp)
     for name in names:
         print(f"{name}: {n1} x {n2} {dtype} -> {paths[name]}")
     print(f"{net!r}: {elapsed:.2f} s")
@@ -263,13 +306,14 @@ def main(argv=None):
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
-    except (UsageError, ValueError, TypeError, MemoryError, OSError, FloatingPointError,
-            RuntimeError) as error:
+    except (UsageError, ValueError, TypeError, OverflowError, MemoryError, OSError,
+            FloatingPointError, RuntimeError) as error:
         print(f"{prog}: error: {_one_line(error)}", file=sys.stderr)
-        # gram: bad input (ours or ntkfast's checks, e.g. non-finite points) is 2, a failed
-        # computation or write (out of memory, disk full) 1; demo keeps its documented 1
+        # gram: bad input (ours or ntkfast's checks, e.g. non-finite points, a number out of
+        # range) is 2, a failed computation or write (out of memory, disk full) 1; demo keeps
+        # its documented 1
         bad_input = isinstance(error, UsageError) or (
-            args.command == "gram" and isinstance(error, (ValueError, TypeError)))
+            args.command == "gram" and isinstance(error, (ValueError, TypeError, OverflowError)))
         return 2 if bad_input else 1
 
 
