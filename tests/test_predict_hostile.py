@@ -262,3 +262,15 @@ def test_absolute_diag_reg_at_the_same_size_is_accepted(problem):
                                        diag_reg_absolute_scale=True)(None, 0.0, 0.0,
                                                                      problem["k_td"])[1]
     assert np.isfinite(out).all()
+
+
+def test_a_negative_diagonal_is_named_on_the_iterative_path():
+    """The Nyström preconditioner finds it first; its message spoke of `op`, which the caller
+    never named."""
+    rng = np.random.default_rng(3)
+    x, y = rng.standard_normal((60, 3)), rng.standard_normal(60)
+    k = nf.gram(x, net=NET, get="ntk")
+    k[7, 7] = -1.0
+    with pytest.raises(ValueError, match=r"k_train_train: op must be positive semi-definite, but "
+                                         r"its diagonal entry 7 is -1 < 0"):
+        predict.gradient_descent_mse(k, y, solver="cg")(None, None, 0.0, k[:5])

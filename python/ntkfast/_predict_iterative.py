@@ -105,7 +105,10 @@ class IterativeSystem:
 
     def preconditioner(self):
         if self._precond is None and self.rank:
-            self._precond = nystrom_preconditioner(self.op, self.rank, self.shift)
+            try:
+                self._precond = nystrom_preconditioner(self.op, self.rank, self.shift)
+            except ValueError as error:  # e.g. a negative diagonal entry: say which kernel
+                raise ValueError(f"{self.name}: {error}") from None
         return self._precond
 
     def solve(self, b):
