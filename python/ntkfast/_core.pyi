@@ -14,6 +14,7 @@ __version__: str
 OP_KINDS: Dict[str, int]
 MAX_DEGREE: int
 MAX_SERIES_DEGREE: int
+MAX_OPS: int
 MAX_THREADS: int
 
 _F64 = npt.NDArray[np.float64]

@@ -63,10 +63,9 @@ _DENSE, _IDENTITY, _ABRELU, _ERF, _GELU, _SIN, _RBF, _EXP, _EXP_NORMALIZED, _GAU
         _OP_CODES[name] for name in _OP_NAMES)
 #: Highest degree of a Hermite-series activation (deg=), the engine's kMaxSeriesDegree.
 MAX_SERIES_DEGREE = int(getattr(_core, "MAX_SERIES_DEGREE", 0))
-#: Most ops in one program: engine.cpp's Program constructor refuses more (the extension does
-#: not export it; tests/test_layers_validation.py checks the two agree). Every layer lowers to
-#: at most one op, so this is also the most layers in a network.
-MAX_OPS = 1_000_000
+#: Most ops in one program (the engine's Program refuses more). Every layer lowers to at most
+#: one op, so this is also the most layers in a network.
+MAX_OPS = int(_core.MAX_OPS)
 #: Deepest MLP: depth hidden [Dense, activation] pairs and a readout Dense are 2·depth + 1 ops.
 MAX_MLP_DEPTH = (MAX_OPS - 1) // 2
 

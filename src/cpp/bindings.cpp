@@ -362,6 +362,7 @@ PYBIND11_MODULE(_core, m) {
   m.attr("OP_KINDS") = op_kinds;
   m.attr("MAX_DEGREE") = ntkfast::kMaxDegree;
   m.attr("MAX_SERIES_DEGREE") = ntkfast::kMaxSeriesDegree;
+  m.attr("MAX_OPS") = ntkfast::kMaxOps;
   m.attr("MAX_THREADS") = ntkfast::kMaxThreads;
 #if defined(NTKFAST_VERSION)
   m.attr("__version__") = NTKFAST_VERSION;

@@ -69,7 +69,9 @@ int64_t polynomial_table_size(const std::vector<double>& pool, int64_t offset) {
 
 Program::Program(std::vector<LayerOp> ops, std::vector<double> pool)
     : ops_(std::move(ops)), pool_(std::move(pool)) {
-  if (ops_.size() > 1000000) throw std::invalid_argument("program: too many layers");
+  if (int64_t(ops_.size()) > kMaxOps)
+    throw std::invalid_argument("program: too many layers (at most " + std::to_string(kMaxOps) +
+                                " ops)");
   for (size_t k = 0; k < ops_.size(); ++k) {
     const LayerOp& op = ops_[k];
     std::ostringstream where;

@@ -19,6 +19,9 @@
 namespace ntkfast {
 
 // A validated, owned layer program.
+// Most ops in one Program (ntkfast.MLP's depth limit follows from it, as _core.MAX_OPS).
+constexpr int64_t kMaxOps = 1000000;
+
 class Program {
  public:
   Program(std::vector<LayerOp> ops, std::vector<double> pool);
