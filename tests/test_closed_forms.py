@@ -81,3 +81,35 @@ def test_rectified_monomial_one_equals_relu():
         # different formulas (Cho & Saul's g_1 vs the arc-cosine form): agree to rounding
         np.testing.assert_allclose(a.nngp, b.nngp, rtol=0, atol=1e-13 * np.abs(b.nngp).max())
         np.testing.assert_allclose(a.ntk, b.ntk, rtol=0, atol=1e-13 * np.abs(b.ntk).max())
+
+
+@pytest.mark.parametrize("q", [1e20, 1e31, 1e60, 1e79, 1e104, 1e140])
+def test_gelu_at_huge_variances_against_mpmath(q):
+    """GELU's closed form lost ~ε·√q of E[φ'²] to cancellation (9 % at q = 1e31, up to 1e22x
+    beyond) and overflowed its intermediate q1·q2·δ² from q ~ 1e77 (a silent inf off the
+    diagonal; 'variance is inf' from q ~ 5e102). Against 40-digit quadrature (the diagonal) and
+    the closed form in 40 digits (a pair at ρ = cos 0.3)."""
+    mp = pytest.importorskip("mpmath")
+    net = nf.serial(nf.Dense(), nf.Gelu())  # one Dense of W_std 1: q = |x|²/2, Θ_in = q
+    x = np.array([[math.sqrt(2 * q), 0.0], [math.sqrt(2 * q) * math.cos(0.3),
+                                             math.sqrt(2 * q) * math.sin(0.3)]])
+    k = nf.gram(x, net=net)
+    with mp.workdps(40):
+        s = mp.sqrt(mp.mpf(q))
+        phi = lambda z: z * mp.ncdf(z)  # noqa: E731
+        dphi = lambda z: mp.ncdf(z) + z * mp.npdf(z)  # noqa: E731
+        e_phi2 = mp.quad(lambda u: phi(s * u) ** 2 * mp.npdf(u), [-mp.inf, 0, mp.inf])
+        e_dphi2 = mp.quad(lambda u: dphi(s * u) ** 2 * mp.npdf(u), [-mp.inf, 0, mp.inf])
+        c = mp.mpf(float(x[0] @ x[1])) / 2  # the pair's covariance; both variances q
+        p = (1 + mp.mpf(q)) ** 2
+        delta = mp.sqrt(p - c ** 2)
+        ang = mp.atan2(c, delta)
+        e_pair = ((c ** 2 + mp.mpf(q) ** 2 * delta ** 2) / (p * delta) + c * ang) / (2 * mp.pi) \
+            + c / 4
+        e_dpair = (1 / delta ** 2 + (2 + 2 * mp.mpf(q)) / p) * c / (2 * mp.pi * delta) + \
+            mp.mpf(1) / 4 + ang / (2 * mp.pi)
+        expected = [float(e_phi2), float(e_dphi2 * q), float(e_pair), float(e_dpair * c)]
+    np.testing.assert_allclose(np.diag(k.nngp), expected[0], rtol=1e-14)
+    np.testing.assert_allclose(np.diag(k.ntk), expected[1], rtol=1e-14)
+    np.testing.assert_allclose(k.nngp[0, 1], expected[2], rtol=1e-13)
+    np.testing.assert_allclose(k.ntk[0, 1], expected[3], rtol=1e-13)

@@ -316,21 +316,25 @@ NTKFAST_HD void op_erf(const LayerOp& op, const PairStats<V>& ps, V& c, V& t) {
 }
 
 // x·Φ(x) (exact GELU); neural-tangents' closed form (Tsuchida et al.), with
-//   δ² = (1 + q1)(1 + q2) - c² = 1 + q1 + q2 + r²  written without cancellation.
+//   δ² = (1 + q1)(1 + q2) - c² = 1 + q1 + q2 + r²  written without cancellation, and
+//   P = (1 + q1)(1 + q2):  E[φφ] = ((c² + q1 q2 δ²)/(P δ) + c·atan2(c, δ))/(2π) + c/4,
+//   E[φ'φ'] = (1/δ² + (2 + q1 + q2)/P)·c/(2πδ) + 1/4 + atan2(c, δ)/(2π).
+// Each product is formed divided by P first (q1 q2 δ² alone overflows from q ~ 1e77), and
+// 1 + (1 - q1 q2)/P is written as (2 + q1 + q2)/P: the difference lost ~ε·√q of E[φ'φ'].
 template <bool WithNtk, class V>
 NTKFAST_HD void op_gelu(const PairStats<V>& ps, V& c, V& t) {
-  const V prod = ps.q1 * ps.q2;
   // Two divisions serve the five quotients of the closed form.
-  const V inv_prod_plus_1 = 1.0 / ((1.0 + ps.q1) * (1.0 + ps.q2));
+  const V inv_p = 1.0 / ((1.0 + ps.q1) * (1.0 + ps.q2));
   const V delta_sq = 1.0 + (ps.q1 + ps.q2) + sine_sq(ps.q1, ps.q2, c);
   const V delta = nt_sqrt(delta_sq);
   const V inv_delta = 1.0 / delta;
   const V ang = atan2_right(c, delta);
   const V c_in = c;
-  c = ((c_in * c_in + prod * delta_sq) * inv_prod_plus_1 * inv_delta + c_in * ang) * (0.5 / kPi) +
+  c = (((c_in * c_in) * inv_p + ((ps.q1 * ps.q2) * inv_p) * delta_sq) * inv_delta +
+       c_in * ang) * (0.5 / kPi) +
       0.25 * c_in;
   if (WithNtk) {
-    const V first = (inv_delta * inv_delta + (1.0 - prod) * inv_prod_plus_1 + 1.0) * c_in *
+    const V first = (inv_delta * inv_delta + (2.0 + (ps.q1 + ps.q2)) * inv_p) * c_in *
                     inv_delta * (0.5 / kPi);
     t = (first + 0.25 + ang * (0.5 / kPi)) * t;
   }
