@@ -195,3 +195,38 @@ def test_serial_and_lowering_refuse_more_layers_than_the_engine_runs(monkeypatch
         _layers.lower(net, 3)
     with pytest.raises(ValueError, match=r"^net: 11 layers"):
         nf.gram(np.eye(3), net=net)
+
+
+@pytest.mark.parametrize("make, error, message", [
+    (lambda: nf.Dense(W_std=10**400), ValueError, "Dense: W_std must be finite, got an integer"),
+    (lambda: nf.Erf(a=10**400), ValueError, "Erf: a must be finite, got an integer"),
+    (lambda: nf.Polynomial([10**400]), ValueError, r"Polynomial: coef\[0\] must be finite"),
+    (lambda: nf.Dense(out_dim=10**400), ValueError, "out_dim must be a positive integer up to "
+                                                    "2\\*\\*53 .* got an integer of 1329 bits"),
+    (lambda: nf.Polynomial({1: 2.0}), TypeError, "coef must be a sequence .* got a dict"),
+    (lambda: nf.Polynomial({3.0, 1.0}), TypeError, "coef must be a sequence .* got a set"),
+    (lambda: nf.MLP(2, nf.Dense()), TypeError, "MLP: activation must be an activation layer"),
+])
+def test_parameters_beyond_floats_and_unordered_coefficients_are_named(make, error, message):
+    """A bare OverflowError (int too large to convert to float), a dict's keys taken as the
+    coefficients, a Dense accepted as MLP's activation."""
+    with pytest.raises(error, match=message):
+        make()
+
+
+def test_an_activation_error_of_any_class_reaches_the_caller():
+    """The wrapper rebuilt the error as type(error)(message), which for an exception class
+    with other constructor arguments raised an unrelated TypeError instead."""
+    class DeviceDown(Exception):
+        def __init__(self, code, detail):
+            super().__init__(f"{code}: {detail}")
+
+    def failing(v):
+        raise DeviceDown(42, "down")
+
+    with pytest.raises(DeviceDown, match="42: down"):
+        nf.gram(np.ones((3, 2)), net=nf.MLP(1, nf.ElementwiseNumerical(failing)))
+    with pytest.raises(ValueError, match=r"ElementwiseNumerical\(.*\): calling the activation "
+                                         r"on an array of shape .* failed \(boom\)"):
+        nf.gram(np.ones((3, 2)), net=nf.MLP(1, nf.ElementwiseNumerical(
+            lambda v: (_ for _ in ()).throw(ValueError("boom")))))

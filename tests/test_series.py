@@ -618,3 +618,31 @@ def test_the_callers_numpy_error_state_changes_nothing(activation, rng):
         assert np.geterr()["under"] == "raise"  # the caller's state is back
     np.testing.assert_array_equal(strict.ntk, nf.gram(x, net=net).ntk)
     np.testing.assert_array_equal(strict.nngp, nf.gram(x, net=net).nngp)
+
+
+@pytest.mark.parametrize("fn, df", [
+    (np.tanh, lambda v: 1e-3 / np.cosh(v) ** 2),   # a rescaled derivative
+    (np.sign, np.zeros_like),                      # a jump: 0 almost everywhere
+    (np.sign, None),                               # its finite difference is 0 too
+    (lambda v: (v > 0.3).astype(float), lambda v: 0 * v),
+])
+def test_elementwise_numerical_refuses_a_derivative_its_series_contradicts(fn, df):
+    """The engine takes E[φ'(x)φ'(y)] off the diagonal from fn's series and E[φ'²] on it from
+    df: with np.sign and df=0 the NTK had a zero diagonal, entries up to 0.62 and eigenvalues
+    down to -0.94 (not a kernel), where the built-in Sign gives 0."""
+    with pytest.raises(ValueError, match="ElementwiseNumerical: .* differ by"):
+        nf.ElementwiseNumerical(fn, df=df)
+
+
+@pytest.mark.parametrize("fn, df, builtin", [
+    (np.tanh, lambda v: 1 / np.cosh(v) ** 2, nf.Tanh()),
+    (lambda v: np.maximum(v, 0), lambda v: (v > 0).astype(float), nf.Relu()),  # a kink
+    (lambda v: np.maximum(v, 0), None, nf.Relu()),
+    (lambda v: np.sin(50 * v), None, nf.Sin(1.0, 50.0, 0.0)),  # energy in high terms only
+])
+def test_elementwise_numerical_accepts_true_derivatives(fn, df, builtin, rng):
+    x = rng.standard_normal((6, 4)) * 0.5
+    got = nf.gram(x, net=nf.serial(nf.Dense(), nf.ElementwiseNumerical(fn, df=df), nf.Dense()))
+    expected = nf.gram(x, net=nf.serial(nf.Dense(), builtin, nf.Dense()))
+    for a, b in zip(got, expected):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12 * np.abs(b).max())

@@ -18,7 +18,7 @@ from typing import Optional, Tuple
 import numpy as np
 
 from . import _core
-from ._series import table_rows
+from ._series import derivative_mismatch, table_rows
 
 __all__ = [
     "Layer", "Serial", "serial", "Dense", "MLP", "ACTIVATIONS",
@@ -78,7 +78,11 @@ def _real(owner: str, name: str, value, *, minimum=None, allow_none=False):
         return None
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{owner}: {name} must be a real number, got {value!r}")
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:  # an integer beyond the float range, e.g. 10**400
+        raise ValueError(f"{owner}: {name} must be finite, got an integer of "
+                         f"{int(value).bit_length()} bits") from None
     if not math.isfinite(value):
         raise ValueError(f"{owner}: {name} must be finite, got {value!r}")
     if minimum is not None and value < minimum:
@@ -94,6 +98,8 @@ def _degree(owner: str, value, *, maximum=MAX_DEGREE):
     return int(value)
 
 
+#: Widest Dense layer: every integer up to it is exact in float64.
+_MAX_WIDTH = 2**53
 #: Largest magnitude whose square is a finite double (≈ 1.34e154).
 _SQRT_MAX = math.sqrt(sys.float_info.max)
 
@@ -210,8 +216,13 @@ class Dense(Layer):
     def __post_init__(self):
         if self.out_dim is not None and (isinstance(self.out_dim, bool)
                                          or not isinstance(self.out_dim, numbers.Integral)
-                                         or self.out_dim < 1):
-            raise ValueError(f"Dense: out_dim must be a positive integer or None, got {self.out_dim!r}")
+                                         or not 1 <= self.out_dim <= _MAX_WIDTH):
+            shown = (f"an integer of {int(self.out_dim).bit_length()} bits"
+                     if isinstance(self.out_dim, numbers.Integral) and self.out_dim > _MAX_WIDTH
+                     else repr(self.out_dim))
+            raise ValueError(f"Dense: out_dim must be a positive integer up to 2**53 (a width "
+                             f"the standard parameterization divides by exactly), or None, got "
+                             f"{shown}")
         object.__setattr__(self, "out_dim", None if self.out_dim is None else int(self.out_dim))
         object.__setattr__(self, "W_std", _real("Dense", "W_std", self.W_std, minimum=0.0))
         object.__setattr__(self, "b_std", _real("Dense", "b_std", self.b_std, minimum=0.0,
@@ -848,6 +859,9 @@ class Polynomial(_Activation):
     coef: Tuple[float, ...]
 
     def __post_init__(self):
+        if isinstance(self.coef, (dict, set, frozenset, str, bytes)):  # no order of powers
+            raise TypeError(f"Polynomial: coef must be a sequence of numbers (lowest degree "
+                            f"first), got a {type(self.coef).__name__}")
         try:
             coef = tuple(self.coef)
         except TypeError:
@@ -1216,6 +1230,12 @@ def holds_user_functions(net: Layer) -> bool:
     return any(isinstance(layer, (ElementwiseNumerical, DualKernel)) for layer in layers)
 
 
+#: Most relative difference between df's Hermite coefficients and those fn's series implies
+#: that ElementwiseNumerical accepts: quadrature error stays ~1e-2 even for kinks away from 0,
+#: while a df that is not fn's derivative (a step's 0, a rescaled φ') differs by O(1).
+_DERIVATIVE_MISMATCH = 0.05
+
+
 @_frozen
 class ElementwiseNumerical(_SeriesActivation):
     """Any elementwise activation given as a vectorised callable, as
@@ -1233,7 +1253,11 @@ class ElementwiseNumerical(_SeriesActivation):
         a smaller deg only sends more pairs with ``|ρ|`` near 1 to the slower 2-D quadrature.
     df : callable, optional
         φ', vectorised. Without it φ' comes from a 6th-order finite difference (relative error
-        ~1e-12; kinks are allowed at 0 only).
+        ~1e-12; kinks are allowed at 0 only). Either must be fn's derivative (in the weak sense:
+        a step for a kink): the NTK takes E[φ'(x)φ'(y)] off the diagonal from fn's Hermite
+        series, and the layer is refused (ValueError) when φ' and that series disagree, e.g.
+        for a rescaled df or a function with jumps (a step or sign function: use
+        ``ntkfast.Sign()`` or a :class:`DualKernel`).
 
     Examples
     --------
@@ -1255,6 +1279,18 @@ class ElementwiseNumerical(_SeriesActivation):
         _user_function("ElementwiseNumerical", "fn", self.fn, required=True)
         _user_function("ElementwiseNumerical", "df", self.df)
         super().__post_init__()
+        mismatch = derivative_mismatch(self)
+        if mismatch is not None and mismatch[0] > _DERIVATIVE_MISMATCH:
+            what = ("df is not the derivative of fn" if self.df is not None else
+                    "fn has no derivative the NTK can use (a jump?)")
+            raise ValueError(
+                f"ElementwiseNumerical: {what}: at variance {mismatch[1]:g} the Hermite "
+                f"coefficients of φ' and those fn's series implies differ by "
+                f"{mismatch[0]:.0%}. The NTK takes E[φ'(x)φ'(y)] from fn's own series off the "
+                "diagonal and from φ' on it, so they must agree (φ' in the weak sense: a step "
+                "for a kink). A function with jumps (a step, sign) has no such derivative: use "
+                "a layer with its own closed form (e.g. ntkfast.Sign()), or a DualKernel with "
+                "both kernels")
 
     def _functions(self):
         return self.fn, self.df
@@ -1485,6 +1521,10 @@ def MLP(depth: int, activation="relu", W_std: float = 1.0, b_std: Optional[float
     if isinstance(activation, Layer):
         if activation_params:
             raise TypeError("MLP: activation parameters given for an activation layer object")
+        if not isinstance(activation, (_Activation, Identity)):
+            raise TypeError(f"MLP: activation must be an activation layer (e.g. ntkfast.Relu()) "
+                            f"or a name from ntkfast.ACTIVATIONS, got {activation!r}; build other "
+                            "networks with ntkfast.serial")
         act = activation
     else:
         act = activation_from_name(activation, **activation_params)

@@ -82,8 +82,13 @@ def _checked(name, fn, x):
     try:
         y = fn(x)
     except Exception as error:  # a user callable: say which layer failed and why
-        raise type(error)(f"{name}: calling the activation on an array of shape {x.shape} failed "
-                          f"({error}); it must be vectorised (NumPy ufuncs)") from error
+        message = (f"{name}: calling the activation on an array of shape {x.shape} failed "
+                   f"({error}); it must be vectorised (NumPy ufuncs)")
+        try:
+            named = type(error)(message)
+        except Exception:  # noqa: BLE001 - a class that takes other arguments: raise it as is
+            raise error from None
+        raise named from error
     y = np.asarray(y)
     if y.shape != x.shape:
         raise ValueError(f"{name}: the activation returned shape {y.shape} for input shape "
@@ -132,6 +137,31 @@ def _direct(layer, s, degree):
         out[2:degree + 3, cols] = (f @ hw).T
         out[degree + 3:, cols] = (df @ hw).T
     return out
+
+
+def derivative_mismatch(layer, terms=4, roots=(0.5, 1.0, 2.0)):
+    """(worst relative difference, variance) between φ'’s first Hermite coefficients as the
+    layer gives them (its df, or the finite difference) and as φ's own series implies them,
+    E[φ'(z) He_k(z)] = √(k+1) E[φ(z) He_{k+1}(z)] / √q (Gaussian integration by parts), over a
+    few variances q = root²; None where φ cannot be evaluated there. The engine takes
+    E[φ'(x)φ'(y)] off the diagonal from φ's series and E[φ'²] on it from φ', so the two must
+    agree, or the NTK is not a kernel."""
+    roots = np.asarray(roots, dtype=np.float64)
+    try:
+        with np.errstate(divide="ignore", over="ignore", under="ignore", invalid="ignore"):
+            table = _direct(layer, roots, terms)
+    except Exception:  # noqa: BLE001 - a user's φ failing here fails again, named, in gram
+        return None
+    a, given = table[2:terms + 3], table[terms + 3:terms + 3 + terms]
+    implied = np.sqrt(np.arange(1.0, terms + 1))[:, None] * a[1:] / roots
+    # relative to all of φ'’s energy, E[φ'²] = Σ_k B_k²: an oscillating φ (sin 50x) keeps
+    # almost none of it in the first terms, whose quadrature noise is then no mismatch
+    scale = np.maximum.reduce([np.sqrt(np.maximum(table[1], 0.0)),
+                               np.linalg.norm(given, axis=0), np.linalg.norm(implied, axis=0)])
+    relative = np.where(scale > 0, np.linalg.norm(given - implied, axis=0) / np.where(
+        scale > 0, scale, 1.0), 0.0)
+    worst = int(np.argmax(relative))
+    return float(relative[worst]), float(roots[worst] ** 2)
 
 
 def _cheb_nodes():
