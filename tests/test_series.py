@@ -355,7 +355,9 @@ def test_fallback_interpolants_are_checked():
     and its warning are kept) rather than a wrong one."""
     from ntkfast import _series
 
-    kinked_off_zero = nf.ElementwiseNumerical(lambda x: np.abs(x - 0.3), df=lambda x: np.sign(x - 0.3))
+    with pytest.warns(RuntimeWarning, match="not smooth away from 0"):
+        kinked_off_zero = nf.ElementwiseNumerical(lambda x: np.abs(x - 0.3),
+                                                  df=lambda x: np.sign(x - 0.3))
     assert _series._fallback(kinked_off_zero, 4.0) is None
     # exp overflows at the fallback's reach (21·√q) before the series' (14·√q): no record.
     assert _series._fallback(nf.ElementwiseNumerical(np.exp), 900.0) is None
@@ -646,3 +648,12 @@ def test_elementwise_numerical_accepts_true_derivatives(fn, df, builtin, rng):
     expected = nf.gram(x, net=nf.serial(nf.Dense(), builtin, nf.Dense()))
     for a, b in zip(got, expected):
         np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12 * np.abs(b).max())
+
+
+@pytest.mark.parametrize("fn", [lambda v: np.maximum(v, 0.7), lambda v: np.abs(v - 1.0),
+                                lambda v: np.clip(v, -1.0, 1.0)])
+def test_elementwise_numerical_warns_of_a_kink_away_from_zero(fn):
+    """Its quadrature is graded at 0 only: max(x, 0.7) had E[φ'²] off by 1 % and E[φφ] by
+    4e-6, silently."""
+    with pytest.warns(RuntimeWarning, match=r"not smooth away from 0 .* differ by \d"):
+        nf.ElementwiseNumerical(fn)
