@@ -306,6 +306,16 @@ def test_non_finite_input_message_uses_cli_names(capsys, tmp_path, option):
     assert "check_finite" not in err and "x1" not in err
 
 
+def test_float32_range_message_uses_cli_names(capsys, tmp_path):
+    np.save(tmp_path / "big.npy", np.array([[1e200, 1.0], [2.0, 3.0]]))
+    rc, _, err = _main(capsys, "gram", tmp_path / "big.npy", "--dtype", "float32", "-o",
+                       tmp_path / "K.npy")
+    _assert_one_line_error(rc, err, "X holds values up to 1e+200, beyond the range of float32",
+                           "pass --dtype float64")
+    assert "x1" not in err and "dtype=" not in err  # before: "x1 ... pass dtype=float64"
+    assert sorted(os.listdir(tmp_path)) == ["big.npy"]
+
+
 # ----------------------------------------------------------------------------------------------
 # a full disk: the temporary output's blocks are freed before the error is printed, and the
 # error names the user's -o file

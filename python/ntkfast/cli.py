@@ -162,7 +162,7 @@ def _cmd_gram(args):
 
     import ntkfast
     from ntkfast import KernelUnderflowError, NonFiniteKernelError
-    from ntkfast._validation import reject_non_finite
+    from ntkfast._validation import check_fits_dtype, reject_non_finite
 
     # argument values argparse cannot check by type alone
     if args.depth < 0:
@@ -202,8 +202,13 @@ def _cmd_gram(args):
             temps[name] = temp
             outs[name] = np.lib.format.open_memmap(temp, mode="w+", dtype=dtype, shape=(n1, n2))
         for points, label in ((x1, "X"), (x2, "--x2")):
-            if points is not None:  # in the CLI's names (gram's says x1 and check_finite=)
+            if points is not None:  # in the CLI's names (gram's says x1, check_finite=, dtype=)
                 reject_non_finite(points, label, hint="; ntkfast gram needs finite inputs")
+                try:
+                    check_fits_dtype(points, label, dtype)
+                except ValueError as error:
+                    raise UsageError(str(error).replace("pass dtype=float64",
+                                                        "pass --dtype float64")) from None
         start = time.perf_counter()
         ntkfast.gram(x1, x2, net=net, get=names, dtype=dtype, out=outs,
                      num_threads=args.threads, progress=args.progress, check_finite=False)
