@@ -270,3 +270,48 @@ def test_ensemble_iterative_matches_exact(problem):
         iterative(t=times, x_test=x_test, compute_cov=True)
     with pytest.raises(ValueError, match="iterative path needs an ntkfast network"):
         nf.predict.gradient_descent_mse_ensemble(lambda a, b, g: None, x, y, solver="cg")
+
+
+def test_a_path_in_use_by_another_open_operator_is_refused(tmp_path):
+    """The second operator truncated and rewrote the first one's kernel under it: the first
+    then computed with the second's kernel (an error of 133 against its own), silently."""
+    rng = np.random.default_rng(11)
+    x, x2, v = rng.standard_normal((300, 5)), rng.standard_normal((300, 5)), rng.standard_normal(300)
+    path = tmp_path / "k.bands"
+    first = nf.KernelOperator(x, net=NET, storage="file", path=path)
+    with pytest.raises(ValueError, match="holds the kernel of another open KernelOperator"):
+        nf.KernelOperator(x2, net=NET, storage="file", path=path)
+    np.testing.assert_allclose(first @ v, nf.gram(x, net=NET, get="ntk") @ v, rtol=1e-12)
+    first.close()
+    second = nf.KernelOperator(x2, net=NET, storage="file", path=path)  # free again
+    np.testing.assert_allclose(second @ v, nf.gram(x2, net=NET, get="ntk") @ v, rtol=1e-12)
+
+
+def test_an_input_mapped_by_hand_is_not_overwritten(tmp_path):
+    """The check followed np.memmap's .filename only: an mmap viewed through np.frombuffer was
+    truncated and rewritten while it was being read."""
+    import mmap
+
+    path = tmp_path / "x.npy"
+    np.save(path, np.random.default_rng(12).standard_normal((200, 5)))
+    saved = np.load(path)
+    with open(path, "r+b") as f:
+        mapped = mmap.mmap(f.fileno(), 0)
+    x = np.frombuffer(mapped, dtype=np.float64, offset=128).reshape(200, 5)
+    with pytest.raises(ValueError, match="is the file of an input array"):
+        nf.KernelOperator(x, net=NET, storage="file", path=path)
+    np.testing.assert_array_equal(np.load(path), saved)
+    del x
+    mapped.close()
+
+
+@pytest.mark.parametrize("storage", ["recompute", "memory", "file"])
+def test_a_progress_callable_is_called(storage):
+    """It was validated, then turned into True: a tqdm bar instead of the caller's function."""
+    calls = []
+    x = np.random.default_rng(13).standard_normal((300, 5))
+    op = nf.KernelOperator(x, net=NET, storage=storage, block_size=64,
+                           progress=lambda done, total: calls.append((done, total)))
+    calls.clear()
+    op @ np.ones(300)
+    assert calls and calls[-1][0] == calls[-1][1] and all(0 <= d <= t for d, t in calls)

@@ -24,6 +24,7 @@ import concurrent.futures
 import contextlib
 import errno
 import os
+import threading
 
 import numpy as np
 
@@ -119,6 +120,17 @@ def _progress(enabled, desc, total):
         reporter.close()
 
 
+#: (device, inode) of every open BandFile in this process: a second operator given the same
+#: path would truncate and rewrite the first one's kernel under it (wrong products, silently).
+_live_files = set()
+_live_files_lock = threading.Lock()
+
+
+def _file_identity(path_or_fd):
+    st = os.stat(path_or_fd)
+    return st.st_dev, st.st_ino
+
+
 class BandFile:
     """The bands of a kernel (all of them, or the given ``bounds``), packed in a file; created
     at its full size up front, so a disk too small fails here (OSError naming the size and the
@@ -135,7 +147,14 @@ class BandFile:
         self.max_band = max(sizes, default=0)
         free = available_memory()
         self.cache_bytes = self.nbytes if free is None else min(self.nbytes, int(CACHE_SHARE * free))
-        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        with _live_files_lock:
+            if os.path.exists(self.path) and _file_identity(self.path) in _live_files:
+                raise ValueError(f"path {self.path!r} holds the kernel of another open "
+                                 "KernelOperator, which it would overwrite: choose another path, "
+                                 "or close() that operator first")
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+            self._identity = _file_identity(self._fd)
+            _live_files.add(self._identity)
         try:
             if self.nbytes:
                 os.posix_fallocate(self._fd, 0, self.nbytes)
@@ -189,6 +208,8 @@ class BandFile:
     def close(self):
         fd, self._fd = getattr(self, "_fd", None), None
         if fd is not None:
+            with _live_files_lock:
+                _live_files.discard(self._identity)
             os.close(fd)
             if self.temporary:
                 with contextlib.suppress(OSError):

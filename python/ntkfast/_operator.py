@@ -27,7 +27,7 @@ from ._gram import diagonal as _diagonal
 from ._gram import gram as _gram
 from ._progress import Progress
 from ._validation import (available_memory, check_real_dtype, human_bytes, is_cupy,
-                          points_request, read_array, reject_non_finite)
+                          maps_file, points_request, read_array, reject_non_finite)
 
 __all__ = ["KernelOperator", "STORAGES", "as_indices", "as_vectors"]
 
@@ -77,8 +77,9 @@ class KernelOperator:
         side are clamped to it (one block then spans the whole matrix).
     num_threads, tile_size, check_finite
         As for :func:`ntkfast.gram`.
-    progress : bool
-        A progress bar over the blocks of each product (and of the one-off computation).
+    progress : bool or callable
+        A progress bar over the blocks of each product (and of the one-off computation), or a
+        ``callable(done, total)`` called instead, as for :func:`ntkfast.gram`.
 
     Examples
     --------
@@ -111,7 +112,7 @@ class KernelOperator:
         self.backend = request.backend
         self._gram_options = dict(backend=request.backend, num_threads=num_threads,
                                   tile_size=tile_size, check_finite=False)
-        self.progress = bool(progress)
+        self.progress = request.progress  # False, True (a bar) or a callable(done, total)
         self.shape = request.shape
         self.symmetric = x2 is None
         self.block_size = self._block_size(block_size)
@@ -485,16 +486,14 @@ class KernelOperator:
 
 
 def _refuse_input_files(path, arrays):
-    """storage='file' truncates ``path``: never when it holds one of the points (a memmap)."""
+    """storage='file' truncates ``path``: never when it holds one of the points (a memory map
+    of the file, whoever made it: np.memmap, np.load(mmap_mode=...), mmap + np.frombuffer)."""
     if not os.path.exists(path):
         return
     for a in arrays:
-        while a is not None:
-            source = getattr(a, "filename", None)
-            if source and os.path.exists(source) and os.path.samefile(path, source):
-                raise ValueError(f"path {os.fspath(path)!r} is the file of an input array "
-                                 "(np.memmap); the kernel would overwrite it: choose another path")
-            a = getattr(a, "base", None)
+        if a is not None and maps_file(a, path):
+            raise ValueError(f"path {os.fspath(path)!r} is the file of an input array (a memory "
+                             "map); the kernel would overwrite it: choose another path")
 
 
 def as_indices(idx, n, what, xp=np):

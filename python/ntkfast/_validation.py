@@ -395,6 +395,14 @@ def _shared_file_part(written, other, mappings):
     return None
 
 
+def maps_file(arr, path):
+    """Whether arr's memory maps (part of) the file at ``path``, by the file's identity (a
+    np.memmap, np.load(mmap_mode=...), or an mmap viewed through np.frombuffer alike)."""
+    st = os.stat(path)
+    identity = (f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}", str(st.st_ino))
+    return any(file == identity for file, *_ in _file_parts(arr, _file_mappings(), False))
+
+
 def _byte_bounds(arr):
     utils = getattr(np.lib, "array_utils", None)  # NumPy >= 2.0; np.byte_bounds before
     return (utils.byte_bounds if utils else np.byte_bounds)(arr)
