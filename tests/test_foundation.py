@@ -100,24 +100,53 @@ def test_backends_receive_checked_requests(monkeypatch):
 # BLAS thread limits.
 
 class _RecordingController:
-    """threadpoolctl's semantics, observable from any thread: limit() saves the current limit and
-    sets a new one; restore_original_limits() puts the saved one back. (OpenBLAS's own thread
-    count, read from a thread other than the one that set it, does not always show the change.)"""
+    """threadpoolctl's controller, observable from any thread: one BLAS library whose thread
+    count is ``current``. (OpenBLAS's own thread count, read from a thread other than the one
+    that set it, does not always show the change.) ``interrupt_at``: the numbers of the
+    set_num_threads calls at which Ctrl-C arrives (before the count is set)."""
 
-    def __init__(self):
+    def __init__(self, interrupt_at=()):
         self.current = 2
+        self.calls = 0
+        self.interrupt_at = set(interrupt_at)
 
-    def limit(self, limits, user_api):
+    def select(self, user_api):
         controller = self
 
-        class Limiter:
-            saved = controller.current
+        class Library:
+            @property
+            def num_threads(self):
+                return controller.current
 
-            def restore_original_limits(self):
-                controller.current = self.saved
+            def set_num_threads(self, threads):
+                controller.calls += 1
+                if controller.calls in controller.interrupt_at:
+                    raise KeyboardInterrupt
+                controller.current = threads
 
-        controller.current = limits
-        return Limiter()
+        class Selection:
+            lib_controllers = [Library()]
+
+        return Selection()
+
+
+@pytest.mark.parametrize("interrupt_at", [(1,), (2,), (1, 2, 3)])
+def test_ctrl_c_while_the_blas_limits_are_set_or_restored_loses_nothing(monkeypatch,
+                                                                         interrupt_at):
+    """Ctrl-C inside the restore left some libraries at one thread; the next call read that as
+    the original and kept the process there for good."""
+    from ntkfast import _blas
+
+    _blas.ensure_loaded()
+    controller = _RecordingController(interrupt_at)
+    monkeypatch.setattr(_blas, "_controller", controller)
+    with pytest.raises(KeyboardInterrupt):
+        with _blas.single_threaded():
+            assert controller.current == 1
+    assert controller.current == 2 and _blas._limit_users == 0
+    with _blas.single_threaded():  # the next call limits and restores as usual
+        assert controller.current == 1
+    assert controller.current == 2
 
 
 def test_overlapping_calls_restore_the_blas_thread_limits(rng, monkeypatch):

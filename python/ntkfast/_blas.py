@@ -48,18 +48,45 @@ def single_threaded():
     process's previous limits are back once the last overlapping caller has left."""
     global _limit_users, _limit_restore
     ensure_loaded()
-    with _limit_lock:
-        if _limit_users == 0:
-            _limit_restore = _controller.limit(limits=1, user_api="blas")
-        _limit_users += 1
+    entered = False
     try:
+        with _limit_lock:
+            if _limit_users == 0:
+                # the thread counts to restore, read before any is changed
+                before = [(lib, lib.num_threads)
+                          for lib in _controller.select(user_api="blas").lib_controllers]
+                try:
+                    _set_threads([(lib, 1) for lib, _ in before])
+                except KeyboardInterrupt:
+                    _set_threads(before)
+                    raise
+                _limit_restore = before
+            _limit_users += 1
+            entered = True
         yield
     finally:
-        with _limit_lock:
-            _limit_users -= 1
-            if _limit_users == 0:
-                _limit_restore.restore_original_limits()
-                _limit_restore = None
+        if entered:
+            with _limit_lock:
+                _limit_users -= 1
+                if _limit_users == 0:
+                    restore, _limit_restore = _limit_restore, None
+                    _set_threads(restore)
+
+
+def _set_threads(settings):
+    """Set each (library, thread count), all of them even when Ctrl-C arrives in between: a
+    half-restored state would be read as the original by the next call and kept for good. The
+    KeyboardInterrupt is raised once every library is set."""
+    interrupted = False
+    for lib, threads in settings:
+        while True:
+            try:
+                lib.set_num_threads(threads)
+                break
+            except KeyboardInterrupt:
+                interrupted = True
+    if interrupted:
+        raise KeyboardInterrupt
 
 
 def _after_fork_in_child():
@@ -71,7 +98,7 @@ def _after_fork_in_child():
     if _limit_users:
         _limit_users = 0
         restore, _limit_restore = _limit_restore, None
-        restore.restore_original_limits()
+        _set_threads(restore)
 
 
 if hasattr(os, "register_at_fork"):
