@@ -315,3 +315,25 @@ def test_a_progress_callable_is_called(storage):
     calls.clear()
     op @ np.ones(300)
     assert calls and calls[-1][0] == calls[-1][1] and all(0 <= d <= t for d, t in calls)
+
+
+def test_closing_a_shared_store_during_a_product_is_a_clear_error_and_no_stale_read():
+    """A copy's close() (or another thread's) left the product calling os.preadv(None): a
+    TypeError; closing the descriptor under a running read could even read another file that
+    reused its number. Now the last reader releases the file, and later reads say 'closed'."""
+    import copy
+    import os
+
+    x = np.random.default_rng(14).standard_normal((300, 5))
+    op = nf.KernelOperator(x, net=NET, storage="file", block_size=64)
+    twin = copy.copy(op)  # shares the stored kernel
+    store = op._store
+    with store._reading() as fd:  # a band read in flight
+        twin.close()
+        os.fstat(fd)  # still open: the read may finish
+        assert os.path.exists(store.path)
+    with pytest.raises(OSError):
+        os.fstat(fd)  # released by the last reader
+    assert not os.path.exists(store.path)
+    with pytest.raises(ValueError, match="was closed .* on it or on a copy of it"):
+        op @ np.ones(300)

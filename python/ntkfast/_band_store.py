@@ -147,12 +147,15 @@ class BandFile:
         self.max_band = max(sizes, default=0)
         free = available_memory()
         self.cache_bytes = self.nbytes if free is None else min(self.nbytes, int(CACHE_SHARE * free))
+        self._fd = self._open_fd = None  # _fd: None once closed; _open_fd: until released
+        self._readers, self._readers_lock = 0, threading.Lock()
         with _live_files_lock:
             if os.path.exists(self.path) and _file_identity(self.path) in _live_files:
                 raise ValueError(f"path {self.path!r} holds the kernel of another open "
                                  "KernelOperator, which it would overwrite: choose another path, "
                                  "or close() that operator first")
-            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+            self._fd = self._open_fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC,
+                                               0o600)
             self._identity = _file_identity(self._fd)
             _live_files.add(self._identity)
         try:
@@ -178,21 +181,43 @@ class BandFile:
     def read(self, b, buffer):
         band = self.band(b, buffer)
         view, offset = memoryview(band).cast("B"), int(self.offsets[b])
-        while view:
-            got = os.preadv(self._fd, [view], offset)
-            if got == 0:
-                raise OSError(errno.EIO, f"storage='file': {self.path} ended early (was it "
-                                         "truncated while the operator was in use?)")
-            view, offset = view[got:], offset + got
-        self._uncache(b)
+        with self._reading() as fd:
+            while view:
+                got = os.preadv(fd, [view], offset)
+                if got == 0:
+                    raise OSError(errno.EIO, f"storage='file': {self.path} ended early (was it "
+                                             "truncated while the operator was in use?)")
+                view, offset = view[got:], offset + got
+            self._uncache(b, fd)
         return band
 
-    def _uncache(self, b):
+    @contextlib.contextmanager
+    def _reading(self):
+        """The file stays open while a band is read: a close() meanwhile (another thread, a copy
+        of the operator sharing this store, a finalizer run by the garbage collector inside the
+        read) marks the store closed and leaves the descriptor to the last reader, rather than
+        let it be closed, or even reused for another file, under the read."""
+        with self._readers_lock:
+            if self._fd is None:
+                raise ValueError("this KernelOperator was closed (its file is gone): close() was "
+                                 "called on it or on a copy of it")
+            self._readers += 1
+            fd = self._open_fd
+        try:
+            yield fd
+        finally:
+            with self._readers_lock:
+                self._readers -= 1
+                release = self._readers == 0 and self._fd is None and self._open_fd is not None
+            if release:
+                self._release()
+
+    def _uncache(self, b, fd):
         """Drop band b from the page cache if it lies beyond the part that stays cached."""
         end = int(self.offsets[b + 1])
         if end > self.cache_bytes and hasattr(os, "posix_fadvise"):
             start = max(int(self.offsets[b]), self.cache_bytes)
-            os.posix_fadvise(self._fd, start, end - start, os.POSIX_FADV_DONTNEED)
+            os.posix_fadvise(fd, start, end - start, os.POSIX_FADV_DONTNEED)
 
     def finish_writing(self):
         """Once all bands are written: the part beyond cache_bytes goes to disk and leaves the
@@ -206,14 +231,26 @@ class BandFile:
         return [np.empty(self.max_band, self.dtype) for _ in range(count)]
 
     def close(self):
-        fd, self._fd = getattr(self, "_fd", None), None
-        if fd is not None:
-            with _live_files_lock:
-                _live_files.discard(self._identity)
-            os.close(fd)
-            if self.temporary:
-                with contextlib.suppress(OSError):
-                    os.unlink(self.path)
+        lock = getattr(self, "_readers_lock", None)
+        if lock is None:  # __init__ failed before the file was opened
+            return
+        with lock:
+            self._fd = None  # no new reads; the last running one releases the file
+            release = self._readers == 0 and self._open_fd is not None
+        if release:
+            self._release()
+
+    def _release(self):
+        with self._readers_lock:
+            fd, self._open_fd = self._open_fd, None
+        if fd is None:
+            return
+        with _live_files_lock:
+            _live_files.discard(self._identity)
+        os.close(fd)
+        if self.temporary:
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)
 
 
 def write_bands(store, compute_band, *, progress, desc):
