@@ -337,3 +337,28 @@ def test_closing_a_shared_store_during_a_product_is_a_clear_error_and_no_stale_r
     assert not os.path.exists(store.path)
     with pytest.raises(ValueError, match="was closed .* on it or on a copy of it"):
         op @ np.ones(300)
+
+
+@pytest.mark.parametrize("storage", ["recompute", "memory"])
+def test_an_operator_pickles_and_deep_copies(storage):
+    """It kept the NumPy module as an attribute: 'cannot pickle module object' for every
+    storage."""
+    import copy
+    import pickle
+
+    x = np.random.default_rng(15).standard_normal((200, 5))
+    op = nf.KernelOperator(x, net=NET, storage=storage)
+    v = np.random.default_rng(16).standard_normal((200, 2))
+    expected = nf.gram(x, net=NET, get="ntk") @ v
+    for clone in (pickle.loads(pickle.dumps(op)), copy.deepcopy(op)):
+        assert clone.storage == storage
+        np.testing.assert_allclose(clone @ v, expected, rtol=1e-12)
+
+
+def test_a_file_operator_refuses_pickling_clearly(tmp_path):
+    import pickle
+
+    op = nf.KernelOperator(np.ones((50, 3)), net=NET, storage="file")
+    with pytest.raises(TypeError, match="storage='file' cannot be pickled or deep-copied"):
+        pickle.dumps(op)
+    op.close()

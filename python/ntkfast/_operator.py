@@ -206,6 +206,27 @@ class KernelOperator:
     def __exit__(self, *exc):
         self.close()
 
+    def __getstate__(self):
+        # the array module is found again from the points; a file store is an open file of
+        # this process, which another process (or a deep copy) could not share
+        if self._store is not None or self.storage == "closed":
+            raise TypeError(f"a KernelOperator with storage={self.storage!r} cannot be pickled or "
+                            "deep-copied (it holds this process's open kernel file); use "
+                            "storage='memory' or 'recompute', or build one from the points where "
+                            "it is needed")
+        state = dict(self.__dict__)
+        state.pop("_xp")
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._xp = _array_module(self.x)
+
+    def __copy__(self):  # shares the stored kernel (a file store too: close() closes it for both)
+        clone = object.__new__(type(self))
+        clone.__dict__.update(self.__dict__)
+        return clone
+
     def __repr__(self):
         n1, n2 = self.shape
         return (f"KernelOperator({self.kernel}, {n1} x {n2} {self.dtype}, "
