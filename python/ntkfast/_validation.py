@@ -308,11 +308,12 @@ def out_label(name, single):
     return "out" if single else f"out ({name})"
 
 
-def check_host_output(arr, name, shape, dtype, inputs):
+def check_host_output(arr, name, shape, dtype, inputs, mappings=None):
     """A writable, C-contiguous NumPy array (np.memmap allowed) of the result's shape and dtype
     that overlaps no input, in memory or in a file; a file-backed one gets its disk blocks
     reserved now (a full disk is an OSError here, not a SIGBUS in the middle of the
-    computation). Returns whether it is file-backed."""
+    computation). Returns whether it is file-backed. ``mappings``: the process's file mappings
+    (``_file_mappings()``), read once by a caller checking several outputs."""
     if not isinstance(arr, np.ndarray):
         if is_cupy(arr):
             raise TypeError(f"{name}: a CuPy array needs backend='cuda' with CuPy inputs")
@@ -326,7 +327,8 @@ def check_host_output(arr, name, shape, dtype, inputs):
         raise ValueError(f"{name} is read-only")
     if any(np.may_share_memory(arr, x) for x in inputs):
         raise ValueError(f"{name} overlaps an input array")
-    mappings = _file_mappings()
+    if mappings is None:
+        mappings = _file_mappings()
     for x in inputs:
         path = _shared_file_part(arr, x, mappings)
         if path:
@@ -336,11 +338,11 @@ def check_host_output(arr, name, shape, dtype, inputs):
     return reserve_file_backing(arr, name, mappings)
 
 
-def check_outputs_disjoint(nngp, ntk):
+def check_outputs_disjoint(nngp, ntk, mappings=None):
     """The two host outputs share no memory and no part of a file."""
     if np.may_share_memory(nngp, ntk):
         raise ValueError("out: the nngp and ntk arrays overlap")
-    path = _shared_file_part(nngp, ntk, _file_mappings())
+    path = _shared_file_part(nngp, ntk, _file_mappings() if mappings is None else mappings)
     if path:
         raise ValueError(f"out: the nngp and ntk arrays map the same part of the file {path} "
                          "(two memory maps of one file)")
@@ -508,10 +510,12 @@ def gram_request(x1, x2, *, net, get, dtype, out, backend, num_threads, check_fi
 def _check_cpu_outputs(request, inputs):
     """The request, its out arrays checked (and out_file_backed set)."""
     shape, dtype = request.shape, request.dtype
-    file_backed = [check_host_output(arr, out_label(name, request.single), shape, dtype, inputs)
+    mappings = _file_mappings()  # one read of /proc/self/maps for every check below
+    file_backed = [check_host_output(arr, out_label(name, request.single), shape, dtype, inputs,
+                                     mappings)
                    for name, arr in request.out.items()]
     if len(request.out) == 2:
-        check_outputs_disjoint(request.out["nngp"], request.out["ntk"])
+        check_outputs_disjoint(request.out["nngp"], request.out["ntk"], mappings)
     missing = [n for n in request.names if n not in request.out]
     if missing:
         check_memory(shape, dtype, len(missing), "gram")
