@@ -212,6 +212,9 @@ def main(argv=None):
     parser.add_argument("--series-n", type=int, nargs="*", default=[20_000],
                         help="N of the tanh depth-3 (Hermite series) runs; none: skipped")
     parser.add_argument("--memmap-dir", default=None, help="also stream to an np.memmap in this folder")
+    parser.add_argument("--stream-gpu-limit-gb", type=float, default=1.0,
+                        help="also stream with CuPy's pool limited to this many GB, far below the "
+                             "outputs (an H200's 141 GB exceeds a host's memory and disk); 0: skipped")
     parser.add_argument("--matrix-n", type=int, nargs="*", default=[20_000, 50_000],
                         help="N of the depth x d x dtype grid (NNGP + NTK); none: skipped")
     parser.add_argument("--matrix-d", type=int, nargs="+", default=[784, 3072])
@@ -314,11 +317,31 @@ def main(argv=None):
         path = pathlib.Path(tempfile.mkdtemp(dir=args.memmap_dir)) / "ntk.f32"
         targets.append((f"np.memmap ({args.memmap_dir})",
                         lambda: np.memmap(path, dtype=np.float32, mode="w+", shape=(n, n))))
+    pool = cp.get_default_memory_pool()
+    limit_bytes = int(args.stream_gpu_limit_gb * 1e9)
+    if limit_bytes:
+        targets.append((f"host np.empty, GPU pool limited to {args.stream_gpu_limit_gb:g} GB", host_array))
     for label, make in targets:
         out = make()
-        start = time.perf_counter()
-        nf.gram(x, net=net, get="ntk", out=out)
-        elapsed = time.perf_counter() - start
+        limited = "limited" in label
+        if limited:
+            pool.free_all_blocks()
+            previous, pool_limit = pool.get_limit(), pool.used_bytes() + limit_bytes
+            pool.set_limit(size=pool_limit)
+        tiles = []
+        try:
+            start = time.perf_counter()
+            nf.gram(x, net=net, get="ntk", out=out,
+                    progress=(lambda done, total: tiles.append(total)) if limited else None)
+            elapsed = time.perf_counter() - start
+            if limited:
+                assert out.nbytes > limit_bytes and pool.total_bytes() <= pool_limit
+                check = nf.gram(x[:256].get(), x.get(), net=net, get="ntk", backend="cpu")
+                error = np.abs(out[:256] - check).max() / np.abs(check).max()
+                label += f" ({len(tiles) and tiles[-1]} tiles; rows 0-255 vs CPU: {error:.1e} max|K|)"
+        finally:
+            if limited:
+                pool.set_limit(size=previous)
         row = f"| {n} | {label} | default | {elapsed:.2f} | {out.nbytes / elapsed / 1e9:.2f} |"
         stream_lines.append(row)
         print(row, flush=True)

@@ -260,6 +260,52 @@ def test_numpy_inputs_default_host_outputs_are_streamed(rng):
     _assert_close64(got.ntk, nf.gram(x, net=RELU, get="ntk", backend="cpu"))
 
 
+@pytest.fixture
+def gpu_memory_limited_to():
+    """Limits CuPy's memory pool (the GPU memory this process may use) to what it holds plus the
+    given bytes, for one test; lifted afterwards."""
+    pool = cp.get_default_memory_pool()
+    previous = pool.get_limit()
+    pool.free_all_blocks()
+
+    def limit(extra_bytes):
+        pool.set_limit(size=pool.used_bytes() + extra_bytes)
+
+    yield limit
+    pool.set_limit(size=previous)
+
+
+def test_streamed_to_host_beyond_the_gpu_memory_allowed(rng, gpu_memory_limited_to):
+    """Outputs larger than the GPU memory allowed (a pool limit of 48 MiB: an H200's 141 GB cannot
+    be exceeded on hosts with less memory and disk than that) stream to host arrays in default
+    tiles sized to what is free; on the device they are a MemoryError that suggests out=."""
+    n = 2600  # two 2600 x 2600 float64 outputs: 108 MB
+    x = _points(rng, n)
+    xd = cp.asarray(x)
+    gpu_memory_limited_to(48 << 20)
+    with pytest.raises(MemoryError, match="out="):
+        nf.gram(xd, net=RELU)
+    seen = []
+    out = nf.Kernels(np.empty((n, n)), np.empty((n, n)))
+    got = nf.gram(xd, net=RELU, out=out, progress=lambda done, total: seen.append(total))
+    assert got.nngp is out.nngp and seen[-1] > 1  # several tiles, where 2816 would be one
+    want = nf.gram(x, net=RELU, backend="cpu")
+    for name in ("nngp", "ntk"):
+        _assert_close64(getattr(got, name), getattr(want, name), name)
+
+
+def test_deep_networks_default_to_smaller_tiles(rng):
+    """One default (8192) tile of a depth-2000 erf MLP holds seconds of layer work, and Ctrl-C and
+    progress wait between tiles: the default tile of such a program is smaller."""
+    deep = nf.MLP(2000, "erf", W_std=0.8, b_std=0.1)  # ordered phase: rounding errors contract
+    x = _points(rng, 2100, d=8)
+    seen = []
+    got = nf.gram(cp.asarray(x), net=deep, get="ntk", progress=lambda done, total: seen.append(total))
+    assert seen[-1] > 1
+    want = nf.gram(x[:64], x, net=deep, get="ntk", backend="cpu")
+    _assert_close64(_host(got[:64]), want)
+
+
 # ----------------------------------------------------------------------------------------------
 # Streams.
 

@@ -112,6 +112,6 @@ def test_python_facing_api_is_narrow():
     _cuda = _cuda_module()
     public = {name for name in dir(_cuda) if not name.startswith("_")}
     assert public == {"GramPlan", "Cancelled", "DEVICE_TILE", "STAGING_SLOT_BYTES", "build_info",
-                      "device_name", "driver_version", "max_tile_rows", "pack_program", "probe"}
+                      "choose_tile", "device_name", "driver_version", "max_tile_rows", "pack_program", "probe"}
     assert issubclass(_cuda.Cancelled, KeyboardInterrupt)
     assert _cuda.DEVICE_TILE == 8192 and _cuda.STAGING_SLOT_BYTES == 256 << 20

@@ -223,7 +223,10 @@ def _reference_tile(requested, n1, n2, itemsize, outputs, n_outputs, symmetric, 
         tile = requested
     elif outputs == "host":
         per_entry = n_outputs * (2 if symmetric else 1) * itemsize
-        tile = max(256, math.isqrt((256 << 20) // per_entry) // 256 * 256)
+        fitting = (256 << 20) // per_entry
+        if free > 0:  # two staging slots and the GEMM buffer in half the free memory
+            fitting = min(fitting, free // 2 // (2 * per_entry + itemsize))
+        tile = max(256, math.isqrt(fitting) // 256 * 256)
     else:
         tile = min(8192, max(256, math.isqrt(max(free // 4, 1) // itemsize) // 256 * 256))
     return max(1, min(tile, max(n1, n2), 65535 * 32))
@@ -231,15 +234,23 @@ def _reference_tile(requested, n1, n2, itemsize, outputs, n_outputs, symmetric, 
 
 @pytest.mark.parametrize("requested", [0, 1, 100, 10 ** 8])
 @pytest.mark.parametrize("outputs", ["device", "host"])
-@pytest.mark.parametrize("free", [0, 10 ** 6, 1 << 34])
+@pytest.mark.parametrize("free", [0, 10 ** 6, 10 ** 8, 1 << 30, 1 << 34])
 def test_choose_tile(requested, outputs, free):
     for n1, n2 in ((10, 3), (100_000, 100_000), (3, 50_000), (5_000_000, 7)):
         for itemsize in (4, 8):
             for n_outputs, symmetric in ((1, True), (2, True), (2, False)):
                 args = (requested, n1, n2, itemsize, outputs, n_outputs, symmetric, free)
-                assert _cuda._choose_tile(*args) == _reference_tile(*args), args
-    assert _cuda._choose_tile(0, 10 ** 6, 10 ** 6, 4, "host", 2, True, 0) == 4096
-    assert _cuda._choose_tile(0, 10 ** 6, 10 ** 6, 4, "device", 1, True, 1 << 40) == _cuda.DEVICE_TILE
+                assert _cuda.choose_tile(*args) == _reference_tile(*args), args
+    assert _cuda.choose_tile(0, 10 ** 6, 10 ** 6, 4, "host", 2, True, 0) == 4096
+    assert _cuda.choose_tile(0, 10 ** 6, 10 ** 6, 4, "device", 1, True, 1 << 40) == _cuda.DEVICE_TILE
+    # host outputs on a nearly full GPU: the device buffers of the default tile fit in half of it
+    for free in (10 ** 8, 1 << 30):
+        for itemsize, n_outputs, symmetric in ((4, 2, True), (8, 1, False)):
+            args = (0, 10 ** 6, 10 ** 6, itemsize, "host", n_outputs, symmetric)
+            tile, unknown = _cuda.choose_tile(*args, free), _cuda.choose_tile(*args, 0)
+            slot = tile * tile * n_outputs * (2 if symmetric else 1) * itemsize
+            assert 256 <= tile <= unknown and 2 * slot + tile * tile * itemsize <= free // 2, (free, tile)
+    assert _cuda.choose_tile(0, 10 ** 6, 10 ** 6, 4, "host", 2, True, 10 ** 8) == 1024
 
 
 def _plan(**changes):
@@ -462,7 +473,8 @@ def fake(monkeypatch):
     FakePlan.instances = []
     FakePlan.scaled_bytes_after_stats = 0
     FakePlan.series_report_value = (0.5, 0)
-    module = types.SimpleNamespace(GramPlan=FakePlan)
+    module = types.SimpleNamespace(GramPlan=FakePlan, DEVICE_TILE=_cuda.DEVICE_TILE,
+                                   choose_tile=_cuda.choose_tile)
     monkeypatch.setitem(sys.modules, "cupy", cp)
     monkeypatch.setitem(sys.modules, "ntkfast._cuda", module)
     monkeypatch.setattr(nf, "_cuda", module, raising=False)
@@ -492,6 +504,34 @@ def test_device_outputs(fake, rng, n1, n2, tile, dtype):
     assert kw["snap_tol"] == nf._core.snap_tolerance(np.dtype(dtype).name, 6)
 
 
+@pytest.mark.parametrize("outputs", ["device", "host"])
+def test_deep_programs_get_tiles_within_the_work_budget(fake, rng, outputs):
+    """The default tile of a deep program holds at most GPU_TILE_WORK_BUDGET of layer work (the
+    engine polls Ctrl-C between tiles); shallow ones keep the engine's default, tile_size wins."""
+    from ntkfast import _layers, _program
+
+    x, y = _fake(rng.standard_normal((3, 4))), _fake(rng.standard_normal((9000, 4)))
+    out = {} if outputs == "device" else {"out": nf.Kernels(np.empty((3, 9000)), np.empty((3, 9000)))}
+    engine = _cuda.choose_tile(0, 3, 9000, 8, outputs, 2, False, 1 << 34)
+    budget, bounded = _program.GPU_TILE_WORK_BUDGET, 0
+    for depth, kind in ((20, "erf"), (25, "tanh"), (2000, "erf"), (5000, "relu"), (40000, "erf")):
+        net = nf.MLP(depth, kind)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a Series net's truncation report from the fake plan
+            nf.gram(x, y, net=net, **out)
+        tile = FakePlan.instances[-1].kw["tile"]
+        work = _program.tile_work(_layers.lower(net, 4)[0])
+        if engine ** 2 * work <= budget:  # the engine's default: 8192 on device, 4096 streamed
+            assert tile == 0, depth
+            continue
+        bounded += 1
+        assert 0 < tile < engine and tile % 32 == 0, (depth, tile)
+        assert tile ** 2 * work <= budget < (tile + 256) ** 2 * work, depth
+        nf.gram(x, y, net=net, tile_size=8192, **out)
+        assert FakePlan.instances[-1].kw["tile"] == 8192
+    assert (bounded, engine) == ((4, 8192) if outputs == "device" else (3, 4096))
+
+
 @pytest.mark.parametrize("cross", [False, True])
 def test_host_outputs_and_memmap(fake, rng, tmp_path, cross):
     x1 = rng.standard_normal((41, 5))
@@ -502,7 +542,9 @@ def test_host_outputs_and_memmap(fake, rng, tmp_path, cross):
     got = nf.gram(_fake(x1), None if x2 is None else _fake(x2), net=NET, out=out,
                   progress=lambda d, t: seen.append((d, t)))
     assert got.nngp is out.nngp and got.ntk is out.ntk and seen == [(3, 3)]
-    assert FakePlan.instances[-1].kw["outputs"] == "host"
+    kw = FakePlan.instances[-1].kw
+    assert kw["outputs"] == "host" and kw["tile"] == 0
+    assert kw["free_bytes"] == 1 << 34  # the default tile's device buffers fit what is free
     for value, want in zip(got, _want(x1, x2)):
         np.testing.assert_allclose(np.asarray(value), want, rtol=1e-12)
     # NumPy inputs without out=: computed on the GPU, NumPy results (streamed)

@@ -61,9 +61,11 @@ class GramPlan:
         """Every tile; outputs are device addresses ('device') or NumPy arrays ('host')."""
     def write_diagonal(self, *, workspace: int, nngp: int, ntk: int, stream: int) -> None: ...
 
+def choose_tile(requested: int, n1: int, n2: int, itemsize: int, outputs: str, n_outputs: int,
+                symmetric: bool, free_bytes: int) -> int:
+    """The tile edge a GramPlan uses: `requested` if > 0, else the output kind's default."""
+
 # Test hooks (tests/test_cuda_driver.py).
-def _choose_tile(requested: int, n1: int, n2: int, itemsize: int, outputs: str, n_outputs: int,
-                 symmetric: bool, free_bytes: int) -> int: ...
 def _schedule(n1: int, n2: int, tile: int, symmetric: bool, outputs: str, n_outputs: int) -> List[dict]: ...
 def _simulate(n1: int, n2: int, tile: int, symmetric: bool, outputs: str, out: List[np.ndarray],
               progress: Optional[Callable[[int, int], None]] = None, poll_interval: float = 0.0) -> dict: ...

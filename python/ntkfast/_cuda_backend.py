@@ -16,7 +16,7 @@ import numpy as np
 from . import _core
 from ._cuda_probe import device_problem  # noqa: F401  (benchmarks/cuda_bench.py)
 from ._layers import lower, series_activations
-from ._program import compiled_program
+from ._program import GPU_TILE_WORK_BUDGET, compiled_program, work_bounded_edge
 from ._progress import Progress
 from ._series import series_inputs
 from ._validation import check_host_output, check_memory, check_outputs_disjoint, human_bytes, is_cupy, out_label
@@ -161,11 +161,31 @@ def _plan(request, shape, outputs, device, free_bytes=0, series=None):
         ops = series.ops  # validated by series_inputs, with the terms the tables hold
         extra = dict(series_rows=series.tables1.shape[0], profiles=series.profiles,
                      fallbacks=series.fallbacks, fallback_above=series.fallback_above)
+    symmetric, n_outputs = request.x2 is None, len(request.names)
+    tile = request.tile or _work_bounded_tile(ops, shape, dtype.itemsize, outputs, n_outputs,
+                                              symmetric, free_bytes)
     return _cuda.GramPlan(
         ops=[(k, deg, off, list(p)) for k, deg, off, p in ops], pool=list(pool), dtype=dtype.name,
-        n1=shape[0], n2=shape[1], d=d, symmetric=request.x2 is None, nngp="nngp" in request.names,
-        ntk="ntk" in request.names, tile=request.tile or 0, outputs=outputs, device=device.id,
+        n1=shape[0], n2=shape[1], d=d, symmetric=symmetric, nngp="nngp" in request.names,
+        ntk="ntk" in request.names, tile=tile, outputs=outputs, device=device.id,
         free_bytes=free_bytes, snap_tol=_core.snap_tolerance(dtype.name, d), **extra)
+
+
+def _work_bounded_tile(ops, shape, itemsize, outputs, n_outputs, symmetric, free_bytes):
+    """0 (the engine's default tile) unless one such tile of this program holds more layer work
+    than GPU_TILE_WORK_BUDGET: the engine polls for Ctrl-C and reports progress between tiles, and
+    one 8192² tile of a depth-5000 erf MLP takes seconds. Then the largest multiple of 256 (of 32
+    below 256) within the budget."""
+    from . import _cuda
+
+    fitting = work_bounded_edge(ops, GPU_TILE_WORK_BUDGET)
+    if outputs == "none" or fitting >= _cuda.DEVICE_TILE:
+        return 0
+    engine = _cuda.choose_tile(0, shape[0], shape[1], itemsize, outputs, n_outputs, symmetric,
+                               free_bytes)
+    if fitting >= engine:
+        return 0
+    return fitting // 256 * 256 if fitting >= 256 else max(1, fitting // 32 * 32 or fitting)
 
 
 def _series_tables(series, symmetric):
@@ -254,7 +274,7 @@ def _compute(cp, request, outputs, on_host, device, reporter):
         x2 = None if request.x2 is None else _to_device(cp, request.x2, dtype, device, "x2")
         series = _series(cp, request, x1, x2)
         plan = _plan(request, request.shape, "host" if on_host else "device", device,
-                     0 if on_host or request.tile else _free_device_bytes(cp), series)
+                     0 if request.tile else _free_device_bytes(cp), series)
         workspace = cp.empty(plan.workspace_bytes, dtype=np.uint8)
         pinned = None
         if on_host:

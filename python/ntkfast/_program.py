@@ -5,7 +5,7 @@ import math
 
 from . import _core
 
-__all__ = ["compiled_program", "default_tile", "tile_work"]
+__all__ = ["compiled_program", "default_tile", "tile_work", "work_bounded_edge", "GPU_TILE_WORK_BUDGET"]
 
 #: Cost of one Gram entry through each op kind, in Dense ops (one Dense ~0.4 ns per entry on a
 #: 2-core x86 box; measured as ns per entry of 30-200 [Dense, activation] blocks, one thread).
@@ -24,6 +24,13 @@ _COST_BY_CODE = {_core.OP_KINDS[name]: cost for name, cost in _OP_COST.items()}
 TILE_WORK_BUDGET = 2e8
 
 
+#: The same bound for the CUDA engine's default tile: a GPU runs the layer math ~300x faster than
+#: one core (an H100's FP64 vector peak, ~34 TFLOP/s, to a Zen 4 core's ~120 GFLOP/s), so its
+#: tiles may hold that much more work for the same latency. A depth-20 tanh MLP or a depth-170
+#: ReLU MLP keeps the engine's 8192 tile (``_cuda.DEVICE_TILE``).
+GPU_TILE_WORK_BUDGET = 300 * TILE_WORK_BUDGET
+
+
 def tile_work(ops):
     """Cost of one Gram entry through a lowered program (``_layers.lower``'s ops), in Dense ops."""
     return sum(4 + degree if kind in _DEGREE_COST_KINDS else _COST_BY_CODE.get(kind, 40)
@@ -38,11 +45,16 @@ def default_tile(ops, n_features):
     takes seconds and Ctrl-C waits for it. Small tiles cost little there: the layers dominate.
     """
     tile = _core.default_tile(n_features)
-    fitting = math.isqrt(int(TILE_WORK_BUDGET // max(tile_work(ops), 1)))
+    fitting = work_bounded_edge(ops, TILE_WORK_BUDGET)
     if fitting >= tile:
         return tile
     # multiples of 16 (8 below 32) as the engine's default, for the vector kernels' widths
     return fitting // 16 * 16 if fitting >= 32 else max(1, fitting // 8 * 8 if fitting >= 8 else fitting)
+
+
+def work_bounded_edge(ops, budget):
+    """The largest tile edge whose entries' layer work (``tile_work``) stays within `budget`."""
+    return math.isqrt(int(budget // max(tile_work(ops), 1)))
 
 _programs = {}
 

@@ -537,14 +537,16 @@ PYBIND11_MODULE(_cuda, m) {
            py::arg("nngp"), py::arg("ntk"), py::arg("stream"),
            py::call_guard<py::gil_scoped_release>());
 
-  m.def("_choose_tile",
+  m.def("choose_tile",
         [](int64_t requested, int64_t n1, int64_t n2, int itemsize, const std::string& outputs,
            int n_outputs, bool symmetric, int64_t free_bytes) {
           return nc::choose_tile(requested, n1, n2, itemsize, parse_outputs(outputs), n_outputs,
                                  symmetric, free_bytes, nc::max_tile_rows());
         },
         py::arg("requested"), py::arg("n1"), py::arg("n2"), py::arg("itemsize"), py::arg("outputs"),
-        py::arg("n_outputs"), py::arg("symmetric"), py::arg("free_bytes"));
+        py::arg("n_outputs"), py::arg("symmetric"), py::arg("free_bytes"),
+        "The tile edge a GramPlan uses (tile_schedule.hpp): `requested` if > 0, else the default "
+        "for the output kind ('device' or 'host') and the free device memory (0: unknown).");
   m.def("_schedule", &schedule_records, py::arg("n1"), py::arg("n2"), py::arg("tile"),
         py::arg("symmetric"), py::arg("outputs"), py::arg("n_outputs"),
         "Test hook: the tile records of a schedule (tile_schedule.hpp), in order.");

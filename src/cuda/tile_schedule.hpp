@@ -29,7 +29,7 @@ enum class OutputKind { kDevice, kHost, kNone };
 // Default tile edge with device outputs: an 8192 x 8192 x d GEMM is well past cuBLAS's efficient
 // size; capped so that the GEMM buffer takes at most a quarter of the free device memory.
 constexpr int64_t kDeviceTile = 8192;
-// Bytes of one staging slot (device and pinned host; two of each) with host outputs.
+// Bytes of one staging slot (device and pinned host; two of each) with host outputs, at most.
 constexpr int64_t kStagingSlotBytes = int64_t(256) << 20;
 // Default tiles are multiples of this (and at least this).
 constexpr int64_t kTileGranule = 256;
@@ -52,7 +52,11 @@ inline int64_t choose_tile(int64_t requested, int64_t n1, int64_t n2, int itemsi
   if (tile <= 0) {
     if (kind == OutputKind::kHost) {
       const int64_t per_entry = int64_t(std::max(n_outputs, 1)) * (symmetric ? 2 : 1) * itemsize;
-      tile = std::max(kTileGranule, isqrt64(kStagingSlotBytes / per_entry) / kTileGranule * kTileGranule);
+      int64_t fitting = kStagingSlotBytes / per_entry;
+      // free_bytes > 0 (known): the two staging slots and the GEMM buffer take at most half of it,
+      // so a nearly full GPU (another process, a CuPy pool limit) still streams, in smaller tiles.
+      if (free_bytes > 0) fitting = std::min(fitting, free_bytes / 2 / (2 * per_entry + itemsize));
+      tile = std::max(kTileGranule, isqrt64(fitting) / kTileGranule * kTileGranule);
     } else {
       const int64_t budget = std::max<int64_t>(free_bytes / 4, 1);
       tile = std::min(kDeviceTile,
