@@ -294,6 +294,20 @@ def test_streamed_to_host_beyond_the_gpu_memory_allowed(rng, gpu_memory_limited_
         _assert_close64(getattr(got, name), getattr(want, name), name)
 
 
+def test_work_space_beyond_the_gpu_memory_allowed(rng, gpu_memory_limited_to):
+    """Per-row tables of many points through a deep net (2 GB here) that do not fit the GPU memory
+    allowed are a MemoryError naming them, before anything is allocated."""
+    x = cp.asarray(_points(rng, 50_000, d=4))
+    gpu_memory_limited_to(64 << 20)
+    used = cp.get_default_memory_pool().used_bytes()
+    deep = nf.MLP(1000, "relu")
+    for call in (lambda: nf.gram(x[:8], x, net=deep, get="ntk", out=np.empty((8, 50_000))),
+                 lambda: nf.diagonal(x, net=deep)):
+        with pytest.raises(MemoryError, match=r"per-row variance tables for .*50000 x2? points.*GPU \d"):
+            call()
+        assert cp.get_default_memory_pool().used_bytes() == used
+
+
 def test_deep_networks_default_to_smaller_tiles(rng):
     """One default (8192) tile of a depth-2000 erf MLP holds seconds of layer work, and Ctrl-C and
     progress wait between tiles: the default tile of such a program is smaller."""

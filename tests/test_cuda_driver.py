@@ -405,13 +405,14 @@ class FakePlan:
     """GramPlan's interface; the 'kernels' are NNGP = x·x'/d, NTK = 2 NNGP, diagonal q and 2q."""
 
     instances = []
+    workspace_bytes_value = 4096
     scaled_bytes_after_stats = 0
     series_report_value = (0.5, 0)  # what series_report returns: (tail bound, fallback entries)
 
     def __init__(self, **kw):
         self.kw = kw
         self.tile = kw["tile"] or 64
-        self.workspace_bytes = 4096
+        self.workspace_bytes = FakePlan.workspace_bytes_value
         self.pinned_bytes = 8192 if kw["outputs"] == "host" else 0
         self.calls = []
         FakePlan.instances.append(self)
@@ -471,6 +472,7 @@ class FakePlan:
 def fake(monkeypatch):
     cp = _make_fake_cupy(free_bytes=1 << 34)
     FakePlan.instances = []
+    FakePlan.workspace_bytes_value = 4096
     FakePlan.scaled_bytes_after_stats = 0
     FakePlan.series_report_value = (0.5, 0)
     module = types.SimpleNamespace(GramPlan=FakePlan, DEVICE_TILE=_cuda.DEVICE_TILE,
@@ -530,6 +532,25 @@ def test_deep_programs_get_tiles_within_the_work_budget(fake, rng, outputs):
         nf.gram(x, y, net=net, tile_size=8192, **out)
         assert FakePlan.instances[-1].kw["tile"] == 8192
     assert (bounded, engine) == ((4, 8192) if outputs == "device" else (3, 4096))
+
+
+def test_work_space_beyond_the_free_gpu_memory(fake, rng, monkeypatch):
+    """A work space larger than the free GPU memory is a MemoryError before allocating, naming
+    what fills it: the per-row tables (deep nets, many points) or the tiles' buffers."""
+    x = _fake(rng.standard_normal((50, 3)))
+    monkeypatch.setattr(fake.cuda.runtime, "memGetInfo", lambda: (10 ** 6, 10 ** 6))
+    FakePlan.workspace_bytes_value = 10 ** 7
+    deep = nf.MLP(3000, "relu")  # 6001 ops: tables of 6002 x 64 x 20 bytes = 7.7 MB
+    for call, what in ((lambda: nf.gram(x, net=deep), "gram"), (lambda: nf.diagonal(x, net=deep), "diagonal")):
+        with pytest.raises(MemoryError, match=rf"^{what}: the per-row variance tables for 50 x1? points through "
+                                               r"the 6001 ops of net need 10\.0 MB, more than the 1\.0 MB of "
+                                               r"free memory on GPU 0 .*shallower net"):
+            call()
+    with pytest.raises(MemoryError, match=r"^gram needs 10\.0 MB of GPU work space for tiles of 64 x 64 "
+                                          r".*1\.0 MB of free memory on GPU 0; pass a smaller tile_size"):
+        nf.gram(x, net=NET)
+    FakePlan.workspace_bytes_value = 10 ** 5  # fits
+    np.testing.assert_allclose(nf.gram(x, net=NET).ntk.get(), _want(x.get())[1])
 
 
 @pytest.mark.parametrize("cross", [False, True])

@@ -19,7 +19,8 @@ from ._progress import Progress
 from ._series import series_inputs
 from ._validation import available_memory, human_bytes
 
-__all__ = ["run", "CpuBackend", "CudaBackend", "kernel_range_error", "check_row_table_memory"]
+__all__ = ["run", "CpuBackend", "CudaBackend", "kernel_range_error", "check_row_table_memory",
+           "row_table_bytes", "row_table_memory_error"]
 
 
 def kernel_range_error(error, request):
@@ -63,19 +64,29 @@ def check_row_table_memory(request, n_ops, what):
     The engine keeps each point set's variances after every op (q, sqrt(q): 8 bytes each, a
     rescale exponent: 4) for rows padded to ``_core.row_stride``: (n_ops + 1) x stride x 20
     bytes per point set, which for a deep net can dwarf the Gram matrix itself."""
-    sets = [request.x1] if request.x2 is None else [request.x1, request.x2]
-    sizes = [a.shape[0] for a in sets]
-    need = sum((n_ops + 1) * _core.row_stride(n) * 20 for n in sizes)
+    need = row_table_bytes(request, n_ops, _core.row_stride)
     if need < _ROW_TABLES_UNCHECKED_BYTES:
         return
     free = available_memory()
     if free is not None and need > free:
-        points = " and ".join(f"{n} {name}" for n, name in zip(sizes, request.arguments))
-        raise MemoryError(
-            f"{what}: the per-row variance tables for {points} points through the {n_ops} ops of "
-            f"net need {human_bytes(need)}, more than the {human_bytes(free)} of memory "
-            "available (they grow with points x depth); pass fewer points per call or use a "
-            "shallower net")
+        raise row_table_memory_error(request, n_ops, what, need, f"the {human_bytes(free)} of memory available")
+
+
+def row_table_bytes(request, n_ops, stride):
+    """Bytes of the engines' per-row tables: q, sqrt(q) (8 bytes each) and a rescale exponent (4)
+    after every op, for each point set's rows padded to ``stride(rows)``."""
+    sets = [request.x1] if request.x2 is None else [request.x1, request.x2]
+    return sum((n_ops + 1) * stride(a.shape[0]) * 20 for a in sets)
+
+
+def row_table_memory_error(request, n_ops, what, need, than):
+    """The MemoryError of per-row tables (`need` bytes) larger than `than` (the memory free)."""
+    sets = [request.x1] if request.x2 is None else [request.x1, request.x2]
+    points = " and ".join(f"{a.shape[0]} {name}" for a, name in zip(sets, request.arguments))
+    return MemoryError(
+        f"{what}: the per-row variance tables for {points} points through the {n_ops} ops of "
+        f"net need {human_bytes(need)}, more than {than} (they grow with points x depth); pass "
+        "fewer points per call or use a shallower net")
 
 
 def _program(request, x1, x2, dual_kernels):

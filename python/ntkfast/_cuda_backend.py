@@ -109,6 +109,26 @@ def _to_device(cp, a, dtype, device, what):
         raise _out_of_memory(f"the copy of {what} to the GPU", device.id, error, nbytes) from None
 
 
+def _workspace(cp, plan, request, device, what):
+    """The plan's device work space (per-row tables, GEMM buffer, staging), or a MemoryError
+    before allocating that says which part does not fit in the free GPU memory."""
+    need, free = plan.workspace_bytes, _free_device_bytes(cp)
+    if need > free:
+        from ._backends import row_table_bytes, row_table_memory_error
+
+        n_ops = len(lower(request.net, request.n_features)[0])
+        rows = max(a.shape[0] for a in (request.x1, request.x2) if a is not None)
+        tables = row_table_bytes(request, n_ops, lambda n: max(32, -(-rows // 32) * 32))
+        than = f"the {human_bytes(free)} of free memory on GPU {device.id}"
+        if 2 * tables >= need:
+            raise row_table_memory_error(request, n_ops, what, need, than)
+        raise MemoryError(f"{what} needs {human_bytes(need)} of GPU work space for tiles of "
+                          f"{plan.tile} x {plan.tile} (the GEMM buffer, and the staging slots of "
+                          f"host outputs), more than {than}; pass a smaller tile_size")
+    with _gpu_memory(cp, f"the {what} work space", device.id):
+        return cp.empty(need, dtype=np.uint8)
+
+
 def _ptr(a):
     return 0 if a is None else a.data.ptr
 
@@ -275,7 +295,7 @@ def _compute(cp, request, outputs, on_host, device, reporter):
         series = _series(cp, request, x1, x2)
         plan = _plan(request, request.shape, "host" if on_host else "device", device,
                      0 if request.tile else _free_device_bytes(cp), series)
-        workspace = cp.empty(plan.workspace_bytes, dtype=np.uint8)
+        workspace = _workspace(cp, plan, request, device, "gram")
         pinned = None
         if on_host:
             try:
@@ -316,7 +336,7 @@ def diagonal(request):
             x = _to_device(cp, a, dtype, device, "x")
             series = _series(cp, request, x, None)
             plan = _plan(request, (n, n), "none", device, series=series)
-            workspace = cp.empty(plan.workspace_bytes, dtype=np.uint8)
+            workspace = _workspace(cp, plan, request, device, "diagonal")
             plan.row_stats(x1=_ptr(x), x2=0, workspace=workspace.data.ptr, stream=stream.ptr,
                            **_series_tables(series, True))
             outputs = {name: cp.empty(n, dtype=dtype) for name in names}
