@@ -146,8 +146,9 @@ def _predict_section(cp, nf, args, rng):
             fn = nf.predict.gradient_descent_mse(k_train, y)
             return fn(times, fx_test_0=0.0, k_test_train=k_test)
 
-        t_gpu = _gpu_time(cp, on_gpu)
-        gpu = on_gpu()
+        result = {}
+        t_gpu = _gpu_time(cp, lambda: result.__setitem__("gpu", on_gpu()))  # one eigh: ~1 min at 40k
+        gpu = result.pop("gpu")
         cpu_row = ""
         if n <= args.predict_cpu_max_n:
             k_train_h, k_test_h, y_h = cp.asnumpy(k_train), cp.asnumpy(k_test), cp.asnumpy(y)
@@ -257,6 +258,13 @@ def main(argv=None):
         "|---|---|---|---|---|---|",
     ]
     print("\n".join(lines), flush=True)
+    target = pathlib.Path(args.out) if args.out else (
+        pathlib.Path(__file__).parent / "results" / f"cuda_bench_{_device_label(name)}.md")
+    target.parent.mkdir(parents=True, exist_ok=True)
+
+    def save(*sections):  # after every section: a run cut short by a time limit keeps its results
+        target.write_text("\n".join(line for section in sections for line in section) + "\n")
+
     rng = np.random.default_rng(0)
     rows = []
     for n in args.n:
@@ -302,6 +310,7 @@ def main(argv=None):
         del x
         cp.get_default_memory_pool().free_all_blocks()
 
+    save(lines, rows)
     stream_lines = ["", "Streamed to host (NTK, float32; GB/s = output bytes / wall time):", "",
                     "| N | destination | tile | time (s) | GB/s |", "|---|---|---|---|---|"]
     print("\n".join(stream_lines), flush=True)
@@ -347,15 +356,13 @@ def main(argv=None):
         print(row, flush=True)
         del out
 
+    save(lines, rows, stream_lines)
     series_lines = _series_section(cp, nf, args, rng, net)
+    save(lines, rows, stream_lines, series_lines)
     matrix_lines = _matrix_section(cp, nf, args, rng) if args.matrix_n else []
+    save(lines, rows, stream_lines, series_lines, matrix_lines)
     predict_lines = _predict_section(cp, nf, args, rng) if args.predict_n else []
-    text = "\n".join(lines + rows + stream_lines + series_lines + matrix_lines
-                     + predict_lines) + "\n"
-    target = pathlib.Path(args.out) if args.out else (
-        pathlib.Path(__file__).parent / "results" / f"cuda_bench_{_device_label(name)}.md")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(text)
+    save(lines, rows, stream_lines, series_lines, matrix_lines, predict_lines)
     print(f"\nwritten to {target}")
 
 

@@ -308,6 +308,25 @@ def test_work_space_beyond_the_gpu_memory_allowed(rng, gpu_memory_limited_to):
         assert cp.get_default_memory_pool().used_bytes() == used
 
 
+def test_iterative_solvers_refuse_cupy_points(rng):
+    """The iterative solvers run on the CPU: CuPy points get a TypeError that says what to pass
+    (CuPy itself refuses the implicit conversion deep inside a solver); 'auto' keeps CuPy x_train
+    on the GPU's eigh path."""
+    from ntkfast import predict
+
+    x, y = _points(rng, 40, d=5), rng.standard_normal((40, 1))
+    op = nf.KernelOperator(cp.asarray(x), net=RELU, storage="recompute")
+    with pytest.raises(TypeError, match="this operator holds CuPy points; build it from NumPy"):
+        predict.gradient_descent_mse(op, y, solver="cg")
+    with pytest.raises(TypeError, match="x_train is a CuPy array; pass NumPy points"):
+        predict.gradient_descent_mse_ensemble(RELU, cp.asarray(x), y, solver="lanczos")
+    fn = predict.gradient_descent_mse_ensemble(RELU, cp.asarray(x), y, diag_reg=1e-3)
+    got = fn(1.0, cp.asarray(x[:7]))
+    want = predict.gradient_descent_mse_ensemble(RELU, x, y, diag_reg=1e-3)(1.0, x[:7])
+    for name in ("nngp", "ntk"):
+        _assert_close64(_host(getattr(got, name)), getattr(want, name), name)
+
+
 def test_deep_networks_default_to_smaller_tiles(rng):
     """One default (8192) tile of a depth-2000 erf MLP holds seconds of layer work, and Ctrl-C and
     progress wait between tiles: the default tile of such a program is smaller."""
@@ -506,6 +525,9 @@ def test_output_too_large_is_memory_error_before_allocating():
 # ----------------------------------------------------------------------------------------------
 # The engine's own GEMMs and range handling (GramPlan, src/cuda/gram_plan.cu).
 
+CUBLAS_TF32_TENSOR_OP_MATH = 3  # cublas_api.h (CuPy names only CUBLAS_DEFAULT_MATH and _TENSOR_OP_)
+
+
 def test_cublas_handle_state_is_restored(rng):
     """The engine sets CuPy's cuBLAS handle to its stream, CUBLAS_DEFAULT_MATH and host pointer
     mode for its GEMMs, and restores what it found (CuPy shares the handle)."""
@@ -515,14 +537,14 @@ def test_cublas_handle_state_is_restored(rng):
     x = _points(rng, 64, d=256, dtype=np.float32)
     stream = cp.cuda.Stream(non_blocking=True)
     other = cp.cuda.Stream(non_blocking=True)
-    cublas.setStream(handle, other.ptr)
     previous = cublas.getMathMode(handle)
-    cublas.setMathMode(handle, cublas.CUBLAS_TF32_TENSOR_OP_MATH)
     try:
+        cublas.setStream(handle, other.ptr)
+        cublas.setMathMode(handle, CUBLAS_TF32_TENSOR_OP_MATH)
         with stream:
             got = nf.gram(cp.asarray(x), net=nf.MLP(1, "erf"), get="nngp")
         stream.synchronize()
-        assert cublas.getMathMode(handle) == cublas.CUBLAS_TF32_TENSOR_OP_MATH
+        assert cublas.getMathMode(handle) == CUBLAS_TF32_TENSOR_OP_MATH
         assert cublas.getStream(handle) == other.ptr
     finally:
         cublas.setMathMode(handle, previous)

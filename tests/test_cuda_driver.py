@@ -316,6 +316,10 @@ def test_plan_arguments_are_checked_before_any_cuda_call():
 
 def test_cublas_is_resolved_at_run_time():
     """Found (where CuPy or a toolkit provides it), or a clear error naming the library."""
+    if _cuda_probe.device_problem() is None:  # as GramPlan.run: CuPy loads its cuBLAS first
+        import cupy
+
+        cupy.cuda.device.get_cublas_handle()
     try:
         path = _cuda._load_cublas()
     except RuntimeError as error:
@@ -551,6 +555,29 @@ def test_work_space_beyond_the_free_gpu_memory(fake, rng, monkeypatch):
         nf.gram(x, net=NET)
     FakePlan.workspace_bytes_value = 10 ** 5  # fits
     np.testing.assert_allclose(nf.gram(x, net=NET).ntk.get(), _want(x.get())[1])
+
+
+def test_iterative_solvers_refuse_cupy_points(fake, rng):
+    """The iterative solvers run on the CPU: a KernelOperator of CuPy points, or CuPy x_train with
+    solver='cg'/'lanczos', is a TypeError that says what to pass (not CuPy's refusal of an
+    implicit conversion from deep inside a solver)."""
+    from ntkfast import predict
+
+    x, y = rng.standard_normal((30, 3)), rng.standard_normal((30, 1))
+    op = nf.KernelOperator(_fake(x), net=NET, backend="cuda", storage="recompute")
+    for solver in ("cg", "lanczos", "auto"):
+        with pytest.raises(TypeError, match="^k_train_train: the iterative solvers run on the CPU, and "
+                                            "this operator holds CuPy points; build it from NumPy"):
+            predict.gradient_descent_mse(op, y, solver=solver)
+    for solver in ("cg", "lanczos"):
+        with pytest.raises(TypeError, match=f"^x_train: solver='{solver}' runs on the CPU, and x_train "
+                                            "is a CuPy array; pass NumPy points"):
+            predict.gradient_descent_mse_ensemble(NET, _fake(x), y, solver=solver)
+    # NumPy points computed by the CUDA backend are the iterative path's
+    op = nf.KernelOperator(x, net=NET, backend="cuda", storage="recompute")
+    got = predict.gradient_descent_mse(op, y, solver="lanczos", tol=1e-12)(2.0)
+    want = predict.gradient_descent_mse(_want(x)[1], y)(2.0)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-8)
 
 
 @pytest.mark.parametrize("cross", [False, True])

@@ -60,7 +60,8 @@ run_tests() {  # log name, time limit, pytest arguments...
 
 if stage tests; then
   run_tests tests_gpu.log 150 "$repo/tests/test_cuda.py" "$repo/tests/test_predict_gpu.py" || status=1
-  if grep -q "^SKIPPED" "$out/tests_gpu.log"; then
+  # one skip is expected on a one-GPU machine: test_out_on_another_device ("needs two GPUs")
+  if grep "^SKIPPED" "$out/tests_gpu.log" | grep -vq "needs two GPUs"; then
     note "tests_gpu.log: some GPU tests were SKIPPED (the issue wants none)"; status=1
   fi
   run_tests tests_cuda_cpu.log 90 "$repo/tests/test_backends.py" "$repo/tests/test_cuda_driver.py" \

@@ -54,6 +54,11 @@ def as_operator(k, name):
             if not callable(getattr(k, attr, None)):
                 raise TypeError(f"{name}: an operator needs .{attr}() for the iterative solvers "
                                 f"(ntkfast.KernelOperator has it), got {type(k).__name__}")
+        if is_cupy(getattr(k, "x", None)):  # a KernelOperator of CuPy points gives CuPy products
+            raise TypeError(f"{name}: the iterative solvers run on the CPU, and this operator holds "
+                            "CuPy points; build it from NumPy points (backend='cuda' still "
+                            "computes its kernel on the GPU), or pass a CuPy kernel array for "
+                            "the GPU's eigh path")
         n1, n2 = k.shape
         if n1 != n2:
             raise ValueError(f"{name} must be square (n_train, n_train), got shape {k.shape}")

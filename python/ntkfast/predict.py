@@ -669,7 +669,7 @@ def gradient_descent_mse_ensemble(net, x_train, y_train, learning_rate=1.0, diag
     diag_reg = real_scalar(diag_reg, "diag_reg", minimum=0.0)
     maxiter = check_maxiter(maxiter)
     scale = loss_scale_value(loss_scale, int(np.prod(y_shape)))
-    if _ensemble_is_iterative(solver, net, n):
+    if _ensemble_is_iterative(solver, net, n, is_cupy(x_train_checked)):
         return _iterative_ensemble(net, x_train_checked, y_train, eta, diag_reg,
                                    bool(diag_reg_absolute_scale), loss_scale, check_finite,
                                    dict(tol=tol, maxiter=maxiter,
@@ -720,15 +720,20 @@ def gradient_descent_mse_ensemble(net, x_train, y_train, learning_rate=1.0, diag
     return predict_fn
 
 
-def _ensemble_is_iterative(solver, net, n):
+def _ensemble_is_iterative(solver, net, n, on_gpu):
     """'cg'/'lanczos' ask for it; 'auto' takes it when two n×n kernels plus an eigh workspace
-    (~6 n² doubles) would not fit in half the available memory."""
+    (~6 n² doubles) would not fit in half the available memory. CuPy points stay on the GPU's
+    eigh path (the iterative solvers run on the CPU): 'auto' keeps them there."""
     from ._layers import Layer
     from ._validation import available_memory
 
     solver = _predict_iterative.check_solver(solver)
-    if solver == "eigh":
+    if solver == "eigh" or (on_gpu and solver == "auto"):
         return False
+    if on_gpu:
+        raise TypeError(f"x_train: solver={solver!r} runs on the CPU, and x_train is a CuPy array; "
+                        "pass NumPy points (backend='cuda' still computes the kernels on the "
+                        "GPU), or solver='eigh' (or 'auto') for the GPU's eigh path")
     if solver == "auto":
         free = available_memory()
         if free is None or 6 * 8 * n * n <= 0.5 * free:
