@@ -557,6 +557,28 @@ def test_work_space_beyond_the_free_gpu_memory(fake, rng, monkeypatch):
     np.testing.assert_allclose(nf.gram(x, net=NET).ntk.get(), _want(x.get())[1])
 
 
+def test_input_checks_run_on_the_arrays_device(fake, rng, monkeypatch):
+    """The finiteness and dtype-range reductions of a CuPy input run on its own device, not on
+    the current one (another GPU's array there needs peer access, or fails)."""
+    entered = []
+
+    class RecordingDevice(FakeDevice):
+        def __enter__(self):
+            entered.append(self.id)
+            return self
+
+    monkeypatch.setattr(FakeArray, "device", property(lambda self: RecordingDevice(1)))
+    x = rng.standard_normal((5, 3))
+    x[2, 1] = np.nan
+    with pytest.raises(ValueError, match=r"contains 1 non-finite value\(s\) \(NaN or Inf\), first at x1?\[2, 1\]"):
+        nf.gram(_fake(x), net=NET)
+    assert entered == [1]
+    entered.clear()
+    with pytest.raises(ValueError, match="beyond the range of float32"):
+        nf.gram(_fake(np.full((5, 3), 1e300)), net=NET, dtype=np.float32)
+    assert entered and set(entered) == {1}
+
+
 def test_iterative_solvers_refuse_cupy_points(fake, rng):
     """The iterative solvers run on the CPU: a KernelOperator of CuPy points, or CuPy x_train with
     solver='cg'/'lanczos', is a TypeError that says what to pass (not CuPy's refusal of an

@@ -17,10 +17,9 @@ from ._layers import lower, series_activations
 from ._program import compiled_program, default_tile
 from ._progress import Progress
 from ._series import series_inputs
-from ._validation import available_memory, human_bytes
+from ._validation import available_memory, human_bytes, row_table_bytes, row_table_memory_error
 
-__all__ = ["run", "CpuBackend", "CudaBackend", "kernel_range_error", "check_row_table_memory",
-           "row_table_bytes", "row_table_memory_error"]
+__all__ = ["run", "CpuBackend", "CudaBackend", "kernel_range_error", "check_row_table_memory"]
 
 
 def kernel_range_error(error, request):
@@ -70,23 +69,6 @@ def check_row_table_memory(request, n_ops, what):
     free = available_memory()
     if free is not None and need > free:
         raise row_table_memory_error(request, n_ops, what, need, f"the {human_bytes(free)} of memory available")
-
-
-def row_table_bytes(request, n_ops, stride):
-    """Bytes of the engines' per-row tables: q, sqrt(q) (8 bytes each) and a rescale exponent (4)
-    after every op, for each point set's rows padded to ``stride(rows)``."""
-    sets = [request.x1] if request.x2 is None else [request.x1, request.x2]
-    return sum((n_ops + 1) * stride(a.shape[0]) * 20 for a in sets)
-
-
-def row_table_memory_error(request, n_ops, what, need, than):
-    """The MemoryError of per-row tables (`need` bytes) larger than `than` (the memory free)."""
-    sets = [request.x1] if request.x2 is None else [request.x1, request.x2]
-    points = " and ".join(f"{a.shape[0]} {name}" for a, name in zip(sets, request.arguments))
-    return MemoryError(
-        f"{what}: the per-row variance tables for {points} points through the {n_ops} ops of "
-        f"net need {human_bytes(need)}, more than {than} (they grow with points x depth); pass "
-        "fewer points per call or use a shallower net")
 
 
 def _program(request, x1, x2, dual_kernels):

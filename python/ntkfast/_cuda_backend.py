@@ -19,7 +19,8 @@ from ._layers import lower, series_activations
 from ._program import GPU_TILE_WORK_BUDGET, compiled_program, work_bounded_edge
 from ._progress import Progress
 from ._series import series_inputs
-from ._validation import check_host_output, check_memory, check_outputs_disjoint, human_bytes, is_cupy, out_label
+from ._validation import (check_host_output, check_memory, check_outputs_disjoint, human_bytes,
+                          is_cupy, out_label, row_table_bytes, row_table_memory_error)
 
 __all__ = ["gram", "diagonal", "tf32_state"]
 
@@ -114,8 +115,6 @@ def _workspace(cp, plan, request, device, what):
     before allocating that says which part does not fit in the free GPU memory."""
     need, free = plan.workspace_bytes, _free_device_bytes(cp)
     if need > free:
-        from ._backends import row_table_bytes, row_table_memory_error
-
         n_ops = len(lower(request.net, request.n_features)[0])
         rows = max(a.shape[0] for a in (request.x1, request.x2) if a is not None)
         tables = row_table_bytes(request, n_ops, lambda n: max(32, -(-rows // 32) * 32))

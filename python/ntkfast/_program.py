@@ -70,3 +70,4 @@ def compiled_program(ops, pool):
             _programs.clear()
         _programs[key] = program
     return program
+

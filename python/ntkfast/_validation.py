@@ -10,6 +10,7 @@ was expected.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import errno
 import mmap
@@ -24,7 +25,8 @@ from ._layers import Layer, as_network
 
 __all__ = ["Kernels", "GramRequest", "gram_request", "points_request", "diagonal_request", "parse_get",
            "check_points", "read_array", "check_real_dtype", "reject_non_finite", "result_dtype", "available_memory", "human_bytes",
-           "check_host_output", "check_outputs_disjoint", "reserve_file_backing", "is_cupy", "MAX_THREADS", "MAX_TILE"]
+           "check_host_output", "check_outputs_disjoint", "reserve_file_backing", "is_cupy", "MAX_THREADS", "MAX_TILE",
+           "row_table_bytes", "row_table_memory_error"]
 
 #: The result of a multi-kernel request: ``Kernels(nngp=..., ntk=...)`` (None where not requested).
 Kernels = collections.namedtuple("Kernels", ["nngp", "ntk"])
@@ -155,12 +157,13 @@ def reject_non_finite(arr, name, hint="; pass check_finite=False to skip this ch
     if arr.dtype.kind != "f" or arr.size == 0:
         return
     xp = _array_module(arr)
-    # min and max propagate NaN and show ±Inf: two reductions, no temporary of the array's size
-    if np.isfinite(float(arr.min())) and np.isfinite(float(arr.max())):
-        return
-    bad = ~xp.isfinite(arr)
-    count = int(bad.sum())
-    first = tuple(int(i) for i in np.unravel_index(int(xp.argmax(bad.ravel())), arr.shape))
+    with _device_of(arr):
+        # min and max propagate NaN and show ±Inf: two reductions, no temporary of the array's size
+        if np.isfinite(float(arr.min())) and np.isfinite(float(arr.max())):
+            return
+        bad = ~xp.isfinite(arr)
+        count = int(bad.sum())
+        first = tuple(int(i) for i in np.unravel_index(int(xp.argmax(bad.ravel())), arr.shape))
     where = ", ".join(map(str, first))
     raise ValueError(f"{name} contains {count} non-finite value(s) (NaN or Inf), first at "
                      f"{name}[{where}] = {float(arr[first])!r}{hint}")
@@ -174,12 +177,19 @@ def _array_module(arr):
     return np
 
 
+def _device_of(arr):
+    """A CuPy array's device as a context (its reductions run there, not on the current
+    device); a null context for host arrays."""
+    return arr.device if is_cupy(arr) else contextlib.nullcontext()
+
+
 def check_fits_dtype(arr, name, dtype):
     """Inputs are converted to the output dtype; a finite value beyond its range would become Inf
     (float64 inputs with dtype=float32)."""
     if arr.dtype.kind != "f" or arr.dtype.itemsize <= dtype.itemsize or arr.size == 0:
         return
-    biggest = float(abs(arr).max())
+    with _device_of(arr):
+        biggest = float(abs(arr).max())
     if np.isfinite(biggest) and biggest > float(np.finfo(dtype).max):
         raise ValueError(f"{name} holds values up to {biggest:.3g}, beyond the range of {dtype} "
                          f"({float(np.finfo(dtype).max):.3g}); pass dtype=float64 or rescale the inputs")
@@ -265,6 +275,23 @@ def human_bytes(n):
         if n < 1000 or unit == "TB":
             return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
         n /= 1000
+
+
+def row_table_bytes(request, n_ops, stride):
+    """Bytes of the engines' per-row tables: q, sqrt(q) (8 bytes each) and a rescale exponent (4)
+    after every op, for each point set's rows padded to ``stride(rows)``."""
+    sets = [request.x1] if request.x2 is None else [request.x1, request.x2]
+    return sum((n_ops + 1) * stride(a.shape[0]) * 20 for a in sets)
+
+
+def row_table_memory_error(request, n_ops, what, need, than):
+    """The MemoryError of per-row tables (`need` bytes) larger than `than` (the memory free)."""
+    sets = [request.x1] if request.x2 is None else [request.x1, request.x2]
+    points = " and ".join(f"{a.shape[0]} {name}" for a, name in zip(sets, request.arguments))
+    return MemoryError(
+        f"{what}: the per-row variance tables for {points} points through the {n_ops} ops of "
+        f"net need {human_bytes(need)}, more than {than} (they grow with points x depth); pass "
+        "fewer points per call or use a shallower net")
 
 
 def check_memory(shape, dtype, count, what):
