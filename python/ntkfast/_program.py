@@ -70,4 +70,3 @@ def compiled_program(ops, pool):
             _programs.clear()
         _programs[key] = program
     return program
-
