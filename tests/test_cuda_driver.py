@@ -557,6 +557,24 @@ def test_work_space_beyond_the_free_gpu_memory(fake, rng, monkeypatch):
     np.testing.assert_allclose(nf.gram(x, net=NET).ntk.get(), _want(x.get())[1])
 
 
+def test_host_output_checks_read_the_mappings_once(fake, rng, monkeypatch, tmp_path):
+    """Both host outputs' checks and their disjointness check share one read of /proc/self/maps,
+    and a second memory map of an output's file is still caught."""
+    from ntkfast import _cuda_backend, _validation
+
+    reads = []
+    monkeypatch.setattr(_cuda_backend, "file_mappings",
+                        lambda: reads.append(1) or _validation.file_mappings())
+    x = _fake(rng.standard_normal((20, 3)))
+    out = nf.Kernels(np.memmap(tmp_path / "k", np.float64, "w+", shape=(20, 20)), np.empty((20, 20)))
+    nf.gram(x, net=NET, out=out)
+    assert len(reads) == 1
+    np.testing.assert_allclose(np.asarray(out.ntk), _want(x.get())[1])
+    same = np.memmap(tmp_path / "k", np.float64, "r+", shape=(20, 20))
+    with pytest.raises(ValueError, match="map the same part of the file"):
+        nf.gram(x, net=NET, out=nf.Kernels(out.nngp, same))
+
+
 def test_input_checks_run_on_the_arrays_device(fake, rng, monkeypatch):
     """The finiteness and dtype-range reductions of a CuPy input run on its own device, not on
     the current one (another GPU's array there needs peer access, or fails)."""

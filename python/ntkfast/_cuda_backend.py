@@ -19,8 +19,9 @@ from ._layers import lower, series_activations
 from ._program import GPU_TILE_WORK_BUDGET, compiled_program, work_bounded_edge
 from ._progress import Progress
 from ._series import series_inputs
-from ._validation import (check_host_output, check_memory, check_outputs_disjoint, human_bytes,
-                          is_cupy, out_label, row_table_bytes, row_table_memory_error)
+from ._validation import (check_host_output, check_memory, check_outputs_disjoint, file_mappings,
+                          human_bytes, is_cupy, out_label, row_table_bytes,
+                          row_table_memory_error)
 
 __all__ = ["gram", "diagonal", "tf32_state"]
 
@@ -250,15 +251,17 @@ def _prepare_outputs(cp, request, gpu_inputs, on_host, device):
     shape, dtype, names, given = request.shape, request.dtype, request.names, request.out
     inputs = [a for a in (request.x1, request.x2) if a is not None]
     host_inputs = [] if gpu_inputs else inputs
+    mappings = file_mappings() if on_host and given else None  # read once for every check
     for name, arr in given.items():
         if on_host:
-            check_host_output(arr, out_label(name, request.single), shape, dtype, host_inputs)
+            check_host_output(arr, out_label(name, request.single), shape, dtype, host_inputs,
+                              mappings)
         else:
             _check_out_device(cp, arr, out_label(name, request.single), shape, dtype, device,
                               inputs if gpu_inputs else [])
     if len(given) == 2:
         if on_host:
-            check_outputs_disjoint(given["nngp"], given["ntk"])
+            check_outputs_disjoint(given["nngp"], given["ntk"], mappings)
         elif cp.may_share_memory(given["nngp"], given["ntk"]):
             raise ValueError("out: the nngp and ntk arrays overlap")
     missing = [n for n in names if n not in given]

@@ -26,7 +26,7 @@ from ._layers import Layer, as_network
 __all__ = ["Kernels", "GramRequest", "gram_request", "points_request", "diagonal_request", "parse_get",
            "check_points", "read_array", "check_real_dtype", "reject_non_finite", "result_dtype", "available_memory", "human_bytes",
            "check_host_output", "check_outputs_disjoint", "reserve_file_backing", "is_cupy", "MAX_THREADS", "MAX_TILE",
-           "row_table_bytes", "row_table_memory_error"]
+           "row_table_bytes", "row_table_memory_error", "file_mappings"]
 
 #: The result of a multi-kernel request: ``Kernels(nngp=..., ntk=...)`` (None where not requested).
 Kernels = collections.namedtuple("Kernels", ["nngp", "ntk"])
@@ -340,7 +340,7 @@ def check_host_output(arr, name, shape, dtype, inputs, mappings=None):
     that overlaps no input, in memory or in a file; a file-backed one gets its disk blocks
     reserved now (a full disk is an OSError here, not a SIGBUS in the middle of the
     computation). Returns whether it is file-backed. ``mappings``: the process's file mappings
-    (``_file_mappings()``), read once by a caller checking several outputs."""
+    (``file_mappings()``), read once by a caller checking several outputs."""
     if not isinstance(arr, np.ndarray):
         if is_cupy(arr):
             raise TypeError(f"{name}: a CuPy array needs backend='cuda' with CuPy inputs")
@@ -355,7 +355,7 @@ def check_host_output(arr, name, shape, dtype, inputs, mappings=None):
     if any(np.may_share_memory(arr, x) for x in inputs):
         raise ValueError(f"{name} overlaps an input array")
     if mappings is None:
-        mappings = _file_mappings()
+        mappings = file_mappings()
     for x in inputs:
         path = _shared_file_part(arr, x, mappings)
         if path:
@@ -369,7 +369,7 @@ def check_outputs_disjoint(nngp, ntk, mappings=None):
     """The two host outputs share no memory and no part of a file."""
     if np.may_share_memory(nngp, ntk):
         raise ValueError("out: the nngp and ntk arrays overlap")
-    path = _shared_file_part(nngp, ntk, _file_mappings() if mappings is None else mappings)
+    path = _shared_file_part(nngp, ntk, file_mappings() if mappings is None else mappings)
     if path:
         raise ValueError(f"out: the nngp and ntk arrays map the same part of the file {path} "
                          "(two memory maps of one file)")
@@ -378,7 +378,7 @@ def check_outputs_disjoint(nngp, ntk, mappings=None):
 FileMapping = collections.namedtuple("FileMapping", "start end shared file path offset")
 
 
-def _file_mappings():
+def file_mappings():
     """The process's file-backed memory mappings, from /proc/self/maps (none without /proc):
     address range, whether writes reach the file (shared), the file's identity (device, inode),
     its path and the file offset of ``start``."""
@@ -429,7 +429,7 @@ def maps_file(arr, path):
     np.memmap, np.load(mmap_mode=...), or an mmap viewed through np.frombuffer alike)."""
     st = os.stat(path)
     identity = (f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}", str(st.st_ino))
-    return any(file == identity for file, *_ in _file_parts(arr, _file_mappings(), False))
+    return any(file == identity for file, *_ in _file_parts(arr, file_mappings(), False))
 
 
 def _byte_bounds(arr):
@@ -447,7 +447,7 @@ def reserve_file_backing(arr, name, mappings=None):
     ext4), which would leave the disk full. Returns whether arr maps a file at all (the engine
     then writes it row panel by row panel, each page once and in order)."""
     if mappings is None:
-        mappings = _file_mappings()
+        mappings = file_mappings()
     parts = _file_parts(arr, mappings, shared_only=True)
     if not hasattr(os, "posix_fallocate"):
         return bool(parts)
@@ -537,7 +537,7 @@ def gram_request(x1, x2, *, net, get, dtype, out, backend, num_threads, check_fi
 def _check_cpu_outputs(request, inputs):
     """The request, its out arrays checked (and out_file_backed set)."""
     shape, dtype = request.shape, request.dtype
-    mappings = _file_mappings()  # one read of /proc/self/maps for every check below
+    mappings = file_mappings()  # one read of /proc/self/maps for every check below
     file_backed = [check_host_output(arr, out_label(name, request.single), shape, dtype, inputs,
                                      mappings)
                    for name, arr in request.out.items()]
