@@ -23,6 +23,7 @@ import os
 import pathlib
 import platform
 import re
+import shutil
 import sys
 import tempfile
 import time
@@ -355,6 +356,8 @@ def main(argv=None):
         stream_lines.append(row)
         print(row, flush=True)
         del out
+    if args.memmap_dir:
+        shutil.rmtree(path.parent, ignore_errors=True)  # the output file (N² floats) of the run
 
     save(lines, rows, stream_lines)
     series_lines = _series_section(cp, nf, args, rng, net)

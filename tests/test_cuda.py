@@ -448,7 +448,7 @@ def test_bad_outputs(rng):
     both = cp.empty((8, 8))
     with pytest.raises(ValueError, match="overlap"):
         nf.gram(xd, net=RELU, out=(both, both))
-    square = cp.empty((8, 8))
+    square = cp.zeros((8, 8))  # finite: cp.empty's recycled bytes may be NaN, refused first
     with pytest.raises(ValueError, match="overlaps an input"):
         nf.gram(square, net=RELU, get="ntk", out=square)
 
@@ -660,15 +660,16 @@ def test_series_fallback_entries(rng, monkeypatch, layer):
     for a, b in ((x, None), (x, y)):
         for dtype in (np.float64, np.float32):
             want = nf.gram(a.astype(dtype), None if b is None else b.astype(dtype), net=net,
-                           backend="cpu")
+                           backend="cpu", tile_size=16)  # tiles for every core: ~5 ms a pair
             got = nf.gram(cp.asarray(a.astype(dtype)),
                           None if b is None else cp.asarray(b.astype(dtype)), net=net,
                           tile_size=16)
             cpu_count, gpu_count = counts[-2:]
-            # The same rule on the same ρ; in float32 the GEMMs' roundings (~1e-7 in ρ) could
-            # move an entry sitting on the threshold.
+            # The same rule on ρ equal to the last bits (row sums and GEMMs differ in order:
+            # one entry within 1e-16 of the threshold could move); in float32 the GEMMs'
+            # roundings (~1e-7 in ρ) could move a few.
             assert gpu_count > 0 and abs(gpu_count - cpu_count) <= (
-                0 if dtype == np.float64 else 0.01 * cpu_count)
+                1 if dtype == np.float64 else 0.01 * cpu_count)
             for name in ("nngp", "ntk"):
                 value, expected = _host(getattr(got, name)), getattr(want, name)
                 if dtype == np.float64:
