@@ -68,7 +68,8 @@ def check_row_table_memory(request, n_ops, what):
         return
     free = available_memory()
     if free is not None and need > free:
-        raise row_table_memory_error(request, n_ops, what, need, f"the {human_bytes(free)} of memory available")
+        raise row_table_memory_error(request, n_ops, what, need,
+                                     f"the {human_bytes(free)} of memory available")
 
 
 def _program(request, x1, x2, dual_kernels):

@@ -117,8 +117,10 @@ def _workspace(cp, plan, request, device, what):
     need, free = plan.workspace_bytes, _free_device_bytes(cp)
     if need > free:
         n_ops = len(lower(request.net, request.n_features)[0])
+        # the plan pads both point sets' tables to the larger set's rows (gram_plan.cu)
         rows = max(a.shape[0] for a in (request.x1, request.x2) if a is not None)
-        tables = row_table_bytes(request, n_ops, lambda n: max(32, -(-rows // 32) * 32))
+        stride = max(32, -(-rows // 32) * 32)
+        tables = row_table_bytes(request, n_ops, lambda _: stride)
         than = f"the {human_bytes(free)} of free memory on GPU {device.id}"
         if 2 * tables >= need:
             raise row_table_memory_error(request, n_ops, what, need, than)

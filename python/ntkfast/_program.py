@@ -5,7 +5,8 @@ import math
 
 from . import _core
 
-__all__ = ["compiled_program", "default_tile", "tile_work", "work_bounded_edge", "GPU_TILE_WORK_BUDGET"]
+__all__ = ["compiled_program", "default_tile", "tile_work", "work_bounded_edge",
+           "GPU_TILE_WORK_BUDGET"]
 
 #: Cost of one Gram entry through each op kind, in Dense ops (one Dense ~0.4 ns per entry on a
 #: 2-core x86 box; measured as ns per entry of 30-200 [Dense, activation] blocks, one thread).
@@ -24,10 +25,11 @@ _COST_BY_CODE = {_core.OP_KINDS[name]: cost for name, cost in _OP_COST.items()}
 TILE_WORK_BUDGET = 2e8
 
 
-#: The same bound for the CUDA engine's default tile: a GPU runs the layer math ~300x faster than
-#: one core (an H100's FP64 vector peak, ~34 TFLOP/s, to a Zen 4 core's ~120 GFLOP/s), so its
-#: tiles may hold that much more work for the same latency. A depth-20 tanh MLP or a depth-170
-#: ReLU MLP keeps the engine's 8192 tile (``_cuda.DEVICE_TILE``).
+#: The same bound for the CUDA engine's default tile. A GPU runs the layer math some hundreds of
+#: times faster than one core (an H100's FP64 vector peak, ~34 TFLOP/s, is ~500 times a Zen 4
+#: core's ~60 GFLOP/s; 300 allows for a lower occupancy), so its tiles may hold that much more
+#: work for the same latency. A depth-20 tanh MLP or a depth-170 ReLU MLP keeps the engine's
+#: 8192 tile (``_cuda.DEVICE_TILE``).
 GPU_TILE_WORK_BUDGET = 300 * TILE_WORK_BUDGET
 
 
@@ -55,6 +57,7 @@ def default_tile(ops, n_features):
 def work_bounded_edge(ops, budget):
     """The largest tile edge whose entries' layer work (``tile_work``) stays within `budget`."""
     return math.isqrt(int(budget // max(tile_work(ops), 1)))
+
 
 _programs = {}
 

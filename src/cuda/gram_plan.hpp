@@ -43,7 +43,7 @@ struct PlanSpec {
   int64_t tile = 0;           // <= 0: choose_tile's default
   OutputKind outputs = OutputKind::kDevice;
   int device = 0;
-  int64_t free_bytes = 0;     // free device memory, for the default tile (0 with host outputs: unknown)
+  int64_t free_bytes = 0;     // free device memory, for the default tile (0: unknown)
   double snap_tol = 0.0;      // the input-correlation snap tolerance (the CPU engine's)
   // Programs with Series ops (series_math.hpp; engine.hpp SeriesOptions): the rows of each point
   // set's tables (0: no Series op), given to row_stats; the tail profiles, profile_count x
